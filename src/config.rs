@@ -1,0 +1,345 @@
+//! `tally.toml`: the one config file. Plain data with a doc comment on every field; validation
+//! does no I/O beyond reading the file itself, and every error names the field.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A config file that could not be used, naming the file and the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path}: field `{field}`: {message}")]
+    Invalid { path: PathBuf, field: String, message: String },
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the counters live.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// How log files are read.
+    #[serde(default)]
+    pub ingest: IngestConfig,
+    /// How a record's tenant is found.
+    #[serde(default)]
+    pub tenancy: TenancyConfig,
+    /// List prices used for the estimated cost.
+    #[serde(default)]
+    pub pricing: PricingConfig,
+    /// The folder relative paths are resolved against (the config file's folder).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite` (the embedded default).
+    #[serde(default = "StoreConfig::default_backend")]
+    pub backend: String,
+    /// The SQLite file.
+    #[serde(default = "StoreConfig::default_path")]
+    pub path: PathBuf,
+    /// SQLite `synchronous`: `normal` survives a killed process; `full` also a power cut.
+    #[serde(default = "StoreConfig::default_synchronous")]
+    pub synchronous: String,
+}
+
+impl StoreConfig {
+    fn default_backend() -> String {
+        "sqlite".into()
+    }
+    fn default_path() -> PathBuf {
+        "tally.sqlite".into()
+    }
+    fn default_synchronous() -> String {
+        "normal".into()
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            backend: Self::default_backend(),
+            path: Self::default_path(),
+            synchronous: Self::default_synchronous(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Records per committed batch (one store transaction each).
+    #[serde(default = "IngestConfig::default_batch_records")]
+    pub batch_records: usize,
+    /// How long a `requestId` is remembered for deduplication, in days.
+    #[serde(default = "IngestConfig::default_dedup_window_days")]
+    pub dedup_window_days: u32,
+    /// A line (or JSON document) longer than this is quarantined without being read into memory.
+    #[serde(default = "IngestConfig::default_max_record_bytes")]
+    pub max_record_bytes: usize,
+    /// A token count above this is quarantined as absurd.
+    #[serde(default = "IngestConfig::default_max_token_count")]
+    pub max_token_count: u64,
+    /// The dead-letter file (JSON lines).
+    #[serde(default = "IngestConfig::default_quarantine")]
+    pub quarantine: PathBuf,
+    /// Parser threads; 0 means one per core.
+    #[serde(default)]
+    pub workers: usize,
+    /// With `--follow`, seconds between looks for new data.
+    #[serde(default = "IngestConfig::default_poll_seconds")]
+    pub poll_seconds: f64,
+}
+
+impl IngestConfig {
+    fn default_batch_records() -> usize {
+        50_000
+    }
+    fn default_dedup_window_days() -> u32 {
+        35
+    }
+    fn default_max_record_bytes() -> usize {
+        16 << 20
+    }
+    fn default_max_token_count() -> u64 {
+        10_000_000
+    }
+    fn default_quarantine() -> PathBuf {
+        "quarantine.jsonl".into()
+    }
+    fn default_poll_seconds() -> f64 {
+        2.0
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            batch_records: Self::default_batch_records(),
+            dedup_window_days: Self::default_dedup_window_days(),
+            max_record_bytes: Self::default_max_record_bytes(),
+            max_token_count: Self::default_max_token_count(),
+            quarantine: Self::default_quarantine(),
+            workers: 0,
+            poll_seconds: Self::default_poll_seconds(),
+        }
+    }
+}
+
+/// A tenant-resolution rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rule {
+    /// `requestMetadata[metadata_key]`.
+    RequestMetadata,
+    /// The application inference profile's owner in the registry.
+    Profile,
+    /// `identity_pattern` on `identity.arn`.
+    Identity,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenancyConfig {
+    /// Rules in the order they are tried; the first that names a tenant wins.
+    #[serde(default = "TenancyConfig::default_order")]
+    pub order: Vec<Rule>,
+    /// The `requestMetadata` key holding the tenant id.
+    #[serde(default = "TenancyConfig::default_metadata_key")]
+    pub metadata_key: String,
+    /// A regex on `identity.arn` with a named capture `tenant`.
+    #[serde(default)]
+    pub identity_pattern: Option<String>,
+    /// The profile registry.
+    #[serde(default)]
+    pub profiles: Vec<ProfileEntry>,
+}
+
+impl TenancyConfig {
+    fn default_order() -> Vec<Rule> {
+        vec![Rule::RequestMetadata, Rule::Profile, Rule::Identity]
+    }
+    fn default_metadata_key() -> String {
+        "tenant_id".into()
+    }
+}
+
+impl Default for TenancyConfig {
+    fn default() -> Self {
+        TenancyConfig {
+            order: Self::default_order(),
+            metadata_key: Self::default_metadata_key(),
+            identity_pattern: None,
+            profiles: Vec::new(),
+        }
+    }
+}
+
+/// One inference profile: dedicated to a tenant, or a shared pool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileEntry {
+    /// The profile's ARN or its id (the part after the last `/`).
+    pub profile: String,
+    /// The tenant that owns a dedicated profile.
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// True for a profile shared by several tenants (cost split by usage at reconcile).
+    #[serde(default)]
+    pub shared: bool,
+    /// The model the profile routes to; used for pricing.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// `on_demand` (default) or `batch` (priced at the batch rate).
+    #[serde(default)]
+    pub tier: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PricingConfig {
+    /// Price files, tried in order: tally's TOML format or LiteLLM's JSON (by extension).
+    /// Empty means the built-in catalog.
+    #[serde(default)]
+    pub catalogs: Vec<PathBuf>,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Config::from_toml(&text, path, base)
+    }
+
+    /// Parses and validates config text; `path` is only used in messages.
+    pub fn from_toml(text: &str, path: &Path, base_dir: PathBuf) -> Result<Config, ConfigError> {
+        let mut config: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
+        config.base_dir = base_dir;
+        config.validate().map_err(|(field, message)| ConfigError::Invalid { path: path.to_owned(), field, message })?;
+        Ok(config)
+    }
+
+    /// A config with every default, relative to `base_dir`.
+    pub fn defaults_in(base_dir: PathBuf) -> Config {
+        Config { base_dir, ..Config::default() }
+    }
+
+    /// A path from the config, resolved against the config file's folder.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |f: &str, m: &str| Err((f.to_string(), m.to_string()));
+        if self.store.backend != "sqlite" {
+            return bad("store.backend", "must be \"sqlite\"");
+        }
+        if !matches!(self.store.synchronous.as_str(), "normal" | "full") {
+            return bad("store.synchronous", "must be \"normal\" or \"full\"");
+        }
+        let i = &self.ingest;
+        if i.batch_records == 0 {
+            return bad("ingest.batch_records", "must be at least 1");
+        }
+        if i.dedup_window_days == 0 {
+            return bad("ingest.dedup_window_days", "must be at least 1");
+        }
+        if i.max_record_bytes < 1024 {
+            return bad("ingest.max_record_bytes", "must be at least 1024");
+        }
+        if !(i.poll_seconds > 0.0 && i.poll_seconds.is_finite()) {
+            return bad("ingest.poll_seconds", "must be a positive number");
+        }
+        let t = &self.tenancy;
+        if t.order.is_empty() {
+            return bad("tenancy.order", "must list at least one rule");
+        }
+        if t.metadata_key.trim().is_empty() {
+            return bad("tenancy.metadata_key", "must not be empty");
+        }
+        if let Some(p) = &t.identity_pattern {
+            match regex::Regex::new(p) {
+                Err(e) => return Err(("tenancy.identity_pattern".into(), format!("not a valid regex: {e}"))),
+                Ok(re) if !re.capture_names().any(|n| n == Some("tenant")) => {
+                    return bad("tenancy.identity_pattern", "needs a named capture group `(?P<tenant>…)`")
+                }
+                Ok(_) => {}
+            }
+        } else if t.order.contains(&Rule::Identity) && self.tenancy_order_is_explicit_identity() {
+            return bad("tenancy.identity_pattern", "the `identity` rule is listed but no pattern is set");
+        }
+        for (n, p) in t.profiles.iter().enumerate() {
+            let field = |f: &str| format!("tenancy.profiles[{n}].{f}");
+            if p.profile.trim().is_empty() {
+                return Err((field("profile"), "must not be empty".into()));
+            }
+            match (&p.tenant, p.shared) {
+                (Some(_), true) | (None, false) => {
+                    return Err((field("tenant"), "set either `tenant = \"…\"` or `shared = true`".into()))
+                }
+                (Some(tenant), false) if tenant.trim().is_empty() => {
+                    return Err((field("tenant"), "must not be empty".into()))
+                }
+                _ => {}
+            }
+            if let Some(tier) = &p.tier {
+                if !matches!(tier.as_str(), "on_demand" | "batch") {
+                    return Err((field("tier"), "must be \"on_demand\" or \"batch\"".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The default order lists `identity`; only complain when the user wrote the order.
+    fn tenancy_order_is_explicit_identity(&self) -> bool {
+        self.tenancy.order != TenancyConfig::default_order()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("tally.toml"), PathBuf::new())
+    }
+
+    fn field_of(text: &str) -> String {
+        match load(text) {
+            Err(ConfigError::Invalid { field, .. }) => field,
+            other => panic!("expected an invalid field, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert_eq!(field_of("[ingest]\nbatch_records = 0"), "ingest.batch_records");
+        assert_eq!(field_of("[tenancy]\nidentity_pattern = 'role/(.*)'"), "tenancy.identity_pattern");
+        assert_eq!(field_of("[[tenancy.profiles]]\nprofile = 'p'\n"), "tenancy.profiles[0].tenant");
+        assert_eq!(field_of("[[tenancy.profiles]]\nprofile = 'p'\ntenant = 'a'\ntier = 'spot'"), "tenancy.profiles[0].tier");
+        let unknown = load("[ingest]\nbatch_record = 5").unwrap_err().to_string();
+        assert!(unknown.contains("batch_record"), "{unknown}");
+    }
+
+    #[test]
+    fn the_sample_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tally.toml");
+        let config = Config::load(&path).unwrap();
+        assert!(!config.tenancy.profiles.is_empty());
+        assert!(config.tenancy.identity_pattern.is_some());
+    }
+}

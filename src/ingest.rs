@@ -1,0 +1,459 @@
+//! Ingest: sources → pieces → atomic batches in the counter store.
+//!
+//! # Why the result is exactly-once
+//!
+//! Every source has a checkpoint (a position) stored in the same store as the counters. A
+//! worker reads a source from its stored position and produces pieces; each piece says which
+//! position it started from (`expected`) and which it ends at. The committer merges pieces into
+//! one [`Batch`] and the store applies it in one atomic write: counter deltas, dedup entries,
+//! skip counts and the new positions together, refused whole if a stored position is not the
+//! expected one. So at any instant the stored counters are exactly the sum of the records
+//! before the stored positions. A process killed at any point leaves either the old state or
+//! the new one; on restart the sources are read again from the stored positions, and the records
+//! after them are counted for the first time.
+//!
+//! Independently of positions, every record's `requestId` (with its hour) is remembered for
+//! the dedup window inside the same write, so the same record arriving through another file,
+//! object or stream, or a replaced file read again, is counted once.
+//!
+//! Nothing is dropped: every record received is counted, a duplicate, or skipped with a reason
+//! (and quarantined unless expected), and each run checks `received = counted + duplicates +
+//! skipped` and fails when it does not hold.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::ids::EpochSeconds;
+use crate::pricing::Catalog;
+use crate::quarantine::{Quarantine, Reason, Rejected};
+use crate::record::ParseOptions;
+use crate::source::files::{self, ReadSettings};
+use crate::source::{DecodeStats, Decoder, Piece};
+use crate::store::{Batch, CheckpointUpdate, CounterStore, StoreError};
+use crate::tenant::Resolver;
+use crate::usage::Metering;
+
+/// The pure parts of ingest, built from config.
+pub struct Pipeline {
+    pub resolver: Resolver,
+    pub catalog: Catalog,
+}
+
+impl Pipeline {
+    /// Builds the resolver and loads the price catalogs named in the config.
+    pub fn from_config(config: &Config) -> anyhow::Result<Pipeline> {
+        let catalog = if config.pricing.catalogs.is_empty() {
+            Catalog::builtin()
+        } else {
+            let mut merged = Catalog::default();
+            for (n, p) in config.pricing.catalogs.iter().enumerate() {
+                let path = config.resolve(p);
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    anyhow::anyhow!("config field `pricing.catalogs[{n}]`: cannot read {}: {e}", path.display())
+                })?;
+                let name = path.display().to_string();
+                let c = if name.ends_with(".json") {
+                    Catalog::from_litellm_json(&text, &name)?
+                } else {
+                    Catalog::from_toml(&text, &name)?
+                };
+                merged.merge(c);
+            }
+            merged
+        };
+        Ok(Pipeline { resolver: Resolver::new(&config.tenancy), catalog })
+    }
+}
+
+/// How ingest runs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub read: ReadSettings,
+    pub workers: usize,
+    pub dedup_window: i64,
+    pub parse: ParseOptions,
+    /// Files never read as input (tally's own store and quarantine).
+    pub exclude: Vec<PathBuf>,
+}
+
+impl Settings {
+    pub fn from_config(config: &Config, follow: bool) -> Settings {
+        let i = &config.ingest;
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Settings {
+            read: ReadSettings { max_record_bytes: i.max_record_bytes, batch_records: i.batch_records, follow },
+            workers: if i.workers == 0 { cores } else { i.workers },
+            dedup_window: i64::from(i.dedup_window_days) * 86_400,
+            parse: ParseOptions { max_token_count: i.max_token_count },
+            exclude: vec![config.resolve(&config.store.path), config.resolve(&i.quarantine)],
+        }
+    }
+}
+
+/// What a run did. `received = counted + duplicates + Σ skipped` always.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunReport {
+    pub files_seen: u64,
+    pub files_unchanged: u64,
+    pub files_read: u64,
+    pub files_failed: u64,
+    pub bytes_read: u64,
+    pub received: u64,
+    pub counted: u64,
+    pub duplicates: u64,
+    pub skipped: BTreeMap<String, u64>,
+    pub quarantined: u64,
+    pub quarantine_file: String,
+    pub conflicts: u64,
+    pub unattributed: u64,
+    pub unexpected_schema: u64,
+    pub unknown_models: BTreeMap<String, u64>,
+    pub batches: u64,
+    pub keys_written: u64,
+    pub elapsed_secs: f64,
+    pub errors: Vec<String>,
+}
+
+impl RunReport {
+    pub fn skipped_total(&self) -> u64 {
+        self.skipped.values().sum()
+    }
+
+    /// The accounting identity.
+    pub fn balanced(&self) -> bool {
+        self.received == self.counted + self.duplicates + self.skipped_total()
+    }
+
+    fn merge(&mut self, o: &RunReport) {
+        self.files_seen = self.files_seen.max(o.files_seen);
+        self.files_unchanged = o.files_unchanged;
+        self.files_read += o.files_read;
+        self.files_failed += o.files_failed;
+        self.bytes_read += o.bytes_read;
+        self.received += o.received;
+        self.counted += o.counted;
+        self.duplicates += o.duplicates;
+        for (k, v) in &o.skipped {
+            *self.skipped.entry(k.clone()).or_default() += v;
+        }
+        self.quarantined += o.quarantined;
+        self.quarantine_file.clone_from(&o.quarantine_file);
+        self.conflicts += o.conflicts;
+        self.unattributed += o.unattributed;
+        self.unexpected_schema += o.unexpected_schema;
+        for (k, v) in &o.unknown_models {
+            *self.unknown_models.entry(k.clone()).or_default() += v;
+        }
+        self.batches += o.batches;
+        self.keys_written += o.keys_written;
+        self.elapsed_secs += o.elapsed_secs;
+        self.errors.extend(o.errors.iter().cloned());
+    }
+}
+
+/// Why a run stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot list input: {0}")]
+    Input(#[source] std::io::Error),
+    #[error("cannot write quarantine file {path}: {source}")]
+    Quarantine { path: String, source: std::io::Error },
+    #[error("accounting does not add up: {0}")]
+    Accounting(String),
+}
+
+/// Progress reporting hooks (a no-op by default).
+pub trait Progress: Sync {
+    fn start(&self, _total_bytes: u64) {}
+    fn update(&self, _bytes: u64, _records: u64) {}
+    fn finish(&self) {}
+}
+
+/// No progress display.
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+enum Message {
+    Piece(Piece),
+    Failed(String),
+}
+
+/// Reads `paths` once: every file from its checkpoint to its current end.
+#[allow(clippy::too_many_arguments)]
+pub fn run_once(
+    paths: &[PathBuf],
+    store: &mut dyn CounterStore,
+    pipeline: &Pipeline,
+    settings: &Settings,
+    quarantine: &mut Quarantine,
+    shutdown: &AtomicBool,
+    progress: &dyn Progress,
+) -> Result<RunReport, IngestError> {
+    let started = Instant::now();
+    let files = files::discover(paths, &settings.exclude).map_err(IngestError::Input)?;
+    let checkpoints = store.checkpoints()?;
+    let seen = files.len() as u64;
+    let (jobs, unchanged) = files::plan(files, &checkpoints).map_err(IngestError::Input)?;
+    let mut report = RunReport {
+        files_seen: seen,
+        files_unchanged: unchanged as u64,
+        files_read: jobs.len() as u64,
+        quarantine_file: quarantine.path().display().to_string(),
+        ..RunReport::default()
+    };
+    if jobs.is_empty() {
+        return Ok(report);
+    }
+    let total: u64 = jobs.iter().map(|j| j.size).sum();
+    progress.start(total);
+    let bytes_read = Arc::new(AtomicU64::new(0));
+    let mut committer = Committer::new(store, quarantine, settings, &mut report)?;
+
+    let (job_tx, job_rx) = crossbeam_channel::unbounded();
+    for job in jobs {
+        job_tx.send(job).expect("receiver alive");
+    }
+    drop(job_tx);
+    let workers = settings.workers.max(1);
+    let (tx, rx) = crossbeam_channel::bounded::<Message>(workers * 2);
+
+    let result = std::thread::scope(|scope| {
+        for _ in 0..workers {
+            let (job_rx, tx, bytes_read) = (job_rx.clone(), tx.clone(), bytes_read.clone());
+            scope.spawn(move || {
+                let mut decoder = Decoder::new(Metering::new(&pipeline.resolver, &pipeline.catalog), settings.parse);
+                for job in job_rx.iter() {
+                    if shutdown.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let mut send = |p: Piece| tx.send(Message::Piece(p)).is_ok();
+                    if let Err(e) = files::read_file(&job, &mut decoder, &settings.read, &bytes_read, shutdown, &mut send) {
+                        let msg = format!("{}: {e}", job.path.display());
+                        tracing::error!(file = %job.path.display(), error = %e, "cannot read file");
+                        if tx.send(Message::Failed(msg)).is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let outcome = committer.run(&rx, &bytes_read, progress);
+        if outcome.is_err() {
+            // Stop the workers: they see the flag, and their sends fail once `rx` is gone.
+            shutdown.store(true, Ordering::Relaxed);
+        }
+        drop(rx);
+        outcome
+    });
+    progress.finish();
+    result?;
+    report.bytes_read = bytes_read.load(Ordering::Relaxed);
+    report.elapsed_secs = started.elapsed().as_secs_f64();
+    if !report.balanced() {
+        return Err(IngestError::Accounting(format!(
+            "received {} ≠ counted {} + duplicates {} + skipped {}",
+            report.received,
+            report.counted,
+            report.duplicates,
+            report.skipped_total()
+        )));
+    }
+    Ok(report)
+}
+
+/// Runs passes until `shutdown` is set, sleeping `poll` between them.
+#[allow(clippy::too_many_arguments)]
+pub fn follow(
+    paths: &[PathBuf],
+    store: &mut dyn CounterStore,
+    pipeline: &Pipeline,
+    settings: &Settings,
+    quarantine: &mut Quarantine,
+    shutdown: &AtomicBool,
+    poll: Duration,
+    progress: &dyn Progress,
+) -> Result<RunReport, IngestError> {
+    let mut total = RunReport::default();
+    while !shutdown.load(Ordering::Relaxed) {
+        let pass = run_once(paths, store, pipeline, settings, quarantine, shutdown, progress)?;
+        if pass.received > 0 {
+            tracing::info!(received = pass.received, counted = pass.counted, duplicates = pass.duplicates,
+                skipped = pass.skipped_total(), "ingest pass");
+        }
+        total.merge(&pass);
+        let until = Instant::now() + poll;
+        while Instant::now() < until && !shutdown.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50).min(poll));
+        }
+    }
+    Ok(total)
+}
+
+/// The longest a piece waits for others to share its batch.
+const BATCH_WAIT: Duration = Duration::from_millis(250);
+
+/// Merges pieces into batches and applies them.
+struct Committer<'a> {
+    store: &'a mut dyn CounterStore,
+    quarantine: &'a mut Quarantine,
+    settings: &'a Settings,
+    report: &'a mut RunReport,
+    /// The newest hour counted so far; the dedup window is measured back from it.
+    max_hour: Option<EpochSeconds>,
+    stats: DecodeStats,
+}
+
+impl<'a> Committer<'a> {
+    fn new(
+        store: &'a mut dyn CounterStore,
+        quarantine: &'a mut Quarantine,
+        settings: &'a Settings,
+        report: &'a mut RunReport,
+    ) -> Result<Self, StoreError> {
+        let max_hour = store.max_hour()?;
+        Ok(Committer { store, quarantine, settings, report, max_hour, stats: DecodeStats::default() })
+    }
+
+    fn run(
+        &mut self,
+        rx: &crossbeam_channel::Receiver<Message>,
+        bytes_read: &AtomicU64,
+        progress: &dyn Progress,
+    ) -> Result<(), IngestError> {
+        while let Ok(first) = rx.recv() {
+            // Gather pieces into one batch until it is full or has waited long enough, so
+            // counter writes scale with distinct keys rather than with files.
+            let deadline = Instant::now() + BATCH_WAIT;
+            let mut group = vec![first];
+            let mut records = 0usize;
+            loop {
+                if let Some(Message::Piece(p)) = group.last() {
+                    records += p.entries.len() + p.rejects.len();
+                }
+                if records >= self.settings.read.batch_records {
+                    break;
+                }
+                match rx.recv_deadline(deadline) {
+                    Ok(m) => group.push(m),
+                    Err(_) => break,
+                }
+            }
+            self.commit(group)?;
+            progress.update(bytes_read.load(Ordering::Relaxed), self.report.received);
+        }
+        let stats = std::mem::take(&mut self.stats);
+        self.report.conflicts = stats.conflicts;
+        self.report.unattributed = stats.unattributed;
+        self.report.unexpected_schema = stats.unexpected_schema;
+        self.report.unknown_models = stats.unknown_models;
+        Ok(())
+    }
+
+    fn commit(&mut self, group: Vec<Message>) -> Result<(), IngestError> {
+        let window = self.settings.dedup_window;
+        let horizon = self.max_hour.map(|h| h - window);
+        let mut batch = Batch { prune_before: horizon, ..Batch::default() };
+        let mut checkpoints: Vec<CheckpointUpdate> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        let mut rejected: Vec<(String, Rejected)> = Vec::new();
+        for m in group {
+            let piece = match m {
+                Message::Piece(p) => p,
+                Message::Failed(msg) => {
+                    self.report.files_failed += 1;
+                    self.report.errors.push(msg);
+                    continue;
+                }
+            };
+            let display = piece.source.strip_prefix("file://").unwrap_or(&piece.source).to_string();
+            batch.received += piece.received;
+            self.stats.merge(&piece.stats);
+            for (entry, origin) in piece.entries.into_iter().zip(piece.origins) {
+                if horizon.is_some_and(|h| entry.key.hour < h) {
+                    let detail = format!(
+                        "record hour {} is more than {} days before the newest counted hour; it can no longer be checked for duplicates",
+                        crate::ids::hour_label(entry.key.hour),
+                        window / 86_400
+                    );
+                    rejected.push((display.clone(), Rejected::new(Reason::OutsideDedupWindow, detail, origin.line, origin.offset, b"")));
+                } else {
+                    batch.entries.push(entry);
+                }
+            }
+            rejected.extend(piece.rejects.into_iter().map(|r| (display.clone(), r)));
+            match index.get(&piece.source) {
+                Some(&i) => checkpoints[i].position = piece.position,
+                None => {
+                    index.insert(piece.source.clone(), checkpoints.len());
+                    checkpoints.push(CheckpointUpdate { source: piece.source, expected: piece.expected, position: piece.position });
+                }
+            }
+        }
+        batch.checkpoints = checkpoints;
+        for (source, r) in &rejected {
+            *batch.skipped.entry(r.reason).or_default() += 1;
+            if !r.reason.is_benign() {
+                tracing::warn!(file = %source, line = r.line, reason = %r.reason, detail = %r.detail, "record quarantined");
+            }
+            self.quarantine.write(source, r).map_err(|e| self.quarantine_error(e))?;
+        }
+        self.quarantine.flush().map_err(|e| self.quarantine_error(e))?;
+        if batch.checkpoints.is_empty() && batch.received == 0 {
+            return Ok(());
+        }
+
+        let applied = self.apply_with_retry(&batch)?;
+        let offered = batch.entries.len() as u64;
+        if applied.counted + applied.duplicates != offered {
+            return Err(IngestError::Accounting(format!(
+                "store counted {} and found {} duplicates of {offered} records",
+                applied.counted, applied.duplicates
+            )));
+        }
+        if let Some(max) = batch.entries.iter().map(|e| e.key.hour).max() {
+            self.max_hour = Some(self.max_hour.map_or(max, |h| h.max(max)));
+        }
+        let r = &mut *self.report;
+        r.received += batch.received;
+        r.counted += applied.counted;
+        r.duplicates += applied.duplicates;
+        for (reason, n) in &batch.skipped {
+            *r.skipped.entry(reason.as_str().to_string()).or_default() += n;
+        }
+        r.quarantined += rejected.iter().filter(|(_, x)| !x.reason.is_benign()).count() as u64;
+        r.batches += 1;
+        r.keys_written += applied.keys_written;
+        Ok(())
+    }
+
+    fn quarantine_error(&self, e: std::io::Error) -> IngestError {
+        IngestError::Quarantine { path: self.quarantine.path().display().to_string(), source: e }
+    }
+
+    /// Retries a busy store with backoff; any other failure stops ingest with the checkpoint
+    /// where it was.
+    fn apply_with_retry(&mut self, batch: &Batch) -> Result<crate::store::Applied, StoreError> {
+        let mut delay = Duration::from_millis(50);
+        let mut attempt = 0;
+        loop {
+            match self.store.apply(batch) {
+                Err(e) if e.is_retryable() && attempt < 8 => {
+                    attempt += 1;
+                    tracing::warn!(attempt, error = %e, "store busy, retrying");
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                other => return other,
+            }
+        }
+    }
+}

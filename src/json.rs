@@ -1,0 +1,384 @@
+//! A small JSON scanner that reads the handful of fields tally needs and skips the rest.
+//!
+//! Invocation-log records carry request and response bodies that can be hundreds of
+//! kilobytes. Building them (or even validating every token in them) would dominate the cost
+//! of ingest, so values tally does not need are skipped: strings with `memchr`, containers by
+//! counting brackets outside strings. Skipped values are checked for balance only; the fields
+//! tally reads are checked strictly.
+
+use std::borrow::Cow;
+
+/// Nesting deeper than this is rejected rather than followed, so hostile input cannot make
+/// the scanner spend unbounded work.
+const MAX_DEPTH: usize = 512;
+
+/// Why a byte slice is not the JSON the caller expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyntaxError {
+    /// Byte offset into the scanned slice.
+    pub at: usize,
+    pub what: &'static str,
+}
+
+impl std::fmt::Display for SyntaxError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} at byte {}", self.what, self.at)
+    }
+}
+
+/// The kind of a JSON value, read from its first byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Object,
+    Array,
+    String,
+    Number,
+    Bool,
+    Null,
+}
+
+/// A cursor over one JSON text.
+pub struct Scanner<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Scanner<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Scanner { buf, pos: 0 }
+    }
+
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+
+    fn err<T>(&self, what: &'static str) -> Result<T, SyntaxError> {
+        Err(SyntaxError { at: self.pos, what })
+    }
+
+    pub fn skip_ws(&mut self) {
+        while let Some(&b) = self.buf.get(self.pos) {
+            if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+                self.pos += 1;
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// True when only white space is left.
+    pub fn at_end(&mut self) -> bool {
+        self.skip_ws();
+        self.pos >= self.buf.len()
+    }
+
+    /// The kind of the next value, without consuming it.
+    pub fn peek_kind(&mut self) -> Result<Kind, SyntaxError> {
+        self.skip_ws();
+        match self.buf.get(self.pos) {
+            Some(b'{') => Ok(Kind::Object),
+            Some(b'[') => Ok(Kind::Array),
+            Some(b'"') => Ok(Kind::String),
+            Some(b'-' | b'0'..=b'9') => Ok(Kind::Number),
+            Some(b't' | b'f') => Ok(Kind::Bool),
+            Some(b'n') => Ok(Kind::Null),
+            Some(_) => self.err("unexpected character"),
+            None => self.err("unexpected end of input"),
+        }
+    }
+
+    fn eat(&mut self, b: u8, what: &'static str) -> Result<(), SyntaxError> {
+        self.skip_ws();
+        if self.buf.get(self.pos) == Some(&b) {
+            self.pos += 1;
+            Ok(())
+        } else if self.pos >= self.buf.len() {
+            self.err("unexpected end of input")
+        } else {
+            self.err(what)
+        }
+    }
+
+    /// Starts reading an object: consumes `{`.
+    pub fn begin_object(&mut self) -> Result<(), SyntaxError> {
+        self.eat(b'{', "expected an object")
+    }
+
+    /// The next key of an object, or `None` after its closing `}`. `first` is true for the
+    /// first call on an object.
+    pub fn next_key(&mut self, first: &mut bool) -> Result<Option<Cow<'a, str>>, SyntaxError> {
+        self.skip_ws();
+        if self.buf.get(self.pos) == Some(&b'}') {
+            self.pos += 1;
+            return Ok(None);
+        }
+        if !*first {
+            self.eat(b',', "expected ',' or '}' in object")?;
+            self.skip_ws();
+        }
+        *first = false;
+        if self.buf.get(self.pos) != Some(&b'"') {
+            return self.err("expected a string key");
+        }
+        let key = self.string()?;
+        self.eat(b':', "expected ':' after key")?;
+        Ok(Some(key))
+    }
+
+    /// Starts reading an array: consumes `[`.
+    pub fn begin_array(&mut self) -> Result<(), SyntaxError> {
+        self.eat(b'[', "expected an array")
+    }
+
+    /// True when the array has another element (positioned at it), false after `]`.
+    pub fn next_element(&mut self, first: &mut bool) -> Result<bool, SyntaxError> {
+        self.skip_ws();
+        if self.buf.get(self.pos) == Some(&b']') {
+            self.pos += 1;
+            return Ok(false);
+        }
+        if !*first {
+            self.eat(b',', "expected ',' or ']' in array")?;
+        }
+        *first = false;
+        self.skip_ws();
+        Ok(true)
+    }
+
+    /// Reads a string value, decoding escapes only when there are any.
+    pub fn string(&mut self) -> Result<Cow<'a, str>, SyntaxError> {
+        self.skip_ws();
+        let start = self.pos;
+        let (end, escaped) = self.string_end()?;
+        let inner = &self.buf[start + 1..end - 1];
+        if !escaped {
+            return match std::str::from_utf8(inner) {
+                Ok(s) => Ok(Cow::Borrowed(s)),
+                Err(_) => Err(SyntaxError { at: start, what: "string is not valid UTF-8" }),
+            };
+        }
+        match serde_json::from_slice::<String>(&self.buf[start..end]) {
+            Ok(s) => Ok(Cow::Owned(s)),
+            Err(_) => Err(SyntaxError { at: start, what: "invalid escape in string" }),
+        }
+    }
+
+    /// Moves past a string starting at `pos`; returns its end and whether it has escapes.
+    fn string_end(&mut self) -> Result<(usize, bool), SyntaxError> {
+        if self.buf.get(self.pos) != Some(&b'"') {
+            return self.err("expected a string");
+        }
+        let mut i = self.pos + 1;
+        let mut escaped = false;
+        loop {
+            match memchr::memchr2(b'"', b'\\', &self.buf[i..]) {
+                Some(off) => {
+                    let at = i + off;
+                    if self.buf[at] == b'"' {
+                        self.pos = at + 1;
+                        return Ok((self.pos, escaped));
+                    }
+                    escaped = true;
+                    i = at + 2;
+                    if i > self.buf.len() {
+                        self.pos = self.buf.len();
+                        return self.err("unterminated string");
+                    }
+                }
+                None => {
+                    self.pos = self.buf.len();
+                    return self.err("unterminated string");
+                }
+            }
+        }
+    }
+
+    /// Reads a non-negative integer. Other numbers and other kinds are reported as such.
+    pub fn number(&mut self) -> Result<Number, SyntaxError> {
+        self.skip_ws();
+        let start = self.pos;
+        let mut negative = false;
+        if self.buf.get(self.pos) == Some(&b'-') {
+            negative = true;
+            self.pos += 1;
+        }
+        let digits_start = self.pos;
+        let mut value: u64 = 0;
+        let mut overflow = false;
+        while let Some(&b) = self.buf.get(self.pos) {
+            if b.is_ascii_digit() {
+                match value.checked_mul(10).and_then(|v| v.checked_add(u64::from(b - b'0'))) {
+                    Some(v) => value = v,
+                    None => overflow = true,
+                }
+                self.pos += 1;
+            } else {
+                break;
+            }
+        }
+        if self.pos == digits_start {
+            self.pos = start;
+            return self.err("expected a number");
+        }
+        let mut fractional = false;
+        while let Some(&b) = self.buf.get(self.pos) {
+            if matches!(b, b'.' | b'e' | b'E' | b'+' | b'-' | b'0'..=b'9') {
+                if matches!(b, b'.' | b'e' | b'E') {
+                    fractional = true;
+                }
+                self.pos += 1;
+            } else {
+                break;
+            }
+        }
+        Ok(if fractional {
+            Number::Fractional
+        } else if negative && value != 0 {
+            Number::Negative
+        } else if overflow {
+            Number::TooLarge
+        } else {
+            Number::Integer(value)
+        })
+    }
+
+    /// The raw bytes of the next value, skipped without being built.
+    pub fn raw_value(&mut self) -> Result<&'a [u8], SyntaxError> {
+        self.skip_ws();
+        let start = self.pos;
+        self.skip_value()?;
+        Ok(&self.buf[start..self.pos])
+    }
+
+    /// Skips one value of any kind.
+    pub fn skip_value(&mut self) -> Result<(), SyntaxError> {
+        match self.peek_kind()? {
+            Kind::String => self.string_end().map(|_| ()),
+            Kind::Number => self.number().map(|_| ()),
+            Kind::Bool | Kind::Null => self.literal(),
+            Kind::Object | Kind::Array => self.skip_container(),
+        }
+    }
+
+    fn literal(&mut self) -> Result<(), SyntaxError> {
+        for word in [&b"true"[..], b"false", b"null"] {
+            if self.buf[self.pos..].starts_with(word) {
+                self.pos += word.len();
+                return Ok(());
+            }
+        }
+        self.err("invalid literal")
+    }
+
+    /// Skips a whole object or array by matching brackets outside strings.
+    fn skip_container(&mut self) -> Result<(), SyntaxError> {
+        let mut stack: Vec<u8> = Vec::new();
+        while let Some(&b) = self.buf.get(self.pos) {
+            match b {
+                b'"' => {
+                    self.string_end()?;
+                    continue;
+                }
+                b'{' | b'[' => {
+                    if stack.len() >= MAX_DEPTH {
+                        return self.err("nesting too deep");
+                    }
+                    stack.push(if b == b'{' { b'}' } else { b']' });
+                }
+                b'}' | b']' => {
+                    if stack.pop() != Some(b) {
+                        return self.err("mismatched bracket");
+                    }
+                    if stack.is_empty() {
+                        self.pos += 1;
+                        return Ok(());
+                    }
+                }
+                _ => {}
+            }
+            self.pos += 1;
+        }
+        self.err("unexpected end of input")
+    }
+}
+
+/// A JSON number as tally's counters see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Number {
+    Integer(u64),
+    Negative,
+    Fractional,
+    TooLarge,
+}
+
+/// True when `bytes` holds exactly one complete JSON value (surrounding white space allowed).
+pub fn is_complete_value(bytes: &[u8]) -> bool {
+    let mut s = Scanner::new(bytes);
+    s.skip_value().is_ok() && s.at_end()
+}
+
+/// Finds the string value of `key` in a flat JSON object given as raw bytes (e.g. the
+/// `requestMetadata` map). Non-string values are treated as absent.
+pub fn lookup_string<'a>(object: &'a [u8], key: &str) -> Option<Cow<'a, str>> {
+    let mut s = Scanner::new(object);
+    s.begin_object().ok()?;
+    let mut first = true;
+    while let Some(k) = s.next_key(&mut first).ok()? {
+        if k == key {
+            return match s.peek_kind().ok()? {
+                Kind::String => s.string().ok(),
+                _ => None,
+            };
+        }
+        s.skip_value().ok()?;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skips_nested_values_with_brackets_inside_strings() {
+        let text = br#"{"a":[1,{"b":"]}\"["},null],"c":true} tail"#;
+        let mut s = Scanner::new(text);
+        s.skip_value().unwrap();
+        assert_eq!(&text[s.pos()..], b" tail");
+    }
+
+    #[test]
+    fn numbers_are_classified() {
+        let check = |t: &str, n: Number| assert_eq!(Scanner::new(t.as_bytes()).number().unwrap(), n, "{t}");
+        check("42", Number::Integer(42));
+        check("-0", Number::Integer(0));
+        check("-3", Number::Negative);
+        check("1.5", Number::Fractional);
+        check("1e3", Number::Fractional);
+        check("99999999999999999999999", Number::TooLarge);
+    }
+
+    #[test]
+    fn complete_values_are_recognised() {
+        assert!(is_complete_value(b" {\"a\":1} \n"));
+        assert!(!is_complete_value(b"{"));
+        assert!(!is_complete_value(b"{\"a\":1} x"));
+        assert!(!is_complete_value(b"Permissions are correctly set for Amazon Bedrock logs."));
+    }
+
+    #[test]
+    fn lookup_decodes_escapes() {
+        let obj = br#"{"x":1,"tenant_id":"acme\u002dcorp"}"#;
+        assert_eq!(lookup_string(obj, "tenant_id").as_deref(), Some("acme-corp"));
+        assert_eq!(lookup_string(obj, "x"), None);
+        assert_eq!(lookup_string(obj, "missing"), None);
+    }
+
+    #[test]
+    fn unterminated_and_deep_input_is_an_error_not_a_hang() {
+        assert!(Scanner::new(b"\"abc").skip_value().is_err());
+        assert!(Scanner::new(b"[[[[").skip_value().is_err());
+        let deep = "[".repeat(MAX_DEPTH + 10);
+        assert!(Scanner::new(deep.as_bytes()).skip_value().is_err());
+    }
+}

@@ -1,0 +1,19 @@
+//! tally: usage metering and billing for multi-tenant generative AI on Amazon Bedrock.
+//!
+//! The codemap is in README.md (## Architecture). In short: `record` and `json` parse log
+//! records, `tenant` and `pricing` decide whose and how much, `usage` measures and sums,
+//! `source` reads files into pieces, `store` keeps counters and checkpoints, and `ingest` ties
+//! them together with its exactly-once argument in its module docs.
+
+pub mod config;
+pub mod generate;
+pub mod ids;
+pub mod ingest;
+pub mod json;
+pub mod pricing;
+pub mod quarantine;
+pub mod record;
+pub mod source;
+pub mod store;
+pub mod tenant;
+pub mod usage;

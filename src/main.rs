@@ -1,0 +1,395 @@
+//! The `tally` command line. The only place that reads the environment, installs signal
+//! handlers, draws progress bars and chooses exit codes.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use tally::config::{Config, ConfigError};
+use tally::generate::{self, Spec};
+use tally::ids::TenantId;
+use tally::ingest::{self, IngestError, Pipeline, Progress, RunReport, Settings};
+use tally::quarantine::Quarantine;
+use tally::store::sqlite::SqliteStore;
+use tally::store::{CounterStore, PeriodUsage};
+use tally::usage::Usage;
+
+/// Exit codes, as documented in the README.
+mod exit {
+    pub const FAILED: u8 = 1;
+    pub const CONFIG: u8 = 2;
+    pub const ACCOUNTING: u8 = 3;
+    pub const PARTIAL: u8 = 4;
+}
+
+#[derive(Parser)]
+#[command(name = "tally", version, about = "Meter and bill generative-AI usage per tenant, from Amazon Bedrock's own records.",
+    long_about = "Meter and bill generative-AI usage per tenant, from Amazon Bedrock's own records.\n\n\
+    Ingest model-invocation logs into per-tenant counters (exactly once), and read them back.\n\
+    Start with `tally demo`, which runs the pipeline on generated fixtures.")]
+struct Cli {
+    /// The config file. Without it, `tally.toml` in the current folder is used if present,
+    /// otherwise built-in defaults.
+    #[arg(long, global = true, env = "TALLY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_parser = ["text", "json"], default_value = "text")]
+    log_format: String,
+    /// No progress bar.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Count invocation-log records into the counters: files, directory trees, .json.gz.
+    ///
+    /// Re-running over the same inputs changes nothing; grown files continue where they
+    /// stopped. Bad records go to the quarantine file with file, line and reason. Prints
+    /// received = counted + duplicates + skipped, and fails (exit 3) if that does not hold.
+    Ingest {
+        /// Files or directories to read.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Keep polling for new data until SIGTERM or Ctrl-C (then flush and exit 0).
+        #[arg(long)]
+        follow: bool,
+        /// Print the run report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one tenant's usage in a month, by day and by resource.
+    Meter {
+        tenant: String,
+        /// The month, YYYY-MM (default: the current UTC month).
+        #[arg(long)]
+        period: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show lifetime ingest totals: received, counted, duplicates, skipped by reason.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Generate a realistic month of invocation logs, a matching tally.toml and the truth.
+    Generate {
+        /// Output folder.
+        #[arg(long, default_value = "out/fixtures")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 20)]
+        tenants: usize,
+        #[arg(long, default_value_t = 10_000)]
+        records: u64,
+        /// YYYY-MM.
+        #[arg(long, default_value = "2025-11")]
+        month: String,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Mean prompt + completion text per record, in bytes.
+        #[arg(long, default_value_t = 400)]
+        body_bytes: usize,
+        /// Share of records delivered as plain NDJSON instead of .json.gz.
+        #[arg(long, default_value_t = 0.1)]
+        plain_fraction: f64,
+        /// Share of records delivered twice.
+        #[arg(long, default_value_t = 0.01)]
+        duplicate_fraction: f64,
+        /// Records per .json.gz object.
+        #[arg(long, default_value_t = 2_000)]
+        records_per_object: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the pipeline on generated fixtures with no services, and print a summary.
+    Demo {
+        /// Where the fixtures, counters and outputs go.
+        #[arg(long, default_value = "out/demo")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 12)]
+        tenants: usize,
+        #[arg(long, default_value_t = 20_000)]
+        records: u64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_format);
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            let code = if e.downcast_ref::<ConfigError>().is_some() {
+                exit::CONFIG
+            } else if matches!(e.downcast_ref::<IngestError>(), Some(IngestError::Accounting(_))) {
+                exit::ACCOUNTING
+            } else {
+                exit::FAILED
+            };
+            eprintln!("tally: error: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,tally=info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.with_target(false).init();
+    }
+}
+
+fn load_config(explicit: Option<&Path>) -> anyhow::Result<Config> {
+    match explicit {
+        Some(p) => Ok(Config::load(p)?),
+        None if Path::new("tally.toml").exists() => Ok(Config::load(Path::new("tally.toml"))?),
+        None => Ok(Config::defaults_in(PathBuf::from("."))),
+    }
+}
+
+fn open_store(config: &Config) -> anyhow::Result<SqliteStore> {
+    let path = config.resolve(&config.store.path);
+    Ok(SqliteStore::open(&path, config.store.synchronous == "full")?)
+}
+
+fn run(cli: Cli) -> anyhow::Result<u8> {
+    let quiet = cli.quiet;
+    match cli.command {
+        Command::Ingest { paths, follow, json } => {
+            let config = load_config(cli.config.as_deref())?;
+            let report = ingest_paths(&config, &paths, follow, quiet || json)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_report(&report);
+            }
+            Ok(if report.files_failed > 0 { exit::PARTIAL } else { 0 })
+        }
+        Command::Meter { tenant, period, json } => {
+            let config = load_config(cli.config.as_deref())?;
+            let store = open_store(&config)?;
+            let period = period.unwrap_or_else(|| chrono::Utc::now().format("%Y-%m").to_string());
+            let tenant = TenantId::new(&tenant).context("the tenant id is empty")?;
+            let usage = store.period_usage(&tenant, &period)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&usage)?);
+            } else {
+                print_meter(&usage);
+            }
+            Ok(0)
+        }
+        Command::Status { json } => {
+            let config = load_config(cli.config.as_deref())?;
+            let totals = open_store(&config)?.totals()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&totals)?);
+            } else {
+                let skipped: u64 = totals.skipped.values().sum();
+                println!(
+                    "received {} = counted {} + duplicates {} + skipped {skipped}",
+                    totals.received, totals.counted, totals.duplicates
+                );
+                for (reason, n) in &totals.skipped {
+                    println!("  {reason:<22} {n}");
+                }
+            }
+            Ok(0)
+        }
+        Command::Generate { out, tenants, records, month, seed, body_bytes, plain_fraction, duplicate_fraction, records_per_object, json } => {
+            let spec = Spec { out, tenants, records, month, seed, body_bytes, plain_fraction, duplicate_fraction, records_per_object, ..Spec::default() };
+            let summary = generate::generate(&spec)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                println!(
+                    "wrote {} records in {} files ({:.1} MB) under {}\nconfig: {}\ntruth:  {}",
+                    summary.records,
+                    summary.files,
+                    summary.bytes as f64 / 1e6,
+                    summary.logs.display(),
+                    summary.config.display(),
+                    summary.truth.display()
+                );
+            }
+            Ok(0)
+        }
+        Command::Demo { out, tenants, records, json } => demo(&out, tenants, records, json, quiet),
+    }
+}
+
+fn ingest_paths(config: &Config, paths: &[PathBuf], follow: bool, quiet: bool) -> anyhow::Result<RunReport> {
+    let pipeline = Pipeline::from_config(config)?;
+    let settings = Settings::from_config(config, follow);
+    let mut store = open_store(config)?;
+    let mut quarantine = Quarantine::new(config.resolve(&config.ingest.quarantine));
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, shutdown.clone()).context("cannot install signal handler")?;
+    }
+    let progress = Bar::new(quiet || follow);
+    let report = if follow {
+        let poll = Duration::from_secs_f64(config.ingest.poll_seconds);
+        ingest::follow(paths, &mut store, &pipeline, &settings, &mut quarantine, &shutdown, poll, &progress)?
+    } else {
+        ingest::run_once(paths, &mut store, &pipeline, &settings, &mut quarantine, &shutdown, &progress)?
+    };
+    Ok(report)
+}
+
+/// An indicatif bar over input bytes, drawn only on a terminal.
+struct Bar(Option<ProgressBar>);
+
+impl Bar {
+    fn new(hidden: bool) -> Bar {
+        if hidden || !std::io::stderr().is_terminal() {
+            return Bar(None);
+        }
+        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({bytes_per_sec}) {msg}")
+                .expect("valid template"),
+        );
+        Bar(Some(bar))
+    }
+}
+
+impl Progress for Bar {
+    fn start(&self, total: u64) {
+        if let Some(b) = &self.0 {
+            b.set_length(total);
+            b.set_position(0);
+        }
+    }
+    fn update(&self, bytes: u64, records: u64) {
+        if let Some(b) = &self.0 {
+            b.set_position(bytes);
+            b.set_message(format!("{records} records"));
+        }
+    }
+    fn finish(&self) {
+        if let Some(b) = &self.0 {
+            b.finish_and_clear();
+        }
+    }
+}
+
+fn print_report(r: &RunReport) {
+    let reasons: Vec<String> = r.skipped.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    println!(
+        "received {} = counted {} + duplicates {} + skipped {}{}",
+        r.received,
+        r.counted,
+        r.duplicates,
+        r.skipped_total(),
+        if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.join(", ")) }
+    );
+    let secs = r.elapsed_secs.max(1e-9);
+    println!(
+        "files: {} read, {} unchanged, {} failed; {:.1} MB in {:.2} s ({:.0} records/s, {:.0} MB/s); {} counter keys written in {} batches",
+        r.files_read,
+        r.files_unchanged,
+        r.files_failed,
+        r.bytes_read as f64 / 1e6,
+        r.elapsed_secs,
+        r.received as f64 / secs,
+        r.bytes_read as f64 / 1e6 / secs,
+        r.keys_written,
+        r.batches
+    );
+    if r.quarantined > 0 {
+        println!("quarantined {} records → {}", r.quarantined, r.quarantine_file);
+    }
+    if r.unattributed > 0 || r.conflicts > 0 {
+        println!("unattributed records: {}; tenant-rule conflicts: {}", r.unattributed, r.conflicts);
+    }
+    if r.unexpected_schema > 0 {
+        println!("records with a schemaVersion other than 1.0 (counted): {}", r.unexpected_schema);
+    }
+    for (model, n) in &r.unknown_models {
+        println!("unknown model, priced at 0: {model} ({n} records)");
+    }
+    for e in &r.errors {
+        println!("error: {e}");
+    }
+}
+
+fn usage_header() -> String {
+    format!(
+        "{:>9} {:>7} {:>8} {:>12} {:>12} {:>12} {:>12} {:>14}",
+        "requests", "errors", "no_usage", "input", "output", "cache_read", "cache_write", "est_cost_usd"
+    )
+}
+
+fn usage_cells(u: &Usage) -> String {
+    format!(
+        "{:>9} {:>7} {:>8} {:>12} {:>12} {:>12} {:>12} {:>14}",
+        u.requests, u.errors, u.no_usage, u.input, u.output, u.cache_read, u.cache_write, u.est_cost.round_dp(6)
+    )
+}
+
+fn print_meter(u: &PeriodUsage) {
+    println!("tenant {} · {} · live counters, cost estimated at list price\n", u.tenant, u.period);
+    println!("{:<10} {}", "day", usage_header());
+    for (day, usage) in &u.by_day {
+        println!("{day:<10} {}", usage_cells(usage));
+    }
+    println!("{:<10} {}\n", "total", usage_cells(&u.total));
+    println!("{}", usage_header().trim_start().to_string() + "  resource");
+    for (resource, usage) in &u.by_resource {
+        println!("{}  {resource}", usage_cells(usage).trim_start());
+    }
+}
+
+fn demo(out: &Path, tenants: usize, records: u64, json: bool, quiet: bool) -> anyhow::Result<u8> {
+    let spec = Spec { out: out.to_path_buf(), tenants, records, ..Spec::default() };
+    let summary = generate::generate(&spec)?;
+    let config = Config::load(&summary.config)?;
+    for f in [config.resolve(&config.store.path), config.resolve(&config.ingest.quarantine)] {
+        for suffix in ["", "-wal", "-shm"] {
+            let p = PathBuf::from(format!("{}{suffix}", f.display()));
+            if p.exists() {
+                std::fs::remove_file(&p).with_context(|| format!("cannot reset {}", p.display()))?;
+            }
+        }
+    }
+    let report = ingest_paths(&config, std::slice::from_ref(&summary.logs), false, quiet || json)?;
+    let store = open_store(&config)?;
+    let tenants = store.tenants(&spec.month)?;
+    if json {
+        let rows: Vec<_> = tenants.iter().map(|(t, u)| serde_json::json!({"tenant": t, "usage": u})).collect();
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"ingest": report, "period": spec.month, "tenants": rows}))?);
+        return Ok(0);
+    }
+    println!("tally demo · {} records for {} tenants in {} (generated under {})\n", records, spec.tenants, spec.month, out.display());
+    print_report(&report);
+    println!("\n{:<16} {:>9} {:>14} {:>14}", "tenant", "requests", "tokens", "est_cost_usd");
+    let mut total = Usage::default();
+    for (t, u) in &tenants {
+        println!("{:<16} {:>9} {:>14} {:>14}", t.as_str(), u.requests, u.tokens(), u.est_cost.round_dp(4));
+        total += u;
+    }
+    println!("{:<16} {:>9} {:>14} {:>14}", "total", total.requests, total.tokens(), total.est_cost.round_dp(4));
+    println!(
+        "\ncounters: {}\nquarantine: {}\ntry: tally --config {} meter tenant-0000 --period {}",
+        config.resolve(&config.store.path).display(),
+        config.resolve(&config.ingest.quarantine).display(),
+        summary.config.display(),
+        spec.month
+    );
+    Ok(0)
+}

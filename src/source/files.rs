@@ -1,0 +1,360 @@
+//! The file source: a file or a directory tree of NDJSON, gzip NDJSON (the S3 delivery
+//! layout), and JSON exports (CloudWatch `GetLogEvents`/`FilterLogEvents`, Logs Insights).
+//!
+//! Each file has a checkpoint: how far its decoded bytes have been counted, its size then, and
+//! a hash of its first bytes. An unchanged file is skipped without being opened; a grown plain
+//! file is read from where it stopped; a grown gzip file is decoded again and the counted part
+//! passed over; a file whose first bytes changed was replaced and is read from the start (the
+//! dedup index keeps already-counted records from counting twice).
+
+use std::fs::File;
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::lines::{Line, LineReader};
+use super::{Decoder, Piece};
+use crate::quarantine::{Reason, Rejected};
+
+/// The zero-byte object Bedrock writes to check bucket permissions.
+pub const MARKER_OBJECT: &str = "amazon-bedrock-logs-permission-check";
+
+/// How many leading bytes identify a file.
+const HEAD_BYTES: u64 = 1024;
+
+/// The checkpoint of one file (wire format, version 1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilePosition {
+    pub v: u8,
+    /// Decoded bytes consumed.
+    pub offset: u64,
+    /// Lines consumed (so line numbers stay right after a resume).
+    pub line: u64,
+    /// The file's size when this position was committed.
+    pub size: u64,
+    /// How many leading bytes `head` covers.
+    pub head_len: u64,
+    /// FNV-1a-64 of the leading bytes, hex.
+    pub head: String,
+    /// The file is one JSON document (an export), read whole each time it changes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub document: bool,
+}
+
+impl FilePosition {
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).expect("a position serialises")
+    }
+
+    pub fn decode(s: &str) -> Option<FilePosition> {
+        serde_json::from_str::<FilePosition>(s).ok().filter(|p| p.v == 1)
+    }
+}
+
+/// One file to read, with where to start.
+#[derive(Debug, Clone)]
+pub struct FileJob {
+    pub path: PathBuf,
+    pub key: String,
+    pub size: u64,
+    /// The stored position this job starts from.
+    pub expected: Option<String>,
+    /// Where to start reading (`None`: from the start).
+    pub resume: Option<FilePosition>,
+}
+
+/// Settings for reading files.
+#[derive(Debug, Clone)]
+pub struct ReadSettings {
+    pub max_record_bytes: usize,
+    pub batch_records: usize,
+    /// Follow mode: an unterminated last line that does not parse yet is left for later.
+    pub follow: bool,
+}
+
+/// The checkpoint key of a path.
+pub fn source_key(path: &Path) -> String {
+    let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    format!("file://{}", abs.display())
+}
+
+fn is_log_file(name: &str) -> bool {
+    if name.starts_with('.') {
+        return false;
+    }
+    let lower = name.to_ascii_lowercase();
+    name == MARKER_OBJECT
+        || [".json", ".jsonl", ".ndjson", ".log", ".json.gz", ".jsonl.gz", ".ndjson.gz", ".log.gz", ".gz"]
+            .iter()
+            .any(|ext| lower.ends_with(ext))
+}
+
+/// Every log file under `paths`, sorted. Named files are taken whatever their name; inside
+/// directories only log-looking names are. `exclude` keeps tally's own files out.
+pub fn discover(paths: &[PathBuf], exclude: &[PathBuf]) -> io::Result<Vec<PathBuf>> {
+    let excluded: Vec<PathBuf> = exclude.iter().filter_map(|p| std::fs::canonicalize(p).ok()).collect();
+    let mut out = Vec::new();
+    for p in paths {
+        let meta = std::fs::metadata(p).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())))?;
+        if meta.is_dir() {
+            walk(p, &mut out)?;
+        } else {
+            out.push(p.clone());
+        }
+    }
+    out.retain(|p| std::fs::canonicalize(p).map_or(true, |c| !excluded.contains(&c)));
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
+    let rd = std::fs::read_dir(dir).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
+    for entry in rd {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let ft = entry.file_type()?;
+        if ft.is_dir() {
+            if !name.starts_with('.') {
+                walk(&entry.path(), out)?;
+            }
+        } else if is_log_file(&name) {
+            out.push(entry.path());
+        }
+    }
+    Ok(())
+}
+
+fn fnv1a_64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3))
+}
+
+fn head_of(path: &Path, len: u64) -> io::Result<String> {
+    let mut buf = Vec::with_capacity(len as usize);
+    File::open(path)?.take(len).read_to_end(&mut buf)?;
+    Ok(format!("{:016x}", fnv1a_64(&buf)))
+}
+
+/// Decides, per file, whether there is anything new and where to start. Returns the jobs and
+/// how many files were unchanged.
+pub fn plan(files: Vec<PathBuf>, checkpoints: &std::collections::HashMap<String, String>) -> io::Result<(Vec<FileJob>, usize)> {
+    let mut jobs = Vec::new();
+    let mut unchanged = 0;
+    for path in files {
+        let size = std::fs::metadata(&path)?.len();
+        let key = source_key(&path);
+        let expected = checkpoints.get(&key).cloned();
+        let stored = expected.as_deref().and_then(FilePosition::decode);
+        let resume = match stored {
+            Some(pos) if head_of(&path, pos.head_len)? == pos.head && size >= pos.size => {
+                if size == pos.size {
+                    unchanged += 1;
+                    continue;
+                }
+                Some(pos)
+            }
+            Some(_) => {
+                tracing::warn!(file = %path.display(), "file was replaced or truncated since it was last read; reading it again from the start (already-counted records are deduplicated)");
+                None
+            }
+            None => None,
+        };
+        jobs.push(FileJob { path, key, size, expected, resume });
+    }
+    Ok((jobs, unchanged))
+}
+
+/// Counts bytes read from the underlying file, for the progress bar.
+struct Counting<R> {
+    inner: R,
+    counter: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.counter.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// Reads one file from its checkpoint, sending pieces of at most `batch_records` records.
+/// `send` returns false when the receiver is gone. Stops early, at a line boundary, when
+/// `shutdown` is set.
+pub fn read_file(
+    job: &FileJob,
+    decoder: &mut Decoder<'_>,
+    settings: &ReadSettings,
+    bytes_read: &Arc<AtomicU64>,
+    shutdown: &AtomicBool,
+    send: &mut dyn FnMut(Piece) -> bool,
+) -> io::Result<()> {
+    let name = job.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let head_len = job.size.min(HEAD_BYTES);
+    let head = head_of(&job.path, head_len)?;
+    let mut expected = job.expected.clone();
+    let position =
+        |offset: u64, line: u64| FilePosition { v: 1, offset, line, size: job.size, head_len, head: head.clone(), document: false };
+    let new_piece = |expected: &Option<String>| Piece { source: job.key.clone(), expected: expected.clone(), ..Piece::default() };
+
+    if name == MARKER_OBJECT {
+        let mut piece = new_piece(&expected);
+        piece.received = 1;
+        piece.rejects.push(Rejected::new(Reason::MarkerObject, "bucket permission-check object", 1, 0, b""));
+        piece.position = position(job.size, 1).encode();
+        send(piece);
+        return Ok(());
+    }
+
+    if job.resume.as_ref().is_some_and(|p| p.document) {
+        // A changed export is read whole again; records already counted are deduplicated.
+        return read_document(job, decoder, settings, &head, head_len, expected, send);
+    }
+    let mut file = File::open(&job.path)?;
+    let mut magic = [0u8; 2];
+    let gz = file.read(&mut magic)? == 2 && magic == [0x1f, 0x8b];
+    file.seek(SeekFrom::Start(0))?;
+    let (start_offset, start_line) = job.resume.as_ref().map_or((0, 0), |p| (p.offset, p.line));
+
+    let reader: Box<dyn Read> = if gz {
+        let counted = Counting { inner: BufReader::with_capacity(256 * 1024, file), counter: bytes_read.clone() };
+        let mut dec = flate2::read::MultiGzDecoder::new(counted);
+        // Pass over what was already counted; gzip cannot seek.
+        io::copy(&mut (&mut dec).take(start_offset), &mut io::sink())?;
+        Box::new(dec)
+    } else {
+        file.seek(SeekFrom::Start(start_offset))?;
+        bytes_read.fetch_add(start_offset, Ordering::Relaxed);
+        Box::new(Counting { inner: file, counter: bytes_read.clone() })
+    };
+    let mut lines = LineReader::new(reader, start_offset, settings.max_record_bytes);
+    let mut line_no = start_line;
+    let mut piece = new_piece(&expected);
+    let mut document_checked = start_offset > 0;
+    // The offset after the last line handled; a line left for later is not included.
+    let mut consumed = start_offset;
+
+    loop {
+        if shutdown.load(Ordering::Relaxed) {
+            break;
+        }
+        let next = match lines.next_line() {
+            Ok(next) => next,
+            Err(e) => {
+                // A corrupt or truncated gzip stream: what came before stays counted, the cut
+                // line is quarantined, and the file is done until it changes.
+                let reason = if gz { Reason::TruncatedGzip } else { Reason::MalformedJson };
+                let offset = lines.position();
+                piece.received += 1;
+                piece.rejects.push(Rejected::new(reason, format!("read error: {e}"), line_no + 1, offset, lines.pending()));
+                let end = offset + lines.pending().len() as u64;
+                piece.position = position(end, line_no + 1).encode();
+                send(piece);
+                return Ok(());
+            }
+        };
+        let Some(line) = next else { break };
+        match line {
+            Line::TooLong { prefix, offset, len } => {
+                line_no += 1;
+                piece.received += 1;
+                let detail = format!("line of {len} bytes is longer than ingest.max_record_bytes ({})", settings.max_record_bytes);
+                piece.rejects.push(Rejected::new(Reason::LineTooLong, detail, line_no, offset, &prefix));
+                consumed = lines.position();
+            }
+            Line::Data { bytes, offset, terminated } => {
+                let bytes = if offset == 0 { bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes) } else { bytes };
+                if !document_checked && !bytes.trim_ascii().is_empty() {
+                    document_checked = true;
+                    let t = bytes.trim_ascii();
+                    if matches!(t.first(), Some(b'{' | b'[')) && !crate::json::is_complete_value(t) {
+                        // A pretty-printed JSON document (an export): read it whole.
+                        drop(lines);
+                        return read_document(job, decoder, settings, &head, head_len, expected, send);
+                    }
+                }
+                if !terminated && settings.follow && !crate::json::is_complete_value(bytes) {
+                    // The writer may still be writing this line.
+                    break;
+                }
+                line_no += 1;
+                decoder.line(bytes, line_no, offset, &mut piece);
+                consumed = lines.position();
+            }
+        }
+        if piece.received as usize >= settings.batch_records {
+            piece.position = position(consumed, line_no).encode();
+            let next_expected = Some(piece.position.clone());
+            if !send(std::mem::replace(&mut piece, new_piece(&next_expected))) {
+                return Ok(());
+            }
+            expected = next_expected;
+        }
+    }
+    let done = consumed;
+    if piece.received > 0 || job.resume.as_ref().map_or(true, |p| p.offset != done || p.size != job.size) {
+        piece.position = position(done, line_no).encode();
+        piece.expected = expected;
+        send(piece);
+    }
+    Ok(())
+}
+
+/// Reads a whole JSON document (an export) as one piece, so it commits all or nothing.
+fn read_document(
+    job: &FileJob,
+    decoder: &mut Decoder<'_>,
+    settings: &ReadSettings,
+    head: &str,
+    head_len: u64,
+    expected: Option<String>,
+    send: &mut dyn FnMut(Piece) -> bool,
+) -> io::Result<()> {
+    let mut piece = Piece { source: job.key.clone(), expected, ..Piece::default() };
+    let mut file = File::open(&job.path)?;
+    let mut magic = [0u8; 2];
+    let gz = file.read(&mut magic)? == 2 && magic == [0x1f, 0x8b];
+    file.seek(SeekFrom::Start(0))?;
+    let reader: Box<dyn Read> = if gz { Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(file))) } else { Box::new(file) };
+    let mut text = Vec::new();
+    let limit = settings.max_record_bytes as u64;
+    let read = reader.take(limit + 1).read_to_end(&mut text);
+    let decoded_len;
+    match read {
+        Ok(n) if n as u64 > limit => {
+            piece.received = 1;
+            let detail = format!(
+                "JSON document is longer than ingest.max_record_bytes ({limit}); convert it to NDJSON, e.g. jq -c '.events[]'"
+            );
+            piece.rejects.push(Rejected::new(Reason::LineTooLong, detail, 1, 0, &text));
+            decoded_len = n as u64;
+        }
+        Ok(n) => {
+            let body = text.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&text);
+            let skip = (text.len() - body.len()) as u64;
+            if std::str::from_utf8(body).is_err() {
+                piece.received = 1;
+                piece.rejects.push(Rejected::new(Reason::NonUtf8, "document is not valid UTF-8", 1, 0, body));
+            } else {
+                decoder.document(body, 1, skip, &mut piece);
+            }
+            decoded_len = n as u64;
+        }
+        Err(e) => {
+            piece.received = 1;
+            let reason = if gz { Reason::TruncatedGzip } else { Reason::MalformedJson };
+            piece.rejects.push(Rejected::new(reason, format!("read error: {e}"), 1, 0, &text));
+            decoded_len = text.len() as u64;
+        }
+    }
+    let lines = memchr::memchr_iter(b'\n', &text).count() as u64;
+    piece.position =
+        FilePosition { v: 1, offset: decoded_len, line: lines, size: job.size, head_len, head: head.to_string(), document: true }
+            .encode();
+    send(piece);
+    Ok(())
+}

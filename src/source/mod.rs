@@ -1,0 +1,186 @@
+//! Sources of invocation records. A source reads bytes, turns them into [`Piece`]s — the
+//! counted entries and rejected records of a stretch of input, with the position after it —
+//! and hands them to the ingester, which commits them.
+//!
+//! [`Decoder`] is shared by every source: it takes lines or whole JSON documents and unwraps
+//! records, CloudWatch exports and Logs Insights results alike.
+
+pub mod files;
+pub mod lines;
+
+use std::collections::BTreeMap;
+
+use crate::quarantine::{Reason, Rejected};
+use crate::record::{self, Container, ElementBody, LogRecord, ParseOptions, Parsed, Reject};
+use crate::store::Entry;
+use crate::usage::Metering;
+
+/// The non-JSON event Bedrock writes when logging is set up.
+pub const PERMISSION_CHECK_TEXT: &str = "Permissions are correctly set for Amazon Bedrock logs.";
+
+/// Where one counted record came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub line: u64,
+    pub offset: u64,
+}
+
+/// Counts kept while decoding, reported at the end of a run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DecodeStats {
+    /// Records where two tenant rules disagreed.
+    pub conflicts: u64,
+    /// Records counted under `_unattributed`.
+    pub unattributed: u64,
+    /// Records whose `schemaVersion` is not 1.0 (counted anyway).
+    pub unexpected_schema: u64,
+    /// Models without a price, with their record counts.
+    pub unknown_models: BTreeMap<String, u64>,
+}
+
+impl DecodeStats {
+    pub fn merge(&mut self, o: &DecodeStats) {
+        self.conflicts += o.conflicts;
+        self.unattributed += o.unattributed;
+        self.unexpected_schema += o.unexpected_schema;
+        for (m, n) in &o.unknown_models {
+            *self.unknown_models.entry(m.clone()).or_default() += n;
+        }
+    }
+}
+
+/// A stretch of one source, ready to commit.
+#[derive(Debug, Default)]
+pub struct Piece {
+    /// The checkpoint key of the source (e.g. `file:///abs/path`).
+    pub source: String,
+    /// The position this piece starts from, as stored (`None`: never read).
+    pub expected: Option<String>,
+    /// The position after this piece.
+    pub position: String,
+    pub entries: Vec<Entry>,
+    /// `origins[i]` is where `entries[i]` came from.
+    pub origins: Vec<Origin>,
+    pub rejects: Vec<Rejected>,
+    /// Records received: entries + rejects.
+    pub received: u64,
+    pub stats: DecodeStats,
+}
+
+/// Turns bytes into counted entries and rejected records.
+pub struct Decoder<'c> {
+    metering: Metering<'c>,
+    opts: ParseOptions,
+}
+
+impl<'c> Decoder<'c> {
+    pub fn new(metering: Metering<'c>, opts: ParseOptions) -> Self {
+        Decoder { metering, opts }
+    }
+
+    fn reject(out: &mut Piece, r: Reject, line: u64, offset: u64, bytes: &[u8]) {
+        out.received += 1;
+        out.rejects.push(Rejected::new(r.reason, r.detail, line, offset, bytes));
+    }
+
+    /// One NDJSON line (or one CloudWatch event text). Blank lines are not records.
+    pub fn line(&mut self, bytes: &[u8], line: u64, offset: u64, out: &mut Piece) {
+        let text = bytes.trim_ascii();
+        if text.is_empty() {
+            return;
+        }
+        if std::str::from_utf8(text).is_err() {
+            let err = std::str::from_utf8(text).unwrap_err();
+            let detail = format!("invalid UTF-8 at byte {}", err.valid_up_to());
+            return Self::reject(out, Reject::new(Reason::NonUtf8, detail), line, offset, text);
+        }
+        if text == PERMISSION_CHECK_TEXT.as_bytes() {
+            return Self::reject(out, Reject::new(Reason::PermissionCheck, "logging permission check"), line, offset, text);
+        }
+        self.document(text, line, offset, out);
+    }
+
+    /// One complete JSON text: a record or a container of records. `line` and `offset` are
+    /// where it starts; records inside a multi-line document get their own line numbers.
+    pub fn document(&mut self, text: &[u8], line: u64, offset: u64, out: &mut Piece) {
+        match record::parse(text, &self.opts) {
+            Ok(Parsed::Record(rec)) => self.record(&rec, line, offset, text, out),
+            Ok(Parsed::Container(c)) => self.container(c, text, line, offset, out, 0),
+            Err(r) => Self::reject(out, r, line, offset, text),
+        }
+    }
+
+    fn container(&mut self, c: Container<'_>, whole: &[u8], line: u64, offset: u64, out: &mut Piece, depth: u8) {
+        let base = container_start(whole, &c);
+        let mut counted_to = 0usize;
+        let mut el_line = line;
+        for el in c.elements() {
+            let at = base + el.offset;
+            el_line += memchr::memchr_iter(b'\n', &whole[counted_to.min(at)..at]).count() as u64;
+            counted_to = at;
+            let el_offset = offset + at as u64;
+            match el.body {
+                ElementBody::Json(raw) => match record::parse(raw, &self.opts) {
+                    Ok(Parsed::Record(rec)) => self.record(&rec, el_line, el_offset, raw, out),
+                    Ok(Parsed::Container(inner @ Container::Message(_))) if depth == 0 => {
+                        self.container(inner, raw, el_line, el_offset, out, depth + 1)
+                    }
+                    Ok(Parsed::Container(_)) => Self::reject(
+                        out,
+                        Reject::new(Reason::NotARecord, "a container nested inside a container"),
+                        el_line,
+                        el_offset,
+                        raw,
+                    ),
+                    Err(r) => Self::reject(out, r, el_line, el_offset, raw),
+                },
+                ElementBody::Text(text) => {
+                    let t = text.trim().as_bytes();
+                    if t == PERMISSION_CHECK_TEXT.as_bytes() {
+                        Self::reject(out, Reject::new(Reason::PermissionCheck, "logging permission check"), el_line, el_offset, t);
+                    } else {
+                        match record::parse_record(t, &self.opts) {
+                            Ok(rec) => self.record(&rec, el_line, el_offset, t, out),
+                            Err(r) => Self::reject(out, r, el_line, el_offset, t),
+                        }
+                    }
+                }
+                ElementBody::Bad(r) => Self::reject(out, r, el_line, el_offset, &whole[at.min(whole.len())..]),
+            }
+        }
+    }
+
+    fn record(&mut self, rec: &LogRecord<'_>, line: u64, offset: u64, raw: &[u8], out: &mut Piece) {
+        match self.metering.measure(rec) {
+            Ok(m) => {
+                out.received += 1;
+                if m.conflict {
+                    out.stats.conflicts += 1;
+                }
+                if m.unexpected_schema {
+                    out.stats.unexpected_schema += 1;
+                }
+                if m.unknown_model {
+                    *out.stats.unknown_models.entry(rec.model_id.to_string()).or_default() += 1;
+                }
+                if m.key.tenant.as_str() == crate::ids::UNATTRIBUTED {
+                    out.stats.unattributed += 1;
+                }
+                out.entries.push(Entry { dedup: m.dedup, key: m.key, usage: m.usage });
+                out.origins.push(Origin { line, offset });
+            }
+            Err(r) => Self::reject(out, r, line, offset, raw),
+        }
+    }
+}
+
+/// Where a container's element array starts inside the document text, so element offsets
+/// (relative to the array) become document offsets.
+fn container_start(whole: &[u8], c: &Container<'_>) -> usize {
+    let inner = match *c {
+        Container::Events(b) | Container::InsightsResults(b) | Container::Message(b) | Container::Array(b) => b,
+    };
+    let start = inner.as_ptr() as usize - whole.as_ptr() as usize;
+    debug_assert!(start <= whole.len());
+    start
+}

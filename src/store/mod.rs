@@ -1,0 +1,133 @@
+//! The counter store: one trait, with an embedded SQLite backend (the default).
+//!
+//! A store applies a [`Batch`] exactly once: the batch's records are checked against the
+//! dedup index, the new ones are summed into hourly, daily and monthly counters, and the
+//! source positions the batch came from are moved — all in one atomic write. If the write
+//! fails nothing of it is visible; if it succeeds all of it is. The behaviour is pinned by the
+//! conformance suite in `tests/common/conformance.rs`, which every backend runs.
+
+pub mod sqlite;
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use crate::ids::{DedupKey, EpochSeconds, TenantId};
+use crate::quarantine::Reason;
+use crate::usage::{CounterKey, Resource, Usage};
+
+/// One counted record as the store sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub dedup: DedupKey,
+    pub key: CounterKey,
+    pub usage: Usage,
+}
+
+/// Moves one source's position. `expected` is the position the writer started from; the
+/// store refuses the whole batch if the stored position is different (another writer moved
+/// it), which keeps two ingesters from counting the same data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointUpdate {
+    pub source: String,
+    pub expected: Option<String>,
+    pub position: String,
+}
+
+/// What one atomic write carries.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    pub entries: Vec<Entry>,
+    pub checkpoints: Vec<CheckpointUpdate>,
+    /// Records received in this batch (entries + skipped).
+    pub received: u64,
+    /// Records not counted, by reason.
+    pub skipped: BTreeMap<Reason, u64>,
+    /// Dedup entries for hours before this may be forgotten.
+    pub prune_before: Option<EpochSeconds>,
+}
+
+/// The outcome of applying a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Applied {
+    /// Entries added to the counters.
+    pub counted: u64,
+    /// Entries whose `requestId` was already counted.
+    pub duplicates: u64,
+    /// Distinct hourly keys written.
+    pub keys_written: u64,
+}
+
+/// Lifetime ingest totals kept beside the counters.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct IngestTotals {
+    pub received: u64,
+    pub counted: u64,
+    pub duplicates: u64,
+    pub skipped: BTreeMap<String, u64>,
+}
+
+/// One tenant's usage in a period.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct PeriodUsage {
+    pub tenant: TenantId,
+    pub period: String,
+    pub total: Usage,
+    /// `YYYY-MM-DD` → usage, over all resources.
+    pub by_day: BTreeMap<String, Usage>,
+    /// Resource → usage, over the period.
+    pub by_resource: BTreeMap<Resource, Usage>,
+}
+
+impl Default for TenantId {
+    fn default() -> Self {
+        TenantId::unattributed()
+    }
+}
+
+/// A store failure, shaped by what the caller does about it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another writer holds the store; try again.
+    #[error("store busy: {0}")]
+    Busy(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A checkpoint was not where this writer expected: another ingester moved it.
+    #[error("checkpoint for {source_key} moved underneath this ingester (expected {expected:?}, found {found:?})")]
+    ConditionFailed { source_key: String, expected: Option<String>, found: Option<String> },
+    /// The store cannot be used (missing, unreadable, wrong schema).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Any other backend failure.
+    #[error("store error: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StoreError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Busy(_))
+    }
+}
+
+/// The interface every counter backend provides.
+pub trait CounterStore: Send {
+    /// Applies a batch atomically and exactly once (see the module docs).
+    fn apply(&mut self, batch: &Batch) -> Result<Applied, StoreError>;
+
+    /// Every source position, by source key.
+    fn checkpoints(&self) -> Result<HashMap<String, String>, StoreError>;
+
+    /// The latest hour any counted record fell in (the dedup window is measured from it).
+    fn max_hour(&self) -> Result<Option<EpochSeconds>, StoreError>;
+
+    /// One tenant's usage in a month (`YYYY-MM`), by day and by resource.
+    fn period_usage(&self, tenant: &TenantId, month: &str) -> Result<PeriodUsage, StoreError>;
+
+    /// Every tenant's total for a month, sorted by tenant.
+    fn tenants(&self, month: &str) -> Result<Vec<(TenantId, Usage)>, StoreError>;
+
+    /// Every hourly counter whose hour falls in a month.
+    fn hours(&self, month: &str) -> Result<Vec<(CounterKey, Usage)>, StoreError>;
+
+    /// Lifetime ingest totals.
+    fn totals(&self) -> Result<IngestTotals, StoreError>;
+}

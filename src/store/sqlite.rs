@@ -1,0 +1,370 @@
+//! The embedded SQLite counter store.
+//!
+//! Tables: `counters_hour` (tenant, hour, resource), `counters_day` and `counters_month`
+//! (tenant, bucket, resource) with the same sums; `seen` (hour, request-id key) for
+//! deduplication; `checkpoints` (source → position); `skipped` and `totals` for the ingest
+//! accounting; `meta`. Costs are decimal text, summed exactly by the `dec_add` function this
+//! module registers, never as floats. Each [`Batch`] is one `BEGIN IMMEDIATE` transaction.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::str::FromStr;
+
+use rusqlite::functions::FunctionFlags;
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rust_decimal::Decimal;
+
+use super::{Applied, Batch, CounterStore, IngestTotals, PeriodUsage, StoreError};
+use crate::ids::{EpochSeconds, TenantId};
+use crate::usage::{aggregate, rollup, CounterKey, Granularity, Resource, Usage};
+
+const SCHEMA_VERSION: &str = "1";
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS counters_hour (
+    tenant TEXT NOT NULL, hour INTEGER NOT NULL, resource TEXT NOT NULL,
+    input INTEGER NOT NULL, output INTEGER NOT NULL, cache_read INTEGER NOT NULL,
+    cache_write INTEGER NOT NULL, requests INTEGER NOT NULL, errors INTEGER NOT NULL,
+    no_usage INTEGER NOT NULL, est_cost TEXT NOT NULL,
+    PRIMARY KEY (tenant, hour, resource)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS counters_hour_by_hour ON counters_hour (hour);
+CREATE TABLE IF NOT EXISTS counters_day (
+    tenant TEXT NOT NULL, day TEXT NOT NULL, resource TEXT NOT NULL,
+    input INTEGER NOT NULL, output INTEGER NOT NULL, cache_read INTEGER NOT NULL,
+    cache_write INTEGER NOT NULL, requests INTEGER NOT NULL, errors INTEGER NOT NULL,
+    no_usage INTEGER NOT NULL, est_cost TEXT NOT NULL,
+    PRIMARY KEY (tenant, day, resource)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS counters_month (
+    tenant TEXT NOT NULL, month TEXT NOT NULL, resource TEXT NOT NULL,
+    input INTEGER NOT NULL, output INTEGER NOT NULL, cache_read INTEGER NOT NULL,
+    cache_write INTEGER NOT NULL, requests INTEGER NOT NULL, errors INTEGER NOT NULL,
+    no_usage INTEGER NOT NULL, est_cost TEXT NOT NULL,
+    PRIMARY KEY (tenant, month, resource)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS seen (hour INTEGER NOT NULL, rid BLOB NOT NULL, PRIMARY KEY (hour, rid)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS checkpoints (source TEXT PRIMARY KEY, position TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS skipped (reason TEXT PRIMARY KEY, count INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS totals (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+";
+
+const COLUMNS: &str = "input, output, cache_read, cache_write, requests, errors, no_usage, est_cost";
+
+/// The SQLite backend.
+pub struct SqliteStore {
+    conn: Connection,
+}
+
+fn backend(e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => StoreError::Busy(Box::new(e)),
+        _ => StoreError::Backend(Box::new(e)),
+    }
+}
+
+fn dec_add(ctx: &rusqlite::functions::Context<'_>) -> rusqlite::Result<String> {
+    let parse = |i: usize| -> rusqlite::Result<Decimal> {
+        let s: String = ctx.get(i)?;
+        Decimal::from_str(&s).map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))
+    };
+    let sum = parse(0)?.checked_add(parse(1)?).ok_or_else(|| {
+        rusqlite::Error::UserFunctionError("decimal overflow in dec_add".into())
+    })?;
+    Ok(sum.normalize().to_string())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path`. `full_sync` makes every commit survive
+    /// a power cut, not just a killed process.
+    pub fn open(path: &Path, full_sync: bool) -> Result<SqliteStore, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let conn = Connection::open(path)
+            .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+        Self::init(conn, full_sync)
+    }
+
+    /// A private in-memory store, for tests.
+    pub fn in_memory() -> Result<SqliteStore, StoreError> {
+        Self::init(Connection::open_in_memory().map_err(backend)?, false)
+    }
+
+    fn init(conn: Connection, full_sync: bool) -> Result<SqliteStore, StoreError> {
+        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(backend)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
+        conn.pragma_update(None, "synchronous", if full_sync { "FULL" } else { "NORMAL" }).map_err(backend)?;
+        // 16 MiB of page cache: enough for the hot end of the dedup index, bounded for RSS.
+        conn.pragma_update(None, "cache_size", -16_000).map_err(backend)?;
+        conn.create_scalar_function("dec_add", 2, FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC, dec_add)
+            .map_err(backend)?;
+        conn.execute_batch(SCHEMA).map_err(backend)?;
+        let version: Option<String> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
+            .optional()
+            .map_err(backend)?;
+        match version.as_deref() {
+            None => {
+                conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?1)", [SCHEMA_VERSION])
+                    .map_err(backend)?;
+            }
+            Some(SCHEMA_VERSION) => {}
+            Some(other) => {
+                return Err(StoreError::Unavailable(format!(
+                    "store schema version {other} is not {SCHEMA_VERSION}; this tally cannot read it"
+                )))
+            }
+        }
+        Ok(SqliteStore { conn })
+    }
+
+    fn upsert_sql(table: &str, bucket: &str) -> String {
+        format!(
+            "INSERT INTO {table} (tenant, {bucket}, resource, {COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+             ON CONFLICT (tenant, {bucket}, resource) DO UPDATE SET
+               input = input + excluded.input, output = output + excluded.output,
+               cache_read = cache_read + excluded.cache_read, cache_write = cache_write + excluded.cache_write,
+               requests = requests + excluded.requests, errors = errors + excluded.errors,
+               no_usage = no_usage + excluded.no_usage, est_cost = dec_add(est_cost, excluded.est_cost)"
+        )
+    }
+
+    fn apply_in(tx: &Transaction<'_>, batch: &Batch) -> Result<Applied, StoreError> {
+        for cp in &batch.checkpoints {
+            let found: Option<String> = tx
+                .query_row("SELECT position FROM checkpoints WHERE source = ?1", [&cp.source], |r| r.get(0))
+                .optional()
+                .map_err(backend)?;
+            if found != cp.expected {
+                return Err(StoreError::ConditionFailed {
+                    source_key: cp.source.clone(),
+                    expected: cp.expected.clone(),
+                    found,
+                });
+            }
+            tx.execute(
+                "INSERT INTO checkpoints (source, position) VALUES (?1, ?2)
+                 ON CONFLICT (source) DO UPDATE SET position = excluded.position",
+                params![cp.source, cp.position],
+            )
+            .map_err(backend)?;
+        }
+
+        let mut fresh = Vec::with_capacity(batch.entries.len());
+        {
+            let mut seen = tx.prepare_cached("INSERT OR IGNORE INTO seen (hour, rid) VALUES (?1, ?2)").map_err(backend)?;
+            for e in &batch.entries {
+                if seen.execute(params![e.key.hour, e.dedup.as_bytes()]).map_err(backend)? == 1 {
+                    fresh.push((&e.key, &e.usage));
+                }
+            }
+        }
+        let counted = fresh.len() as u64;
+        let duplicates = batch.entries.len() as u64 - counted;
+
+        let hours = aggregate(fresh);
+        {
+            let mut up = tx.prepare_cached(&Self::upsert_sql("counters_hour", "hour")).map_err(backend)?;
+            for (k, u) in &hours {
+                up.execute(params![
+                    k.tenant.as_str(), k.hour, k.resource.as_str(),
+                    u.input as i64, u.output as i64, u.cache_read as i64, u.cache_write as i64,
+                    u.requests as i64, u.errors as i64, u.no_usage as i64, u.est_cost.to_string()
+                ])
+                .map_err(backend)?;
+            }
+        }
+        for (table, bucket, g) in [("counters_day", "day", Granularity::Day), ("counters_month", "month", Granularity::Month)] {
+            let mut up = tx.prepare_cached(&Self::upsert_sql(table, bucket)).map_err(backend)?;
+            for ((tenant, b, resource), u) in rollup(&hours, g) {
+                up.execute(params![
+                    tenant.as_str(), b, resource.as_str(),
+                    u.input as i64, u.output as i64, u.cache_read as i64, u.cache_write as i64,
+                    u.requests as i64, u.errors as i64, u.no_usage as i64, u.est_cost.to_string()
+                ])
+                .map_err(backend)?;
+            }
+        }
+
+        if let Some(max) = hours.keys().map(|k| k.hour).max() {
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('max_hour', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
+                [max.to_string()],
+            )
+            .map_err(backend)?;
+        }
+        if let Some(before) = batch.prune_before {
+            tx.execute("DELETE FROM seen WHERE hour < ?1", [before]).map_err(backend)?;
+        }
+        {
+            let mut add = tx
+                .prepare_cached(
+                    "INSERT INTO skipped (reason, count) VALUES (?1, ?2)
+                     ON CONFLICT (reason) DO UPDATE SET count = count + excluded.count",
+                )
+                .map_err(backend)?;
+            for (reason, n) in &batch.skipped {
+                add.execute(params![reason.as_str(), *n as i64]).map_err(backend)?;
+            }
+            let mut total = tx
+                .prepare_cached(
+                    "INSERT INTO totals (name, value) VALUES (?1, ?2)
+                     ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+                )
+                .map_err(backend)?;
+            for (name, n) in [("received", batch.received), ("counted", counted), ("duplicates", duplicates)] {
+                total.execute(params![name, n as i64]).map_err(backend)?;
+            }
+        }
+        Ok(Applied { counted, duplicates, keys_written: hours.len() as u64 })
+    }
+
+    fn usage_row(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Usage> {
+        let n = |i: usize| -> rusqlite::Result<u64> { Ok(r.get::<_, i64>(first + i)? as u64) };
+        let cost: String = r.get(first + 7)?;
+        Ok(Usage {
+            input: n(0)?,
+            output: n(1)?,
+            cache_read: n(2)?,
+            cache_write: n(3)?,
+            requests: n(4)?,
+            errors: n(5)?,
+            no_usage: n(6)?,
+            est_cost: Decimal::from_str(&cost).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(first + 7, rusqlite::types::Type::Text, Box::new(e))
+            })?,
+        })
+    }
+
+    fn tenant_of(s: String) -> rusqlite::Result<TenantId> {
+        TenantId::new(&s).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, "empty tenant id".into())
+        })
+    }
+}
+
+/// `[start, end)` epoch seconds of a `YYYY-MM` month.
+pub fn month_range(month: &str) -> Result<(EpochSeconds, EpochSeconds), StoreError> {
+    let bad = || StoreError::Unavailable(format!("{month:?} is not a YYYY-MM period"));
+    let first = chrono::NaiveDate::parse_from_str(&format!("{month}-01"), "%Y-%m-%d").map_err(|_| bad())?;
+    let next = first.checked_add_months(chrono::Months::new(1)).ok_or_else(bad)?;
+    let at = |d: chrono::NaiveDate| d.and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp();
+    Ok((at(first), at(next)))
+}
+
+impl CounterStore for SqliteStore {
+    fn apply(&mut self, batch: &Batch) -> Result<Applied, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        let applied = Self::apply_in(&tx, batch)?;
+        tx.commit().map_err(backend)?;
+        Ok(applied)
+    }
+
+    fn checkpoints(&self) -> Result<HashMap<String, String>, StoreError> {
+        let mut st = self.conn.prepare("SELECT source, position FROM checkpoints").map_err(backend)?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(backend)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(backend)
+    }
+
+    fn max_hour(&self) -> Result<Option<EpochSeconds>, StoreError> {
+        self.conn
+            .query_row("SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'max_hour'", [], |r| r.get(0))
+            .optional()
+            .map_err(backend)
+    }
+
+    fn period_usage(&self, tenant: &TenantId, month: &str) -> Result<PeriodUsage, StoreError> {
+        month_range(month)?;
+        let mut out = PeriodUsage { tenant: tenant.clone(), period: month.to_string(), ..PeriodUsage::default() };
+        let mut st = self
+            .conn
+            .prepare_cached(&format!("SELECT resource, {COLUMNS} FROM counters_month WHERE tenant = ?1 AND month = ?2"))
+            .map_err(backend)?;
+        let rows = st
+            .query_map(params![tenant.as_str(), month], |r| Ok((r.get::<_, String>(0)?, Self::usage_row(r, 1)?)))
+            .map_err(backend)?;
+        for row in rows {
+            let (resource, u) = row.map_err(backend)?;
+            out.total += &u;
+            out.by_resource.insert(Resource::new(&resource), u);
+        }
+        let mut st = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT day, {COLUMNS} FROM counters_day WHERE tenant = ?1 AND day >= ?2 AND day < ?3"
+            ))
+            .map_err(backend)?;
+        let rows = st
+            .query_map(params![tenant.as_str(), format!("{month}-01"), format!("{month}-99")], |r| {
+                Ok((r.get::<_, String>(0)?, Self::usage_row(r, 1)?))
+            })
+            .map_err(backend)?;
+        for row in rows {
+            let (day, u) = row.map_err(backend)?;
+            *out.by_day.entry(day).or_default() += &u;
+        }
+        Ok(out)
+    }
+
+    fn tenants(&self, month: &str) -> Result<Vec<(TenantId, Usage)>, StoreError> {
+        month_range(month)?;
+        let mut st = self
+            .conn
+            .prepare(&format!("SELECT tenant, {COLUMNS} FROM counters_month WHERE month = ?1"))
+            .map_err(backend)?;
+        let rows = st
+            .query_map([month], |r| Ok((Self::tenant_of(r.get(0)?)?, Self::usage_row(r, 1)?)))
+            .map_err(backend)?;
+        let mut by: BTreeMap<TenantId, Usage> = BTreeMap::new();
+        for row in rows {
+            let (t, u) = row.map_err(backend)?;
+            *by.entry(t).or_default() += &u;
+        }
+        Ok(by.into_iter().collect())
+    }
+
+    fn hours(&self, month: &str) -> Result<Vec<(CounterKey, Usage)>, StoreError> {
+        let (start, end) = month_range(month)?;
+        let mut st = self
+            .conn
+            .prepare(&format!(
+                "SELECT tenant, hour, resource, {COLUMNS} FROM counters_hour WHERE hour >= ?1 AND hour < ?2
+                 ORDER BY tenant, hour, resource"
+            ))
+            .map_err(backend)?;
+        let rows = st
+            .query_map([start, end], |r| {
+                let key = CounterKey {
+                    tenant: Self::tenant_of(r.get(0)?)?,
+                    hour: r.get(1)?,
+                    resource: Resource::new(&r.get::<_, String>(2)?),
+                };
+                Ok((key, Self::usage_row(r, 3)?))
+            })
+            .map_err(backend)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(backend)
+    }
+
+    fn totals(&self) -> Result<IngestTotals, StoreError> {
+        let mut out = IngestTotals::default();
+        let mut st = self.conn.prepare("SELECT name, value FROM totals").map_err(backend)?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))).map_err(backend)?;
+        for row in rows {
+            let (name, v) = row.map_err(backend)?;
+            match name.as_str() {
+                "received" => out.received = v,
+                "counted" => out.counted = v,
+                "duplicates" => out.duplicates = v,
+                _ => {}
+            }
+        }
+        let mut st = self.conn.prepare("SELECT reason, count FROM skipped").map_err(backend)?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))).map_err(backend)?;
+        out.skipped = rows.collect::<rusqlite::Result<_>>().map_err(backend)?;
+        Ok(out)
+    }
+}

@@ -1,0 +1,166 @@
+//! Tenant resolution (SPEC §2): which tenant a record is billed to, by server-side rules.
+//!
+//! Rules are tried in the configured order: request metadata, the profile registry, a pattern
+//! on the caller's identity. The first that names a tenant wins; when a later rule names a
+//! different tenant the disagreement is counted as a conflict. No rule → `_unattributed`.
+
+use std::collections::HashMap;
+
+use regex::Regex;
+
+use crate::config::{Rule, TenancyConfig};
+use crate::ids::{Target, TenantId};
+use crate::json;
+use crate::pricing::Tier;
+use crate::record::LogRecord;
+
+/// What the registry knows about one inference profile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProfileInfo {
+    /// The tenant of a dedicated profile; `None` for a shared pool.
+    pub owner: Option<TenantId>,
+    /// The model it routes to, for pricing.
+    pub model: Option<String>,
+    pub tier: Tier,
+}
+
+/// The tenant a record belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolution {
+    pub tenant: TenantId,
+    /// The rule that decided; `None` means unattributed.
+    pub rule: Option<Rule>,
+    /// A later rule named a different tenant.
+    pub conflict: bool,
+}
+
+/// The configured rules, ready to apply.
+#[derive(Debug, Clone)]
+pub struct Resolver {
+    order: Vec<Rule>,
+    metadata_key: String,
+    identity: Option<Regex>,
+    profiles: HashMap<String, ProfileInfo>,
+}
+
+impl Resolver {
+    /// Builds the resolver from validated config.
+    pub fn new(cfg: &TenancyConfig) -> Resolver {
+        let mut profiles = HashMap::new();
+        for p in &cfg.profiles {
+            let info = ProfileInfo {
+                owner: p.tenant.as_deref().and_then(TenantId::new),
+                model: p.model.clone(),
+                tier: if p.tier.as_deref() == Some("batch") { Tier::Batch } else { Tier::OnDemand },
+            };
+            profiles.insert(p.profile.trim().to_string(), info);
+        }
+        Resolver {
+            order: cfg.order.clone(),
+            metadata_key: cfg.metadata_key.clone(),
+            identity: cfg.identity_pattern.as_deref().map(|p| Regex::new(p).expect("validated with the config")),
+            profiles,
+        }
+    }
+
+    /// The registry entry for a `modelId`: by the exact string, then by the id after the last
+    /// `/` (so a registry keyed by id matches the ARN in the log, and vice versa).
+    pub fn profile(&self, model_id: &str, target: &Target) -> Option<&ProfileInfo> {
+        if self.profiles.is_empty() {
+            return None;
+        }
+        if let Some(p) = self.profiles.get(model_id) {
+            return Some(p);
+        }
+        let id = match target {
+            Target::ApplicationProfile { id } => id.as_str(),
+            _ => model_id.rsplit('/').next().unwrap_or(model_id),
+        };
+        self.profiles.get(id).or_else(|| {
+            self.profiles.iter().find(|(k, _)| k.rsplit('/').next() == Some(id)).map(|(_, v)| v)
+        })
+    }
+
+    fn by_rule(&self, rule: Rule, rec: &LogRecord<'_>, profile: Option<&ProfileInfo>) -> Option<TenantId> {
+        match rule {
+            Rule::RequestMetadata => {
+                let meta = rec.request_metadata?;
+                json::lookup_string(meta, &self.metadata_key).and_then(|v| TenantId::new(&v))
+            }
+            Rule::Profile => profile.and_then(|p| p.owner.clone()),
+            Rule::Identity => {
+                let caps = self.identity.as_ref()?.captures(rec.identity_arn.as_deref()?)?;
+                TenantId::new(caps.name("tenant")?.as_str())
+            }
+        }
+    }
+
+    /// Applies the rules to one record.
+    pub fn resolve(&self, rec: &LogRecord<'_>, profile: Option<&ProfileInfo>) -> Resolution {
+        let mut found: Option<(Rule, TenantId)> = None;
+        let mut conflict = false;
+        for &rule in &self.order {
+            let Some(tenant) = self.by_rule(rule, rec, profile) else { continue };
+            match &found {
+                None => found = Some((rule, tenant)),
+                Some((_, first)) if *first != tenant => conflict = true,
+                Some(_) => {}
+            }
+        }
+        match found {
+            Some((rule, tenant)) => Resolution { tenant, rule: Some(rule), conflict },
+            None => Resolution { tenant: TenantId::unattributed(), rule: None, conflict: false },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ProfileEntry;
+
+    fn resolver() -> Resolver {
+        Resolver::new(&TenancyConfig {
+            identity_pattern: Some("assumed-role/tenant-(?P<tenant>[a-z0-9-]+)/".into()),
+            profiles: vec![
+                ProfileEntry {
+                    profile: "arn:aws:bedrock:us-east-1:111122223333:application-inference-profile/aip0globex".into(),
+                    tenant: Some("globex".into()),
+                    shared: false,
+                    model: Some("amazon.nova-lite-v1:0".into()),
+                    tier: None,
+                },
+                ProfileEntry { profile: "pool1".into(), tenant: None, shared: true, model: None, tier: None },
+            ],
+            ..TenancyConfig::default()
+        })
+    }
+
+    fn check(meta: Option<&str>, model_id: &str, arn: Option<&str>, want: &str, conflict: bool) {
+        let r = resolver();
+        let rec = LogRecord {
+            model_id: model_id.into(),
+            identity_arn: arn.map(Into::into),
+            request_metadata: meta.map(str::as_bytes),
+            ..LogRecord::default()
+        };
+        let target = Target::parse(model_id);
+        let got = r.resolve(&rec, r.profile(model_id, &target));
+        assert_eq!((got.tenant.as_str(), got.conflict), (want, conflict), "{meta:?} {model_id} {arn:?}");
+    }
+
+    #[test]
+    fn rules_apply_in_order() {
+        let aip = "arn:aws:bedrock:us-east-1:111122223333:application-inference-profile/aip0globex";
+        let role = "arn:aws:sts::111122223333:assumed-role/tenant-initech/s1";
+        check(Some(r#"{"tenant_id":"acme"}"#), "m.x", None, "acme", false);
+        check(Some(r#"{"tenant_id":"  "}"#), "m.x", None, "_unattributed", false);
+        check(None, aip, None, "globex", false);
+        check(None, "arn:aws:bedrock:eu-west-1:1:application-inference-profile/aip0globex", None, "globex", false);
+        check(None, "m.x", Some(role), "initech", false);
+        check(Some(r#"{"tenant_id":"acme"}"#), aip, None, "acme", true);
+        check(Some(r#"{"tenant_id":"globex"}"#), aip, Some(role), "globex", true);
+        check(None, "arn:aws:bedrock:us-east-1:1:application-inference-profile/pool1", None, "_unattributed", false);
+        check(Some(r#"{"team":"x"}"#), "m.x", Some("arn:aws:iam::1:user/bob"), "_unattributed", false);
+    }
+}

@@ -1,0 +1,255 @@
+//! Usage counters and the per-record metering step: record → (dedup key, counter key, usage).
+//!
+//! Counters are keyed by tenant × UTC hour × cost resource (the `modelId` as logged, which is
+//! what CUR's `line_item_resource_id` holds). Aggregation is a commutative, associative sum,
+//! so batches can be pre-aggregated in any order and merged.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::ops::AddAssign;
+use std::sync::Arc;
+
+use rust_decimal::Decimal;
+use serde::Serialize;
+
+use crate::ids::{self, DedupKey, EpochSeconds, Target, TenantId};
+use crate::pricing::{Catalog, TokenPrices, Tokens};
+use crate::quarantine::Reason;
+use crate::record::{LogRecord, Reject};
+use crate::tenant::{ProfileInfo, Resolver};
+
+/// A cost resource: the `modelId` exactly as logged.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Resource(Arc<str>);
+
+impl Resource {
+    pub fn new(s: &str) -> Resource {
+        Resource(Arc::from(s))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Resource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The counts kept per key. Every field is a sum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct Usage {
+    pub input: u64,
+    pub output: u64,
+    pub cache_read: u64,
+    pub cache_write: u64,
+    pub requests: u64,
+    /// Requests that carried an `errorCode` (a subset of `requests`).
+    pub errors: u64,
+    /// Requests without an error that reported no token counts at all, e.g. guardrail-blocked
+    /// (a subset of `requests`, disjoint from `errors`).
+    pub no_usage: u64,
+    /// Cost at catalog list price, exact.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub est_cost: Decimal,
+}
+
+impl Usage {
+    pub fn tokens(&self) -> u64 {
+        self.input + self.output + self.cache_read + self.cache_write
+    }
+}
+
+impl AddAssign<&Usage> for Usage {
+    fn add_assign(&mut self, o: &Usage) {
+        self.input += o.input;
+        self.output += o.output;
+        self.cache_read += o.cache_read;
+        self.cache_write += o.cache_write;
+        self.requests += o.requests;
+        self.errors += o.errors;
+        self.no_usage += o.no_usage;
+        self.est_cost += o.est_cost;
+    }
+}
+
+/// The finest counter key.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CounterKey {
+    pub tenant: TenantId,
+    /// Start of the UTC hour, seconds since the epoch.
+    pub hour: EpochSeconds,
+    pub resource: Resource,
+}
+
+/// A roll-up bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Granularity {
+    Day,
+    Month,
+}
+
+impl Granularity {
+    pub fn bucket(self, hour: EpochSeconds) -> String {
+        match self {
+            Granularity::Day => ids::day_of(hour),
+            Granularity::Month => ids::month_of(hour),
+        }
+    }
+}
+
+/// A roll-up key: tenant × day (`YYYY-MM-DD`) or month (`YYYY-MM`) × resource.
+pub type RollupKey = (TenantId, String, Resource);
+
+/// Sums usage per key. Order-insensitive and mergeable: `aggregate(a ++ b)` equals merging
+/// `aggregate(a)` and `aggregate(b)`.
+pub fn aggregate<'a, I>(items: I) -> BTreeMap<CounterKey, Usage>
+where
+    I: IntoIterator<Item = (&'a CounterKey, &'a Usage)>,
+{
+    let mut out: BTreeMap<CounterKey, Usage> = BTreeMap::new();
+    for (k, u) in items {
+        match out.get_mut(k) {
+            Some(acc) => *acc += u,
+            None => {
+                out.insert(k.clone(), *u);
+            }
+        }
+    }
+    out
+}
+
+/// Rolls hourly counters up to days or months.
+pub fn rollup(hours: &BTreeMap<CounterKey, Usage>, g: Granularity) -> BTreeMap<RollupKey, Usage> {
+    let mut out: BTreeMap<RollupKey, Usage> = BTreeMap::new();
+    let mut last: Option<(EpochSeconds, String)> = None;
+    for (k, u) in hours {
+        let bucket = match &last {
+            Some((h, b)) if *h == k.hour => b.clone(),
+            _ => {
+                let b = g.bucket(k.hour);
+                last = Some((k.hour, b.clone()));
+                b
+            }
+        };
+        *out.entry((k.tenant.clone(), bucket, k.resource.clone())).or_default() += u;
+    }
+    out
+}
+
+/// One record, measured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Measured {
+    pub dedup: DedupKey,
+    pub key: CounterKey,
+    pub usage: Usage,
+    /// Two tenant rules disagreed.
+    pub conflict: bool,
+    /// The catalog had no price for the model (priced at 0).
+    pub unknown_model: bool,
+    /// `schemaVersion` other than 1.0 (still counted).
+    pub unexpected_schema: bool,
+}
+
+struct ResourceInfo {
+    resource: Resource,
+    profile: Option<ProfileInfo>,
+    prices: Option<TokenPrices>,
+}
+
+/// Turns parsed records into counter contributions. Holds caches, so keep one per thread.
+pub struct Metering<'c> {
+    resolver: &'c Resolver,
+    catalog: &'c Catalog,
+    resources: HashMap<String, Arc<ResourceInfo>>,
+    tenants: HashMap<String, TenantId>,
+}
+
+impl<'c> Metering<'c> {
+    pub fn new(resolver: &'c Resolver, catalog: &'c Catalog) -> Self {
+        Metering { resolver, catalog, resources: HashMap::new(), tenants: HashMap::new() }
+    }
+
+    fn resource(&mut self, model_id: &str) -> Arc<ResourceInfo> {
+        if let Some(info) = self.resources.get(model_id) {
+            return info.clone();
+        }
+        let target = Target::parse(model_id);
+        let profile = self.resolver.profile(model_id, &target).cloned();
+        let hint = profile.as_ref().and_then(|p| p.model.as_deref());
+        let tier = profile.as_ref().map(|p| p.tier).unwrap_or_default();
+        let prices = self.catalog.lookup(&target, hint).map(|p| *p.tier(tier));
+        let info = Arc::new(ResourceInfo { resource: Resource::new(model_id), profile, prices });
+        self.resources.insert(model_id.to_string(), info.clone());
+        info
+    }
+
+    fn intern(&mut self, t: TenantId) -> TenantId {
+        match self.tenants.get(t.as_str()) {
+            Some(known) => known.clone(),
+            None => {
+                self.tenants.insert(t.as_str().to_string(), t.clone());
+                t
+            }
+        }
+    }
+
+    /// Measures one record. The only reject left at this stage is a bad timestamp.
+    pub fn measure(&mut self, rec: &LogRecord<'_>) -> Result<Measured, Reject> {
+        let ts = ids::parse_timestamp(&rec.timestamp)
+            .ok_or_else(|| Reject::new(Reason::BadTimestamp, format!("`timestamp` {:?} is not an ISO-8601 UTC time", rec.timestamp)))?;
+        let info = self.resource(&rec.model_id);
+        let resolution = self.resolver.resolve(rec, info.profile.as_ref());
+        let tenant = self.intern(resolution.tenant);
+        let tokens = Tokens {
+            input: rec.input_tokens.unwrap_or(0),
+            output: rec.output_tokens.unwrap_or(0),
+            cache_read: rec.cache_read_tokens.unwrap_or(0),
+            cache_write: rec.cache_write_tokens.unwrap_or(0),
+        };
+        let failed = rec.error_code.as_deref().is_some_and(|c| !c.is_empty());
+        let est_cost = info.prices.as_ref().map(|p| p.cost(&tokens)).unwrap_or_default();
+        Ok(Measured {
+            dedup: DedupKey::from_request_id(&rec.request_id),
+            key: CounterKey { tenant, hour: ids::hour_of(ts), resource: info.resource.clone() },
+            usage: Usage {
+                input: tokens.input,
+                output: tokens.output,
+                cache_read: tokens.cache_read,
+                cache_write: tokens.cache_write,
+                requests: 1,
+                errors: u64::from(failed),
+                no_usage: u64::from(rec.no_usage_reported() && !failed),
+                est_cost,
+            },
+            conflict: resolution.conflict,
+            unknown_model: info.prices.is_none(),
+            unexpected_schema: !rec.has_expected_schema(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TenancyConfig;
+    use crate::record::{parse_record, ParseOptions};
+
+    #[test]
+    fn a_record_is_measured_with_exact_cost_in_its_own_hour() {
+        let resolver = Resolver::new(&TenancyConfig::default());
+        let catalog = Catalog::builtin();
+        let mut m = Metering::new(&resolver, &catalog);
+        let text = r#"{"timestamp":"2025-03-11T00:38:02Z","requestId":"r","modelId":"amazon.nova-lite-v1:0","requestMetadata":{"tenant_id":"acme"},"input":{"inputTokenCount":4,"cacheReadInputTokenCount":1000},"output":{"outputTokenCount":38}}"#;
+        let rec = parse_record(text.as_bytes(), &ParseOptions::default()).unwrap();
+        let got = m.measure(&rec).unwrap();
+        assert_eq!(got.key.tenant.as_str(), "acme");
+        assert_eq!(ids::hour_label(got.key.hour), "2025-03-11T00:00:00Z");
+        // 4 × 0.06/1M + 38 × 0.24/1M + 1000 × 0.015/1M
+        assert_eq!(got.usage.est_cost, "0.00002436".parse::<Decimal>().unwrap());
+        assert_eq!((got.usage.requests, got.usage.no_usage, got.usage.errors), (1, 0, 0));
+        assert!(!got.unknown_model);
+    }
+}
