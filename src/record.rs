@@ -453,7 +453,8 @@ mod tests {
 
     #[test]
     fn guardrail_blocked_record_has_no_usage() {
-        let r = check(&format!(r#"{{{BASE},"input":{{"inputContentType":"application/json"}},"output":{{}}}}"#)).unwrap();
+        let text = format!(r#"{{{BASE},"input":{{"inputContentType":"application/json"}},"output":{{}}}}"#);
+        let r = check(&text).unwrap();
         assert!(r.no_usage_reported());
     }
 

@@ -1,0 +1,224 @@
+//! Exactly once, whatever crashes: a `tally ingest` killed with SIGKILL at random points and
+//! restarted ends with counters equal to the generator's ground truth; re-runs change nothing;
+//! duplicates across files count once; late records count in their own hour.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use support::{record, Scratch};
+use tally::generate::{self, Spec, Truth, TruthRow};
+use tally::ids::{hour_label, TenantId};
+use tally::store::CounterStore;
+
+/// The store's hourly counters in the truth's shape.
+fn counters(s: &Scratch, month: &str) -> Vec<TruthRow> {
+    s.store()
+        .hours(month)
+        .unwrap()
+        .into_iter()
+        .map(|(k, u)| TruthRow {
+            tenant: k.tenant.as_str().to_string(),
+            hour: hour_label(k.hour),
+            resource: k.resource.as_str().to_string(),
+            input: u.input,
+            output: u.output,
+            cache_read: u.cache_read,
+            cache_write: u.cache_write,
+            requests: u.requests,
+            errors: u.errors,
+            no_usage: u.no_usage,
+        })
+        .collect()
+}
+
+fn sorted(mut rows: Vec<TruthRow>) -> Vec<TruthRow> {
+    rows.sort_by(|a, b| (&a.tenant, &a.hour, &a.resource).cmp(&(&b.tenant, &b.hour, &b.resource)));
+    rows
+}
+
+/// A small deterministic generator for kill times; the seed is printed for reproduction.
+struct Lcg(u64);
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+#[test]
+fn sigkill_at_random_points_then_restart_gives_exact_counters() {
+    let s = Scratch::new("");
+    let spec = Spec {
+        out: s.path("gen"),
+        tenants: 15,
+        records: 60_000,
+        plain_fraction: 0.3,
+        duplicate_fraction: 0.02,
+        late_fraction: 0.02,
+        records_per_object: 400,
+        ..Spec::default()
+    };
+    let summary = generate::generate(&spec).unwrap();
+    // Small batches: many commits, so kills land between, inside and around them.
+    let config = std::fs::read_to_string(&summary.config).unwrap().replace("[ingest]\n", "[ingest]\nbatch_records = 1500\n");
+    std::fs::write(&summary.config, config).unwrap();
+    let truth: Truth = serde_json::from_str(&std::fs::read_to_string(&summary.truth).unwrap()).unwrap();
+
+    let ingest = || {
+        let mut c = support::tally_bin();
+        c.arg("--config").arg(&summary.config).arg("-q").arg("ingest").arg(&summary.logs);
+        c.stdout(Stdio::null()).stderr(Stdio::null());
+        c
+    };
+    // How long a whole run takes here, to spread the kills over it.
+    let probe_dir = Scratch::new("");
+    let started = Instant::now();
+    let probe_cfg = std::fs::read_to_string(&summary.config).unwrap().replace("tally.sqlite", &probe_dir.path("probe.sqlite").display().to_string());
+    std::fs::write(probe_dir.path("probe.toml"), probe_cfg).unwrap();
+    let status = support::tally_bin()
+        .args(["-q", "--config"])
+        .arg(probe_dir.path("probe.toml"))
+        .arg("ingest")
+        .arg(&summary.logs)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let full_ms = started.elapsed().as_millis().max(50) as u64;
+
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    eprintln!("kill-time seed {seed}, a full run takes {full_ms} ms");
+    let mut rng = Lcg(seed);
+    let mut killed_mid_run = 0;
+    for _ in 0..30 {
+        let mut child = ingest().spawn().unwrap();
+        // Each attempt goes on from the last checkpoint; short, random lifetimes keep the kills
+        // landing mid-run (before the first commit, between commits, during one).
+        std::thread::sleep(Duration::from_millis(5 + rng.below(full_ms / 12)));
+        if child.try_wait().unwrap().is_none() {
+            killed_mid_run += 1;
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+    assert!(killed_mid_run >= 20, "only {killed_mid_run} of 30 kills landed mid-run");
+    let status = ingest().status().unwrap();
+    assert!(status.success());
+
+    assert_eq!(sorted(counters(&s_for(&summary.config), &spec.month)), sorted(truth.rows.clone()), "counters differ from the truth");
+    let totals = s_for(&summary.config).store().totals().unwrap();
+    assert_eq!((totals.received, totals.counted, totals.duplicates), (truth.received, truth.counted, truth.duplicates));
+    assert_eq!(totals.skipped, truth.skipped);
+}
+
+/// A scratch view over a generated config (its store lives beside it).
+fn s_for(config: &std::path::Path) -> Scratch {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Scratch { dir, config_path: config.to_path_buf() };
+    s
+}
+
+#[test]
+fn rerunning_over_the_same_tree_changes_nothing() {
+    let s = Scratch::new("");
+    let spec = Spec { out: s.path("gen"), tenants: 5, records: 3_000, records_per_object: 200, ..Spec::default() };
+    let summary = generate::generate(&spec).unwrap();
+    let gen = s_for(&summary.config);
+    let first = gen.ingest(&[summary.logs.clone()]);
+    assert_eq!(first.counted, 3_000);
+    let before = counters(&gen, &spec.month);
+    let second = gen.ingest(&[summary.logs.clone()]);
+    assert_eq!((second.received, second.files_read), (0, 0));
+    assert_eq!(second.files_unchanged, first.files_read);
+    assert_eq!(counters(&gen, &spec.month), before);
+    // Touching a file without changing it does not recount it either.
+    let truth: Truth = serde_json::from_str(&std::fs::read_to_string(&summary.truth).unwrap()).unwrap();
+    assert_eq!(sorted(before), sorted(truth.rows));
+}
+
+#[test]
+fn a_duplicate_request_id_in_another_file_counts_once() {
+    let s = Scratch::new("");
+    let r1 = record("11111111-2222-4333-8444-555555555555", "2025-11-03T10:00:05Z", "acme", 100, 20);
+    let r2 = record("11111111-2222-4333-8444-666666666666", "2025-11-03T10:00:06Z", "acme", 7, 3);
+    let a = s.write("s3/a.ndjson", format!("{r1}\n{r2}\n"));
+    let b = s.write("cwl/b.ndjson", format!("{r1}\n"));
+    let report = s.ingest(&[a, b.clone()]);
+    assert_eq!((report.received, report.counted, report.duplicates), (3, 2, 1));
+    let u = s.store().period_usage(&TenantId::new("acme").unwrap(), "2025-11").unwrap();
+    assert_eq!((u.total.requests, u.total.input, u.total.output), (2, 107, 23));
+    // Arriving again later, in a third file, still counts once.
+    let c = s.write("late/c.ndjson", format!("{r1}\n"));
+    let again = s.ingest(&[c]);
+    assert_eq!((again.counted, again.duplicates), (0, 1));
+}
+
+#[test]
+fn a_record_arriving_late_counts_in_its_own_hour() {
+    let s = Scratch::new("");
+    let now = record("aaaaaaaa-0000-4000-8000-000000000001", "2025-11-03T10:59:59Z", "acme", 10, 1);
+    let first = s.write("hour10.ndjson", format!("{now}\n"));
+    s.ingest(&[first]);
+    // Delivered in a later folder and a later run, but stamped 08:15.
+    let late = record("aaaaaaaa-0000-4000-8000-000000000002", "2025-11-03T08:15:00Z", "acme", 5, 2);
+    let second = s.write("2025/11/03/12/late.ndjson", format!("{late}\n"));
+    s.ingest(&[second]);
+    let hours: BTreeMap<String, u64> =
+        s.store().hours("2025-11").unwrap().into_iter().map(|(k, u)| (hour_label(k.hour), u.input)).collect();
+    assert_eq!(hours, BTreeMap::from([("2025-11-03T08:00:00Z".to_string(), 5), ("2025-11-03T10:00:00Z".to_string(), 10)]));
+}
+
+#[test]
+fn a_grown_file_continues_where_it_stopped() {
+    let s = Scratch::new("");
+    let line = |i: u32| record(&format!("bbbbbbbb-0000-4000-8000-{i:012}"), "2025-11-04T01:00:00Z", "acme", u64::from(i), 1);
+    let path = s.write("tail.ndjson", format!("{}\n{}\n", line(1), line(2)));
+    assert_eq!(s.ingest(&[path.clone()]).counted, 2);
+    let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+    std::io::Write::write_all(&mut f, format!("{}\n{}\n{}\n", line(3), line(4), line(5)).as_bytes()).unwrap();
+    let second = s.ingest(&[path]);
+    assert_eq!((second.received, second.counted, second.duplicates), (3, 3, 0));
+    let u = s.store().period_usage(&TenantId::new("acme").unwrap(), "2025-11").unwrap();
+    assert_eq!(u.total.input, 1 + 2 + 3 + 4 + 5);
+}
+
+#[test]
+fn follow_picks_up_appended_lines_and_sigterm_flushes_and_exits_zero() {
+    let s = Scratch::new("[ingest]\npoll_seconds = 0.1");
+    let line = |i: u32| record(&format!("cccccccc-0000-4000-8000-{i:012}"), "2025-11-05T02:00:00Z", "acme", 1, 1);
+    let path = s.write("live.ndjson", format!("{}\n", line(1)));
+    let mut child = s.tally().arg("ingest").arg("--follow").arg(&path).stdout(Stdio::null()).spawn().unwrap();
+    let wait_for = |n: u64| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if s.store().totals().unwrap().counted >= n {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("follow never counted {n} records");
+    };
+    wait_for(1);
+    // Half a line, then the rest: the partial line must not be counted or lost.
+    let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+    let l2 = line(2);
+    let (head, tail) = l2.split_at(40);
+    std::io::Write::write_all(&mut f, head.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    std::io::Write::write_all(&mut f, format!("{tail}\n{}\n", line(3)).as_bytes()).unwrap();
+    wait_for(3);
+    unsafe_sigterm(child.id());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let totals = s.store().totals().unwrap();
+    assert_eq!((totals.received, totals.counted), (3, 3));
+    assert!(s.quarantined().is_empty(), "{:?}", s.quarantined());
+}
+
+fn unsafe_sigterm(pid: u32) {
+    let status = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
+    assert!(status.success());
+}
