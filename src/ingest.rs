@@ -298,6 +298,9 @@ pub fn follow(
     Ok(total)
 }
 
+/// Quarantined records logged one by one per run; the rest are only in the quarantine file.
+const LOGGED_REJECTS: u64 = 50;
+
 /// The longest a piece waits for others to share its batch.
 const BATCH_WAIT: Duration = Duration::from_millis(250);
 
@@ -310,6 +313,8 @@ struct Committer<'a> {
     /// The newest hour counted so far; the dedup window is measured back from it.
     max_hour: Option<EpochSeconds>,
     stats: DecodeStats,
+    /// Quarantined records logged so far this run.
+    logged: u64,
 }
 
 impl<'a> Committer<'a> {
@@ -320,7 +325,7 @@ impl<'a> Committer<'a> {
         report: &'a mut RunReport,
     ) -> Result<Self, StoreError> {
         let max_hour = store.max_hour()?;
-        Ok(Committer { store, quarantine, settings, report, max_hour, stats: DecodeStats::default() })
+        Ok(Committer { store, quarantine, settings, report, max_hour, stats: DecodeStats::default(), logged: 0 })
     }
 
     fn run(
@@ -402,7 +407,12 @@ impl<'a> Committer<'a> {
         for (source, r) in &rejected {
             *batch.skipped.entry(r.reason).or_default() += 1;
             if !r.reason.is_benign() {
-                tracing::warn!(file = %source, line = r.line, reason = %r.reason, detail = %r.detail, "record quarantined");
+                self.logged += 1;
+                if self.logged <= LOGGED_REJECTS {
+                    tracing::warn!(file = %source, line = r.line, reason = %r.reason, detail = %r.detail, "record quarantined");
+                } else if self.logged == LOGGED_REJECTS + 1 {
+                    tracing::warn!(quarantine = %self.quarantine.path().display(), "more records quarantined; they are not logged one by one, see the quarantine file");
+                }
             }
             self.quarantine.write(source, r).map_err(|e| self.quarantine_error(e))?;
         }

@@ -349,9 +349,9 @@ fn print_meter(u: &PeriodUsage) {
         println!("{day:<10} {}", usage_cells(usage));
     }
     println!("{:<10} {}\n", "total", usage_cells(&u.total));
-    println!("{}", usage_header().trim_start().to_string() + "  resource");
+    println!("{:<10} {}  resource", "", usage_header());
     for (resource, usage) in &u.by_resource {
-        println!("{}  {resource}", usage_cells(usage).trim_start());
+        println!("{:<10} {}  {resource}", "", usage_cells(usage));
     }
 }
 
