@@ -58,6 +58,8 @@ impl LogRecord<'_> {
 }
 
 /// What one JSON value turned out to be.
+// Records are the hot path: boxing the large variant would allocate once per record.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Parsed<'a> {
     Record(LogRecord<'a>),

@@ -117,8 +117,7 @@ fn sigkill_at_random_points_then_restart_gives_exact_counters() {
 /// A scratch view over a generated config (its store lives beside it).
 fn s_for(config: &std::path::Path) -> Scratch {
     let dir = tempfile::tempdir().unwrap();
-    let s = Scratch { dir, config_path: config.to_path_buf() };
-    s
+    Scratch { dir, config_path: config.to_path_buf() }
 }
 
 #[test]
@@ -127,10 +126,10 @@ fn rerunning_over_the_same_tree_changes_nothing() {
     let spec = Spec { out: s.path("gen"), tenants: 5, records: 3_000, records_per_object: 200, ..Spec::default() };
     let summary = generate::generate(&spec).unwrap();
     let gen = s_for(&summary.config);
-    let first = gen.ingest(&[summary.logs.clone()]);
+    let first = gen.ingest(std::slice::from_ref(&summary.logs));
     assert_eq!(first.counted, 3_000);
     let before = counters(&gen, &spec.month);
-    let second = gen.ingest(&[summary.logs.clone()]);
+    let second = gen.ingest(std::slice::from_ref(&summary.logs));
     assert_eq!((second.received, second.files_read), (0, 0));
     assert_eq!(second.files_unchanged, first.files_read);
     assert_eq!(counters(&gen, &spec.month), before);

@@ -20,32 +20,30 @@ use crate::usage::{aggregate, rollup, CounterKey, Granularity, Resource, Usage};
 
 const SCHEMA_VERSION: &str = "1";
 
+/// The tables that are not counters.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS counters_hour (
-    tenant TEXT NOT NULL, hour INTEGER NOT NULL, resource TEXT NOT NULL,
-    input INTEGER NOT NULL, output INTEGER NOT NULL, cache_read INTEGER NOT NULL,
-    cache_write INTEGER NOT NULL, requests INTEGER NOT NULL, errors INTEGER NOT NULL,
-    no_usage INTEGER NOT NULL, est_cost TEXT NOT NULL,
-    PRIMARY KEY (tenant, hour, resource)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS counters_hour_by_hour ON counters_hour (hour);
-CREATE TABLE IF NOT EXISTS counters_day (
-    tenant TEXT NOT NULL, day TEXT NOT NULL, resource TEXT NOT NULL,
-    input INTEGER NOT NULL, output INTEGER NOT NULL, cache_read INTEGER NOT NULL,
-    cache_write INTEGER NOT NULL, requests INTEGER NOT NULL, errors INTEGER NOT NULL,
-    no_usage INTEGER NOT NULL, est_cost TEXT NOT NULL,
-    PRIMARY KEY (tenant, day, resource)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS counters_month (
-    tenant TEXT NOT NULL, month TEXT NOT NULL, resource TEXT NOT NULL,
-    input INTEGER NOT NULL, output INTEGER NOT NULL, cache_read INTEGER NOT NULL,
-    cache_write INTEGER NOT NULL, requests INTEGER NOT NULL, errors INTEGER NOT NULL,
-    no_usage INTEGER NOT NULL, est_cost TEXT NOT NULL,
-    PRIMARY KEY (tenant, month, resource)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS seen (hour INTEGER NOT NULL, rid BLOB NOT NULL, PRIMARY KEY (hour, rid)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS checkpoints (source TEXT PRIMARY KEY, position TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS skipped (reason TEXT PRIMARY KEY, count INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS totals (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS counters_hour_by_hour ON counters_hour (hour);
 ";
+
+/// The three counter tables: (table, bucket column, bucket type).
+const COUNTER_TABLES: [(&str, &str, &str); 3] =
+    [("counters_hour", "hour", "INTEGER"), ("counters_day", "day", "TEXT"), ("counters_month", "month", "TEXT")];
+
+fn counter_table_sql(table: &str, bucket: &str, ty: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {table} (
+            tenant TEXT NOT NULL, {bucket} {ty} NOT NULL, resource TEXT NOT NULL,
+            input INTEGER NOT NULL, output INTEGER NOT NULL, cache_read INTEGER NOT NULL,
+            cache_write INTEGER NOT NULL, requests INTEGER NOT NULL, errors INTEGER NOT NULL,
+            no_usage INTEGER NOT NULL, est_cost TEXT NOT NULL,
+            PRIMARY KEY (tenant, {bucket}, resource)) WITHOUT ROWID;"
+    )
+}
 
 const COLUMNS: &str = "input, output, cache_read, cache_write, requests, errors, no_usage, est_cost";
 
@@ -98,6 +96,9 @@ impl SqliteStore {
         conn.pragma_update(None, "cache_size", -16_000).map_err(backend)?;
         conn.create_scalar_function("dec_add", 2, FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC, dec_add)
             .map_err(backend)?;
+        for (table, bucket, ty) in COUNTER_TABLES {
+            conn.execute_batch(&counter_table_sql(table, bucket, ty)).map_err(backend)?;
+        }
         conn.execute_batch(SCHEMA).map_err(backend)?;
         let version: Option<String> = conn
             .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
@@ -152,8 +153,12 @@ impl SqliteStore {
 
         let mut fresh = Vec::with_capacity(batch.entries.len());
         {
+            // Inserting in key order keeps the dedup index's pages hot. The sort is stable, so
+            // of two entries with one request id the first in the batch is the one counted.
+            let mut order: Vec<&super::Entry> = batch.entries.iter().collect();
+            order.sort_by(|a, b| (a.key.hour, a.dedup.as_bytes()).cmp(&(b.key.hour, b.dedup.as_bytes())));
             let mut seen = tx.prepare_cached("INSERT OR IGNORE INTO seen (hour, rid) VALUES (?1, ?2)").map_err(backend)?;
-            for e in &batch.entries {
+            for e in order {
                 if seen.execute(params![e.key.hour, e.dedup.as_bytes()]).map_err(backend)? == 1 {
                     fresh.push((&e.key, &e.usage));
                 }

@@ -1,0 +1,114 @@
+//! The SQLite store against the `CounterStore` conformance suite, plus what only a real file
+//! can show: data survives closing and reopening.
+
+mod common;
+
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap};
+
+use common::conformance::{self as c, apply_ok, batch, cp, entry, snapshot};
+use tally::quarantine::Reason;
+use tally::store::sqlite::SqliteStore;
+use tally::store::{Applied, CounterStore};
+
+fn in_memory() -> Box<dyn CounterStore> {
+    Box::new(SqliteStore::in_memory().expect("in-memory store"))
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                c::$name(&in_memory);
+            }
+        )*
+    };
+}
+
+conformance!(
+    a_fresh_store_is_empty,
+    apply_counts_every_field_and_rolls_up,
+    costs_sum_exactly_as_decimals,
+    counters_accumulate_across_batches,
+    a_request_counted_before_is_a_duplicate,
+    a_request_twice_in_one_batch_counts_once,
+    applied_accounts_for_every_entry,
+    dedup_keys_are_compared_exactly,
+    replay_with_current_checkpoint_changes_no_counter,
+    replay_with_stale_checkpoint_is_refused_and_writes_nothing,
+    a_failed_condition_writes_nothing,
+    checkpoints_round_trip,
+    the_first_checkpoint_write_requires_none,
+    totals_accumulate_across_batches,
+    max_hour_is_the_newest_hour_applied,
+    prune_forgets_dedup_entries_before_the_window,
+    reads_are_isolated_by_tenant,
+    month_and_day_boundaries_are_utc,
+    an_empty_batch_moves_only_the_checkpoint,
+);
+
+/// The whole suite once more on file-backed stores (WAL journal, real transactions on disk).
+#[test]
+fn conformance_suite_on_file_stores() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = Cell::new(0u32);
+    let factory = || -> Box<dyn CounterStore> {
+        n.set(n.get() + 1);
+        let path = dir.path().join(format!("store-{}", n.get())).join("tally.db");
+        Box::new(SqliteStore::open(&path, false).expect("file store"))
+    };
+    c::run_all(&factory);
+}
+
+#[test]
+fn data_survives_closing_and_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested").join("tally.db");
+    let months = ["2025-11", "2025-12"];
+    let tenants = ["acme", "globex"];
+    let entries = vec![
+        entry("acme", "2025-11-30T23:10:00Z", "m-haiku", "r1", 100, 10, "0.0000000875"),
+        entry("acme", "2025-12-01T00:10:00Z", "m-haiku", "r2", 200, 20, "0.0000000875"),
+        entry("globex", "2025-12-01T00:20:00Z", "m-sonnet", "r3", 300, 30, "0.1"),
+    ];
+    let before = {
+        let mut s = SqliteStore::open(&path, false).unwrap();
+        let mut b = batch(entries.clone(), vec![cp("src-a", None, "a1"), cp("src-b", None, "b1")]);
+        b.received = 4;
+        b.skipped = BTreeMap::from([(Reason::NonJson, 1)]);
+        assert_eq!(apply_ok(&mut s, &b), Applied { counted: 3, duplicates: 0, keys_written: 3 });
+        snapshot(&s, &months, &tenants)
+        // `s` is dropped (closed) here.
+    };
+    assert!(path.exists());
+    assert_eq!(before.counters.hours.iter().map(|(_, h)| h.len()).sum::<usize>(), 3);
+
+    {
+        let mut s = SqliteStore::open(&path, false).unwrap();
+        assert_eq!(snapshot(&s, &months, &tenants), before, "reopening lost or changed data");
+        assert_eq!(
+            s.checkpoints().unwrap(),
+            HashMap::from([("src-a".to_string(), "a1".to_string()), ("src-b".to_string(), "b1".to_string())])
+        );
+        // The dedup index survived too: replaying counts nothing; a stale checkpoint is refused.
+        c::apply_refused(&mut s, &batch(entries.clone(), vec![cp("src-a", None, "a1")]), "src-a");
+        let a = apply_ok(&mut s, &batch(entries.clone(), vec![cp("src-a", Some("a1"), "a2")]));
+        assert_eq!(a, Applied { counted: 0, duplicates: 3, keys_written: 0 });
+        assert_eq!(snapshot(&s, &months, &tenants).counters, before.counters);
+        apply_ok(&mut s, &batch(vec![entry("acme", "2025-12-02T00:00:00Z", "m-haiku", "r4", 1, 1, "0.0000000001")], vec![]));
+    }
+
+    // A full-sync reopen sees the second session's writes as well.
+    let s = SqliteStore::open(&path, true).unwrap();
+    assert_eq!(s.checkpoints().unwrap()["src-a"], "a2");
+    assert_eq!(s.max_hour().unwrap(), Some(c::hour("2025-12-02T00:00:00Z")));
+    let t = s.totals().unwrap();
+    assert_eq!((t.received, t.counted, t.duplicates), (4 + 3 + 1, 4, 3));
+    assert_eq!(t.skipped, BTreeMap::from([("non_json".to_string(), 1)]));
+    let dec = s.period_usage(&c::tenant("acme"), "2025-12").unwrap();
+    assert_eq!(dec.total.est_cost, c::dec("0.0000000876"));
+    assert_eq!(dec.total.requests, 2);
+    c::assert_rollups_match_hours(&s, "2025-11");
+    c::assert_rollups_match_hours(&s, "2025-12");
+}
