@@ -103,7 +103,8 @@ impl Target {
 /// The key under which a `requestId` is remembered for deduplication.
 ///
 /// A canonical UUID is kept as its 16 bytes; any other id is kept verbatim when short, so no
-/// two distinct ids ever share a key. Only ids longer than [`MAX_VERBATIM`] are hashed.
+/// two distinct ids ever share a key. Only ids longer than [`MAX_VERBATIM`] are hashed. A
+/// marker byte in front tells the three forms apart.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DedupKey(Vec<u8>);
 
@@ -111,8 +112,12 @@ const MAX_VERBATIM: usize = 64;
 
 impl DedupKey {
     pub fn from_request_id(id: &str) -> DedupKey {
+        // Each form starts with its own marker byte, so no two forms can collide.
         if let Some(bytes) = parse_uuid(id) {
-            return DedupKey(bytes.to_vec());
+            let mut out = Vec::with_capacity(17);
+            out.push(0);
+            out.extend_from_slice(&bytes);
+            return DedupKey(out);
         }
         let mut out = Vec::with_capacity(MAX_VERBATIM + 1);
         if id.len() <= MAX_VERBATIM {
@@ -250,7 +255,12 @@ mod tests {
         let a = DedupKey::from_request_id("7ee514f3-9eff-467c-af75-8fd564ce58e5");
         let b = DedupKey::from_request_id("7EE514F3-9EFF-467C-AF75-8FD564CE58E5");
         assert_eq!(a, b);
-        assert_eq!(a.as_bytes().len(), 16);
+        assert_eq!(a.as_bytes().len(), 17);
+        // A UUID whose first byte is `=` does not meet a 15-character verbatim id.
+        assert_ne!(
+            DedupKey::from_request_id("3d616263-6465-6667-6869-6a6b6c6d6e6f"),
+            DedupKey::from_request_id("abcdefghijklmno")
+        );
         assert_ne!(DedupKey::from_request_id("<REQUEST_ID_1>"), DedupKey::from_request_id("<REQUEST_ID_2>"));
         let long = "x".repeat(200);
         assert_eq!(DedupKey::from_request_id(&long).as_bytes().len(), 17);

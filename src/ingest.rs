@@ -71,10 +71,15 @@ impl Pipeline {
     }
 }
 
+/// Records per piece a worker sends: small enough that pieces in flight stay a few MB.
+const PIECE_RECORDS: usize = 4_096;
+
 /// How ingest runs.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub read: ReadSettings,
+    /// Records per committed batch.
+    pub batch_records: usize,
     pub workers: usize,
     pub dedup_window: i64,
     pub parse: ParseOptions,
@@ -87,7 +92,8 @@ impl Settings {
         let i = &config.ingest;
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Settings {
-            read: ReadSettings { max_record_bytes: i.max_record_bytes, batch_records: i.batch_records, follow },
+            read: ReadSettings { max_record_bytes: i.max_record_bytes, piece_records: i.batch_records.min(PIECE_RECORDS), follow },
+            batch_records: i.batch_records,
             workers: if i.workers == 0 { cores } else { i.workers },
             dedup_window: i64::from(i.dedup_window_days) * 86_400,
             parse: ParseOptions { max_token_count: i.max_token_count },
@@ -344,7 +350,7 @@ impl<'a> Committer<'a> {
                 if let Some(Message::Piece(p)) = group.last() {
                     records += p.entries.len() + p.rejects.len();
                 }
-                if records >= self.settings.read.batch_records {
+                if records >= self.settings.batch_records {
                     break;
                 }
                 match rx.recv_deadline(deadline) {

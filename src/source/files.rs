@@ -70,7 +70,9 @@ pub struct FileJob {
 #[derive(Debug, Clone)]
 pub struct ReadSettings {
     pub max_record_bytes: usize,
-    pub batch_records: usize,
+    /// Records per piece. Small pieces keep memory flat; the committer merges them into
+    /// batches of `ingest.batch_records`.
+    pub piece_records: usize,
     /// Follow mode: an unterminated last line that does not parse yet is left for later.
     pub follow: bool,
 }
@@ -182,7 +184,7 @@ impl<R: Read> Read for Counting<R> {
     }
 }
 
-/// Reads one file from its checkpoint, sending pieces of at most `batch_records` records.
+/// Reads one file from its checkpoint, sending pieces of at most `piece_records` records.
 /// `send` returns false when the receiver is gone. Stops early, at a line boundary, when
 /// `shutdown` is set.
 pub fn read_file(
@@ -286,7 +288,7 @@ pub fn read_file(
                 consumed = lines.position();
             }
         }
-        if piece.received as usize >= settings.batch_records {
+        if piece.received as usize >= settings.piece_records {
             piece.position = position(consumed, line_no).encode();
             let next_expected = Some(piece.position.clone());
             if !send(std::mem::replace(&mut piece, new_piece(&next_expected))) {

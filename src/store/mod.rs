@@ -97,6 +97,9 @@ pub enum StoreError {
     /// The store cannot be used (missing, unreadable, wrong schema).
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The request itself is wrong (e.g. a period that is not `YYYY-MM`).
+    #[error("{0}")]
+    Invalid(String),
     /// Any other backend failure.
     #[error("store error: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),

@@ -251,7 +251,11 @@ impl SqliteStore {
 
 /// `[start, end)` epoch seconds of a `YYYY-MM` month.
 pub fn month_range(month: &str) -> Result<(EpochSeconds, EpochSeconds), StoreError> {
-    let bad = || StoreError::Unavailable(format!("{month:?} is not a YYYY-MM period"));
+    let bad = || StoreError::Invalid(format!("{month:?} is not a YYYY-MM period"));
+    let b = month.as_bytes();
+    if b.len() != 7 || b[4] != b'-' || !b.iter().enumerate().all(|(i, c)| i == 4 || c.is_ascii_digit()) {
+        return Err(bad());
+    }
     let first = chrono::NaiveDate::parse_from_str(&format!("{month}-01"), "%Y-%m-%d").map_err(|_| bad())?;
     let next = first.checked_add_months(chrono::Months::new(1)).ok_or_else(bad)?;
     let at = |d: chrono::NaiveDate| d.and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp();

@@ -17,6 +17,9 @@ use tally::usage::{CounterKey, Resource, Usage};
 /// Returns a fresh, empty store on every call.
 pub type Factory<'a> = &'a dyn Fn() -> Box<dyn CounterStore>;
 
+/// One conformance check.
+pub type Check = fn(Factory);
+
 // ---------------------------------------------------------------------------------------------
 // Builders
 // ---------------------------------------------------------------------------------------------
@@ -175,7 +178,7 @@ fn empty_period(t: &str, month: &str) -> PeriodUsage {
 
 /// Runs every check, each on fresh stores from `factory`.
 pub fn run_all(factory: Factory) {
-    let checks: &[(&str, fn(Factory))] = &[
+    let checks: &[(&str, Check)] = &[
         ("a_fresh_store_is_empty", a_fresh_store_is_empty),
         ("apply_counts_every_field_and_rolls_up", apply_counts_every_field_and_rolls_up),
         ("costs_sum_exactly_as_decimals", costs_sum_exactly_as_decimals),
@@ -345,37 +348,45 @@ pub fn costs_sum_exactly_as_decimals(factory: Factory) {
     assert_rollups_match_hours(&*s, "2025-11");
 }
 
-/// A second batch adds to the counters the first wrote, at hour, day and month level.
+/// A second batch adds to the counters the first wrote — every `Usage` field — at hour, day
+/// and month level.
 pub fn counters_accumulate_across_batches(factory: Factory) {
     let mut s = factory();
+    // Every field non-zero and distinct, so a field that is overwritten or dropped shows.
+    let full = |n: u64, cost: &str| Usage {
+        input: n,
+        output: 2 * n,
+        cache_read: 3 * n,
+        cache_write: 4 * n,
+        requests: 5 * n,
+        errors: 6 * n,
+        no_usage: 7 * n,
+        est_cost: dec(cost),
+    };
+    let e = |ts: &str, r: &str, u: Usage| Entry { usage: u, ..entry("acme", ts, "m", r, 0, 0, "0") };
     apply_ok(
         &mut *s,
-        &batch(
-            vec![
-                entry("acme", "2025-11-07T10:00:00Z", "m", "r1", 10, 1, "0.001"),
-                entry("acme", "2025-11-08T10:00:00Z", "m", "r2", 20, 2, "0.002"),
-            ],
-            vec![],
-        ),
+        &batch(vec![e("2025-11-07T10:00:00Z", "r1", full(1, "0.001")), e("2025-11-08T10:00:00Z", "r2", full(10, "0.002"))], vec![]),
     );
     apply_ok(
         &mut *s,
         &batch(
-            vec![
-                entry("acme", "2025-11-07T10:30:00Z", "m", "r3", 100, 10, "0.01"),
-                entry("acme", "2025-11-07T11:00:00Z", "m", "r4", 1000, 100, "0.1"),
-            ],
+            vec![e("2025-11-07T10:30:00Z", "r3", full(100, "0.01")), e("2025-11-07T11:00:00Z", "r4", full(1000, "0.1"))],
             vec![],
         ),
     );
+    apply_ok(&mut *s, &batch(vec![e("2025-11-07T10:45:00Z", "r5", full(10000, "0.0000000875"))], vec![]));
     let hours = hours_map(&*s, "2025-11");
     assert_eq!(hours.len(), 3);
-    assert_eq!(hours[&key("acme", "2025-11-07T10:00:00Z", "m")], sum([&usage(10, 1, "0.001"), &usage(100, 10, "0.01")]));
-    assert_eq!(hours[&key("acme", "2025-11-07T11:00:00Z", "m")], usage(1000, 100, "0.1"));
-    assert_eq!(hours[&key("acme", "2025-11-08T10:00:00Z", "m")], usage(20, 2, "0.002"));
+    assert_eq!(hours[&key("acme", "2025-11-07T10:00:00Z", "m")], full(10101, "0.0110000875"));
+    assert_eq!(hours[&key("acme", "2025-11-07T11:00:00Z", "m")], full(1000, "0.1"));
+    assert_eq!(hours[&key("acme", "2025-11-08T10:00:00Z", "m")], full(10, "0.002"));
     let p = s.period_usage(&tenant("acme"), "2025-11").unwrap();
-    assert_eq!(p.total, Usage { input: 1130, output: 113, requests: 4, est_cost: dec("0.113"), ..Usage::default() });
-    assert_eq!(p.by_day["2025-11-07"], Usage { input: 1110, output: 111, requests: 3, est_cost: dec("0.111"), ..Usage::default() });
+    assert_eq!(p.total, full(11111, "0.1130000875"));
+    assert_eq!(p.by_day["2025-11-07"], full(11101, "0.1110000875"));
+    assert_eq!(p.by_day["2025-11-08"], full(10, "0.002"));
+    assert_eq!(p.by_resource[&Resource::new("m")], full(11111, "0.1130000875"));
+    assert_eq!(s.tenants("2025-11").unwrap(), vec![(tenant("acme"), full(11111, "0.1130000875"))]);
     assert_rollups_match_hours(&*s, "2025-11");
 }
 
