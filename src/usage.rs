@@ -104,21 +104,17 @@ impl Granularity {
 pub type RollupKey = (TenantId, String, Resource);
 
 /// Sums usage per key. Order-insensitive and mergeable: `aggregate(a ++ b)` equals merging
-/// `aggregate(a)` and `aggregate(b)`.
+/// `aggregate(a)` and `aggregate(b)`. Sums in a hash map (one hash per record instead of a
+/// tree walk of string compares) and sorts the few keys once at the end.
 pub fn aggregate<'a, I>(items: I) -> BTreeMap<CounterKey, Usage>
 where
     I: IntoIterator<Item = (&'a CounterKey, &'a Usage)>,
 {
-    let mut out: BTreeMap<CounterKey, Usage> = BTreeMap::new();
+    let mut sums: HashMap<&'a CounterKey, Usage> = HashMap::new();
     for (k, u) in items {
-        match out.get_mut(k) {
-            Some(acc) => *acc += u,
-            None => {
-                out.insert(k.clone(), *u);
-            }
-        }
+        *sums.entry(k).or_default() += u;
     }
-    out
+    sums.into_iter().map(|(k, u)| (k.clone(), u)).collect()
 }
 
 /// Rolls hourly counters up to days or months.
