@@ -42,6 +42,8 @@ if [[ ${SKIP_BUILD:-0} != 1 ]]; then
     CARGO_TARGET_DIR="$TARGET_DIR" cargo build --release --quiet
 fi
 [[ -x $TALLY ]] || die "no binary at $TALLY"
+# What was measured: the commit, and whether src/ differed from it when we built.
+REV="$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ' + uncommitted changes')"
 
 # json FILE EXPR: evaluate a python expression over the JSON document `j` in FILE.
 json() { python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2"; }
@@ -237,7 +239,7 @@ internal=$(json "$R/full-1.json" 'round(j["elapsed_secs"], 2)')
 # --- table ---------------------------------------------------------------------------
 gb() { awk -v b="$1" 'BEGIN { printf "%.2f", b / 1e9 }'; }
 {
-    echo "Ingest benchmark — $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, tally $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src 2>/dev/null || echo ' (+ uncommitted src changes)')"
+    echo "Ingest benchmark — $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, tally built from $REV"
     echo
     echo "Full set: $FULL_RECEIVED records received, $(gb "$F_TOTAL_BYTES") GB uncompressed" \
          "($F_GZ_FILES .json.gz = $(gb "$F_GZ_BYTES") GB, plain NDJSON = $(gb "$F_PLAIN_BYTES") GB)." \
