@@ -12,6 +12,8 @@
 #   RECORDS, BODY_BYTES, TENANTS, PLAIN_FRACTION, DUP_FRACTION, PER_OBJECT   full set
 #   PLAIN_RECORDS     records in the plain-NDJSON-only set (default: sized to ~1 GB)
 #   SKIP_BUILD=1      use the existing binary;  REGEN=1  regenerate the data sets
+#   QUIET_WAIT, MAX_OTHER, RETRIES   contention guard (see "timing helpers")
+#   MIN_BYTES         minimum uncompressed size of the full set (default 2e9; 0 for smoke tests)
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."   # the repo root, wherever we were started from
