@@ -175,7 +175,7 @@ fn a_grown_file_continues_where_it_stopped() {
     let s = Scratch::new("");
     let line = |i: u32| record(&format!("bbbbbbbb-0000-4000-8000-{i:012}"), "2025-11-04T01:00:00Z", "acme", u64::from(i), 1);
     let path = s.write("tail.ndjson", format!("{}\n{}\n", line(1), line(2)));
-    assert_eq!(s.ingest(&[path.clone()]).counted, 2);
+    assert_eq!(s.ingest(std::slice::from_ref(&path)).counted, 2);
     let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
     std::io::Write::write_all(&mut f, format!("{}\n{}\n{}\n", line(3), line(4), line(5)).as_bytes()).unwrap();
     let second = s.ingest(&[path]);

@@ -170,6 +170,16 @@ pub fn plan(files: Vec<PathBuf>, checkpoints: &std::collections::HashMap<String,
     Ok((jobs, unchanged))
 }
 
+/// Opens a file positioned at its start, and tells whether it is gzip (by its magic bytes,
+/// not its name).
+fn open_sniffed(path: &Path) -> io::Result<(File, bool)> {
+    let mut file = File::open(path)?;
+    let mut magic = [0u8; 2];
+    let gz = file.read(&mut magic)? == 2 && magic == [0x1f, 0x8b];
+    file.seek(SeekFrom::Start(0))?;
+    Ok((file, gz))
+}
+
 /// Counts bytes read from the underlying file, for the progress bar.
 struct Counting<R> {
     inner: R,
@@ -216,10 +226,7 @@ pub fn read_file(
         // A changed export is read whole again; records already counted are deduplicated.
         return read_document(job, decoder, settings, &head, head_len, expected, send);
     }
-    let mut file = File::open(&job.path)?;
-    let mut magic = [0u8; 2];
-    let gz = file.read(&mut magic)? == 2 && magic == [0x1f, 0x8b];
-    file.seek(SeekFrom::Start(0))?;
+    let (mut file, gz) = open_sniffed(&job.path)?;
     let (start_offset, start_line) = job.resume.as_ref().map_or((0, 0), |p| (p.offset, p.line));
 
     let reader: Box<dyn Read> = if gz {
@@ -317,10 +324,7 @@ fn read_document(
     send: &mut dyn FnMut(Piece) -> bool,
 ) -> io::Result<()> {
     let mut piece = Piece { source: job.key.clone(), expected, ..Piece::default() };
-    let mut file = File::open(&job.path)?;
-    let mut magic = [0u8; 2];
-    let gz = file.read(&mut magic)? == 2 && magic == [0x1f, 0x8b];
-    file.seek(SeekFrom::Start(0))?;
+    let (file, gz) = open_sniffed(&job.path)?;
     let reader: Box<dyn Read> = if gz { Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(file))) } else { Box::new(file) };
     let mut text = Vec::new();
     let limit = settings.max_record_bytes as u64;

@@ -89,8 +89,7 @@ impl<'c> Decoder<'c> {
         if text.is_empty() {
             return;
         }
-        if std::str::from_utf8(text).is_err() {
-            let err = std::str::from_utf8(text).unwrap_err();
+        if let Err(err) = std::str::from_utf8(text) {
             let detail = format!("invalid UTF-8 at byte {}", err.valid_up_to());
             return Self::reject(out, Reject::new(Reason::NonUtf8, detail), line, offset, text);
         }

@@ -130,6 +130,23 @@ impl SqliteStore {
         )
     }
 
+    /// Adds one key's usage through a statement made by [`Self::upsert_sql`].
+    fn upsert(
+        st: &mut rusqlite::CachedStatement<'_>,
+        tenant: &str,
+        bucket: &dyn rusqlite::ToSql,
+        resource: &str,
+        u: &Usage,
+    ) -> Result<(), StoreError> {
+        st.execute(params![
+            tenant, bucket, resource,
+            u.input as i64, u.output as i64, u.cache_read as i64, u.cache_write as i64,
+            u.requests as i64, u.errors as i64, u.no_usage as i64, u.est_cost.to_string()
+        ])
+        .map(drop)
+        .map_err(backend)
+    }
+
     fn apply_in(tx: &Transaction<'_>, batch: &Batch) -> Result<Applied, StoreError> {
         for cp in &batch.checkpoints {
             let found: Option<String> = tx
@@ -171,23 +188,13 @@ impl SqliteStore {
         {
             let mut up = tx.prepare_cached(&Self::upsert_sql("counters_hour", "hour")).map_err(backend)?;
             for (k, u) in &hours {
-                up.execute(params![
-                    k.tenant.as_str(), k.hour, k.resource.as_str(),
-                    u.input as i64, u.output as i64, u.cache_read as i64, u.cache_write as i64,
-                    u.requests as i64, u.errors as i64, u.no_usage as i64, u.est_cost.to_string()
-                ])
-                .map_err(backend)?;
+                Self::upsert(&mut up, k.tenant.as_str(), &k.hour, k.resource.as_str(), u)?;
             }
         }
         for (table, bucket, g) in [("counters_day", "day", Granularity::Day), ("counters_month", "month", Granularity::Month)] {
             let mut up = tx.prepare_cached(&Self::upsert_sql(table, bucket)).map_err(backend)?;
             for ((tenant, b, resource), u) in rollup(&hours, g) {
-                up.execute(params![
-                    tenant.as_str(), b, resource.as_str(),
-                    u.input as i64, u.output as i64, u.cache_read as i64, u.cache_write as i64,
-                    u.requests as i64, u.errors as i64, u.no_usage as i64, u.est_cost.to_string()
-                ])
-                .map_err(backend)?;
+                Self::upsert(&mut up, tenant.as_str(), &b, resource.as_str(), &u)?;
             }
         }
 
