@@ -201,27 +201,27 @@ for i in $(seq "$RUNS"); do
 done
 row "gzip -dc, 2 cores (.json.gz only) ¹" "$F_GZ_LINES" "$F_GZ_BYTES"
 
+# Cold ingest runs of one data set: cold_runs TAG DIR CHECK_PREFIX TOTAL_BYTES ROW_LABEL
+cold_runs() {
+    local tag=$1 dir=$2 prefix=$3 bytes=$4 label=$5
+    walls=(); rsss=(); cpus=(); others=()
+    for i in $(seq "$RUNS"); do
+        measure "$tag run $i" "reset_store '$dir'" "$R/$tag-$i.json" \
+            "$TALLY" --config "$dir/tally.toml" ingest "$dir/logs" --json -q
+        check "$R/$tag-$i.json" "$prefix"
+    done
+    row "$label" "$(json "$R/$tag-1.json" 'j["received"]')" "$bytes"
+}
+
 # --- 2. tally ingest, full tree, cold store ---------------------------------------------
 say "tally ingest full tree, $RUNS cold runs"
-walls=(); rsss=(); cpus=(); others=()
-for i in $(seq "$RUNS"); do
-    measure "ingest run $i" "reset_store '$FULL'" "$R/full-$i.json" \
-        "$TALLY" --config "$FULL/tally.toml" ingest "$FULL/logs" --json -q
-    check "$R/full-$i.json" F
-done
+cold_runs full "$FULL" F "$F_TOTAL_BYTES" "tally ingest, full tree (gz + plain), cold"
 FULL_RECEIVED=$(json "$R/full-1.json" 'j["received"]')
-row "tally ingest, full tree (gz + plain), cold" "$FULL_RECEIVED" "$F_TOTAL_BYTES"
 
 # --- 3. tally ingest, plain NDJSON only ------------------------------------------------
 say "tally ingest plain NDJSON, $RUNS cold runs"
-walls=(); rsss=(); cpus=(); others=()
-for i in $(seq "$RUNS"); do
-    measure "plain run $i" "reset_store '$PLAIN'" "$R/plain-$i.json" \
-        "$TALLY" --config "$PLAIN/tally.toml" ingest "$PLAIN/logs" --json -q
-    check "$R/plain-$i.json" P
-done
+cold_runs plain "$PLAIN" P "$P_TOTAL_BYTES" "tally ingest, plain NDJSON only, cold"
 PLAIN_RECEIVED=$(json "$R/plain-1.json" 'j["received"]')
-row "tally ingest, plain NDJSON only, cold" "$PLAIN_RECEIVED" "$P_TOTAL_BYTES"
 
 # --- 4. no-op re-run over the same tree (store from the last full cold run) ----------------
 say "tally ingest no-op re-run"
