@@ -229,7 +229,9 @@ pub fn run_once(
     }
     drop(job_tx);
     let workers = settings.workers.max(1);
-    let (tx, rx) = crossbeam_channel::bounded::<Message>(workers * 2);
+    // Room for a whole batch of pieces, so workers keep decoding while the committer writes.
+    let in_flight = settings.batch_records.div_ceil(settings.read.piece_records.max(1)) + workers;
+    let (tx, rx) = crossbeam_channel::bounded::<Message>(in_flight);
 
     let result = std::thread::scope(|scope| {
         for _ in 0..workers {
@@ -240,7 +242,10 @@ pub fn run_once(
                     if shutdown.load(Ordering::Relaxed) {
                         break;
                     }
-                    let mut send = |p: Piece| tx.send(Message::Piece(p)).is_ok();
+                    let mut send = |mut p: Piece| {
+                        p.finish();
+                        tx.send(Message::Piece(p)).is_ok()
+                    };
                     if let Err(e) = files::read_file(&job, &mut decoder, &settings.read, &bytes_read, shutdown, &mut send) {
                         let msg = format!("{}: {e}", job.path.display());
                         tracing::error!(file = %job.path.display(), error = %e, "cannot read file");
@@ -377,7 +382,7 @@ impl<'a> Committer<'a> {
         let mut index: HashMap<String, usize> = HashMap::new();
         let mut rejected: Vec<(String, Rejected)> = Vec::new();
         for m in group {
-            let piece = match m {
+            let mut piece = match m {
                 Message::Piece(p) => p,
                 Message::Failed(msg) => {
                     self.report.files_failed += 1;
@@ -388,17 +393,27 @@ impl<'a> Committer<'a> {
             let display = piece.source.strip_prefix("file://").unwrap_or(&piece.source).to_string();
             batch.received += piece.received;
             self.stats.merge(&piece.stats);
-            for (entry, origin) in piece.entries.into_iter().zip(piece.origins) {
-                if horizon.is_some_and(|h| entry.key.hour < h) {
-                    let detail = format!(
-                        "record hour {} is more than {} days before the newest counted hour; it can no longer be checked for duplicates",
-                        crate::ids::hour_label(entry.key.hour),
-                        window / 86_400
-                    );
-                    rejected.push((display.clone(), Rejected::new(Reason::OutsideDedupWindow, detail, origin.line, origin.offset, b"")));
-                } else {
-                    batch.entries.push(entry);
+            // Entries are sorted by hour, so the ones too old to check for duplicates are a prefix.
+            let too_old = horizon.map_or(0, |h| piece.entries.partition_point(|e| e.key.hour < h));
+            let mut sums = piece.sums;
+            for (entry, origin) in piece.entries.drain(..too_old).zip(piece.origins.drain(..too_old)) {
+                if let Some(u) = sums.get_mut(&entry.key) {
+                    *u -= &entry.usage;
+                    if u.requests == 0 {
+                        sums.remove(&entry.key);
+                    }
                 }
+                let detail = format!(
+                    "record hour {} is more than {} days before the newest counted hour; it can no longer be checked for duplicates",
+                    crate::ids::hour_label(entry.key.hour),
+                    window / 86_400
+                );
+                rejected.push((display.clone(), Rejected::new(Reason::OutsideDedupWindow, detail, origin.line, origin.offset, b"")));
+            }
+            batch.entries.append(&mut piece.entries);
+            let all = batch.sums.get_or_insert_with(Default::default);
+            for (k, u) in sums {
+                *all.entry(k).or_default() += &u;
             }
             rejected.extend(piece.rejects.into_iter().map(|r| (display.clone(), r)));
             match index.get(&piece.source) {

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::ops::AddAssign;
+use std::ops::{AddAssign, SubAssign};
 use std::sync::Arc;
 
 use rust_decimal::Decimal;
@@ -75,6 +75,20 @@ impl AddAssign<&Usage> for Usage {
     }
 }
 
+impl SubAssign<&Usage> for Usage {
+    /// Takes back a contribution that was added before (a duplicate found late).
+    fn sub_assign(&mut self, o: &Usage) {
+        self.input -= o.input;
+        self.output -= o.output;
+        self.cache_read -= o.cache_read;
+        self.cache_write -= o.cache_write;
+        self.requests -= o.requests;
+        self.errors -= o.errors;
+        self.no_usage -= o.no_usage;
+        self.est_cost -= o.est_cost;
+    }
+}
+
 /// The finest counter key.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct CounterKey {
@@ -110,7 +124,7 @@ pub fn aggregate<'a, I>(items: I) -> BTreeMap<CounterKey, Usage>
 where
     I: IntoIterator<Item = (&'a CounterKey, &'a Usage)>,
 {
-    let mut sums: HashMap<&'a CounterKey, Usage> = HashMap::new();
+    let mut sums: HashMap<&'a CounterKey, Usage, rustc_hash::FxBuildHasher> = HashMap::default();
     for (k, u) in items {
         *sums.entry(k).or_default() += u;
     }

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use crate::quarantine::{Reason, Rejected};
 use crate::record::{self, Container, ElementBody, LogRecord, ParseOptions, Parsed, Reject};
-use crate::store::Entry;
+use crate::store::{Entry, Sums};
 use crate::usage::Metering;
 
 /// The non-JSON event Bedrock writes when logging is set up.
@@ -65,6 +65,26 @@ pub struct Piece {
     /// Records received: entries + rejects.
     pub received: u64,
     pub stats: DecodeStats,
+    /// The usage of `entries` per key, filled by [`Piece::finish`].
+    pub sums: Sums,
+}
+
+impl Piece {
+    /// Readies a piece for the committer, on the worker's thread: entries sorted by hour and
+    /// dedup key (the order the dedup index is written in), and their usage summed per key.
+    /// The sort is stable, so of two records with one request id the first read stays first.
+    pub fn finish(&mut self) {
+        let mut pairs: Vec<(Entry, Origin)> = std::mem::take(&mut self.entries).into_iter().zip(std::mem::take(&mut self.origins)).collect();
+        pairs.sort_by_key(|(e, _)| (e.key.hour, e.dedup));
+        self.sums.clear();
+        self.entries.reserve(pairs.len());
+        self.origins.reserve(pairs.len());
+        for (e, o) in pairs {
+            *self.sums.entry(e.key.clone()).or_default() += &e.usage;
+            self.entries.push(e);
+            self.origins.push(o);
+        }
+    }
 }
 
 /// Turns bytes into counted entries and rejected records.

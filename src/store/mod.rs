@@ -38,6 +38,10 @@ pub struct CheckpointUpdate {
 #[derive(Debug, Clone, Default)]
 pub struct Batch {
     pub entries: Vec<Entry>,
+    /// The usage of `entries` summed per key, when the writer has summed it already (ingest
+    /// workers do, in parallel). `None`: the store sums the entries itself. When set it must
+    /// equal `aggregate(entries)`.
+    pub sums: Option<Sums>,
     pub checkpoints: Vec<CheckpointUpdate>,
     /// Records received in this batch (entries + skipped).
     pub received: u64,
@@ -45,6 +49,41 @@ pub struct Batch {
     pub skipped: BTreeMap<Reason, u64>,
     /// Dedup entries for hours before this may be forgotten.
     pub prune_before: Option<EpochSeconds>,
+}
+
+/// Usage per hourly key, in a map with a fast hasher.
+pub type Sums = HashMap<CounterKey, Usage, rustc_hash::FxBuildHasher>;
+
+impl Batch {
+    /// The counters this batch adds when the entries at `duplicates` (indices into `entries`)
+    /// were counted before: the sum of every other entry, per key, in key order. Keys whose
+    /// every entry was a duplicate are left out.
+    pub fn counted_sums(&self, duplicates: &[usize]) -> BTreeMap<CounterKey, Usage> {
+        match &self.sums {
+            Some(sums) => {
+                let mut out: BTreeMap<CounterKey, Usage> = sums.iter().map(|(k, u)| (k.clone(), *u)).collect();
+                for &i in duplicates {
+                    let e = &self.entries[i];
+                    if let Some(u) = out.get_mut(&e.key) {
+                        *u -= &e.usage;
+                        if u.requests == 0 {
+                            out.remove(&e.key);
+                        }
+                    }
+                }
+                out
+            }
+            None => {
+                let mut skip = vec![false; self.entries.len()];
+                for &i in duplicates {
+                    skip[i] = true;
+                }
+                crate::usage::aggregate(
+                    self.entries.iter().zip(skip).filter(|(_, s)| !s).map(|(e, _)| (&e.key, &e.usage)),
+                )
+            }
+        }
+    }
 }
 
 /// The outcome of applying a batch.

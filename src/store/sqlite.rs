@@ -1,8 +1,8 @@
 //! The embedded SQLite counter store.
 //!
 //! Tables: `counters_hour` (tenant, hour, resource), `counters_day` and `counters_month`
-//! (tenant, bucket, resource) with the same sums; `seen` (hour, request-id key) for
-//! deduplication; `checkpoints` (source → position); `skipped` and `totals` for the ingest
+//! (tenant, bucket, resource) with the same sums; `seen` (hour and request-id key packed in
+//! two integers, see [`seen_key`]) for deduplication; `checkpoints` (source → position); `skipped` and `totals` for the ingest
 //! accounting; `meta`. Costs are decimal text, summed exactly by the `dec_add` function this
 //! module registers, never as floats. Each [`Batch`] is one `BEGIN IMMEDIATE` transaction.
 
@@ -15,15 +15,15 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use rust_decimal::Decimal;
 
 use super::{Applied, Batch, CounterStore, IngestTotals, PeriodUsage, StoreError};
-use crate::ids::{EpochSeconds, TenantId};
-use crate::usage::{aggregate, rollup, CounterKey, Granularity, Resource, Usage};
+use crate::ids::{DedupKey, EpochSeconds, TenantId};
+use crate::usage::{rollup, CounterKey, Granularity, Resource, Usage};
 
-const SCHEMA_VERSION: &str = "1";
+const SCHEMA_VERSION: &str = "2";
 
 /// The tables that are not counters.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS seen (hour INTEGER NOT NULL, rid BLOB NOT NULL, PRIMARY KEY (hour, rid)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS seen (k1 INTEGER NOT NULL, k2 INTEGER NOT NULL, PRIMARY KEY (k1, k2)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS checkpoints (source TEXT PRIMARY KEY, position TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS skipped (reason TEXT PRIMARY KEY, count INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS totals (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -46,6 +46,20 @@ fn counter_table_sql(table: &str, bucket: &str, ty: &str) -> String {
 }
 
 const COLUMNS: &str = "input, output, cache_read, cache_write, requests, errors, no_usage, est_cost";
+
+/// The dedup index key of a record: two integers, because SQLite compares integers much faster
+/// than blobs. `k1` is the hour number (hours since the epoch, 21 bits, good until 2209) over
+/// the top 42 bits of the request id key, `k2` the next 63 bits. A UUID has 122 random bits;
+/// the 104 of them kept here make a collision between two ids in the dedup window a
+/// ~n²/2¹⁰⁵ event (below 10⁻¹³ for a billion ids). Ordered by (hour, key), so pruning old
+/// hours is a range delete.
+pub fn seen_key(hour: EpochSeconds, dedup: DedupKey) -> (i64, i64) {
+    let v = dedup.as_u128();
+    let hi = (v >> 64) as u64;
+    let lo = v as u64;
+    let hour_no = hour.div_euclid(3600).clamp(0, (1 << 21) - 1);
+    ((hour_no << 42) | (hi >> 22) as i64, (lo & (i64::MAX as u64)) as i64)
+}
 
 /// The SQLite backend.
 pub struct SqliteStore {
@@ -168,23 +182,24 @@ impl SqliteStore {
             .map_err(backend)?;
         }
 
-        let mut fresh = Vec::with_capacity(batch.entries.len());
+        let mut duplicates = Vec::new();
         {
             // Inserting in key order keeps the dedup index's pages hot. The sort is stable, so
             // of two entries with one request id the first in the batch is the one counted.
-            let mut order: Vec<&super::Entry> = batch.entries.iter().collect();
-            order.sort_by(|a, b| (a.key.hour, a.dedup.as_bytes()).cmp(&(b.key.hour, b.dedup.as_bytes())));
-            let mut seen = tx.prepare_cached("INSERT OR IGNORE INTO seen (hour, rid) VALUES (?1, ?2)").map_err(backend)?;
-            for e in order {
-                if seen.execute(params![e.key.hour, e.dedup.as_bytes()]).map_err(backend)? == 1 {
-                    fresh.push((&e.key, &e.usage));
+            let e = &batch.entries;
+            let mut order: Vec<usize> = (0..e.len()).collect();
+            order.sort_by_key(|&i| seen_key(e[i].key.hour, e[i].dedup));
+            let mut seen = tx.prepare_cached("INSERT OR IGNORE INTO seen (k1, k2) VALUES (?1, ?2)").map_err(backend)?;
+            for i in order {
+                let (k1, k2) = seen_key(e[i].key.hour, e[i].dedup);
+                if seen.execute(params![k1, k2]).map_err(backend)? == 0 {
+                    duplicates.push(i);
                 }
             }
         }
-        let counted = fresh.len() as u64;
-        let duplicates = batch.entries.len() as u64 - counted;
-
-        let hours = aggregate(fresh);
+        let duplicates_n = duplicates.len() as u64;
+        let counted = batch.entries.len() as u64 - duplicates_n;
+        let hours = batch.counted_sums(&duplicates);
         {
             let mut up = tx.prepare_cached(&Self::upsert_sql("counters_hour", "hour")).map_err(backend)?;
             for (k, u) in &hours {
@@ -207,7 +222,7 @@ impl SqliteStore {
             .map_err(backend)?;
         }
         if let Some(before) = batch.prune_before {
-            tx.execute("DELETE FROM seen WHERE hour < ?1", [before]).map_err(backend)?;
+            tx.execute("DELETE FROM seen WHERE k1 < ?1", [seen_key(before, DedupKey::from_u128(0)).0]).map_err(backend)?;
         }
         {
             let mut add = tx
@@ -225,11 +240,11 @@ impl SqliteStore {
                      ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
                 )
                 .map_err(backend)?;
-            for (name, n) in [("received", batch.received), ("counted", counted), ("duplicates", duplicates)] {
+            for (name, n) in [("received", batch.received), ("counted", counted), ("duplicates", duplicates_n)] {
                 total.execute(params![name, n as i64]).map_err(backend)?;
             }
         }
-        Ok(Applied { counted, duplicates, keys_written: hours.len() as u64 })
+        Ok(Applied { counted, duplicates: duplicates_n, keys_written: hours.len() as u64 })
     }
 
     fn usage_row(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Usage> {
