@@ -31,6 +31,9 @@ pub struct Config {
     /// List prices used for the estimated cost.
     #[serde(default)]
     pub pricing: PricingConfig,
+    /// Nightly reconcile: the tenant tag and drift thresholds.
+    #[serde(default)]
+    pub reconcile: crate::reconcile::ReconcileConfig,
     /// The folder relative paths are resolved against (the config file's folder).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -301,6 +304,7 @@ impl Config {
                 }
             }
         }
+        self.reconcile.validate()?;
         Ok(())
     }
 

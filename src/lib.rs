@@ -6,12 +6,14 @@
 //! them together with its exactly-once argument in its module docs.
 
 pub mod config;
+pub mod cur;
 pub mod generate;
 pub mod ids;
 pub mod ingest;
 pub mod json;
 pub mod pricing;
 pub mod quarantine;
+pub mod reconcile;
 pub mod record;
 pub mod source;
 pub mod store;

@@ -17,6 +17,8 @@ use tally::generate::{self, Spec};
 use tally::ids::TenantId;
 use tally::ingest::{self, IngestError, Pipeline, Progress, RunReport, Settings};
 use tally::quarantine::Quarantine;
+use tally::cur::generate::CurSpec;
+use tally::reconcile::{self as reconcile, ReconcileError};
 use tally::store::sqlite::SqliteStore;
 use tally::store::{CounterStore, PeriodUsage};
 use tally::usage::Usage;
@@ -27,6 +29,7 @@ mod exit {
     pub const CONFIG: u8 = 2;
     pub const ACCOUNTING: u8 = 3;
     pub const PARTIAL: u8 = 4;
+    pub const UNBALANCED: u8 = 5;
 }
 
 #[derive(Parser)]
@@ -110,6 +113,73 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Reconcile a billing period: allocate the CUR's Bedrock cost to tenants, exactly.
+    ///
+    /// Reads the period's CUR 2.0 or legacy CUR Parquet under --cur and the period's counters,
+    /// and writes allocation, drift, adjustments, summary, cur and usage under
+    /// <out>/<period>/ (replacing that folder as a whole). Fails with exit 5 if
+    /// allocated + unallocated != CUR Bedrock usage cost.
+    Reconcile {
+        /// The billing period, YYYY-MM.
+        #[arg(long)]
+        period: String,
+        /// The CUR folder (a data export or legacy report) or one Parquet file.
+        #[arg(long)]
+        cur: PathBuf,
+        /// Outputs go to <out>/<period>/.
+        #[arg(long, default_value = "out")]
+        out: PathBuf,
+        /// Also write each table as CSV.
+        #[arg(long)]
+        csv: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run SQL over a reconciled period: tables cur, usage, allocation, drift, adjustments, summary.
+    Sql {
+        /// The query, e.g. "SELECT tenant, sum(cost) FROM allocation GROUP BY tenant".
+        query: String,
+        /// The billing period, YYYY-MM (reconciled before).
+        #[arg(long)]
+        period: String,
+        /// The folder reconcile wrote to.
+        #[arg(long, default_value = "out")]
+        out: PathBuf,
+        /// Print CSV instead of a table.
+        #[arg(long)]
+        csv: bool,
+        /// Write the result to this Parquet file instead of printing it.
+        #[arg(long)]
+        parquet: Option<PathBuf>,
+    },
+    /// Generate CUR Parquet (CUR 2.0 and legacy) that bills the logs `tally generate` wrote.
+    GenerateCur {
+        /// The folder `tally generate` wrote (truth.json, tally.toml).
+        #[arg(long, default_value = "out/fixtures")]
+        fixtures: PathBuf,
+        /// Output folder (default: <fixtures>/cur); CUR 2.0 under cur2/, legacy under legacy/.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// YYYY-MM, as given to `tally generate`.
+        #[arg(long, default_value = "2025-11")]
+        month: String,
+        /// At least this many usage lines (hourly lines split across usage accounts); 0 = natural.
+        #[arg(long, default_value_t = 0)]
+        lines: u64,
+        /// Lines per Parquet file.
+        #[arg(long, default_value_t = 250_000)]
+        rows_per_file: usize,
+        /// How much the shared profile is billed above list price.
+        #[arg(long, default_value = "0.3")]
+        drift: rust_decimal::Decimal,
+        /// The tenant tag's name.
+        #[arg(long, default_value = "tenant")]
+        tag: String,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the pipeline on generated fixtures with no services, and print a summary.
     Demo {
         /// Where the fixtures, counters and outputs go.
@@ -134,6 +204,8 @@ fn main() -> ExitCode {
                 exit::CONFIG
             } else if matches!(e.downcast_ref::<IngestError>(), Some(IngestError::Accounting(_))) {
                 exit::ACCOUNTING
+            } else if matches!(e.downcast_ref::<ReconcileError>(), Some(ReconcileError::Imbalance { .. })) {
+                exit::UNBALANCED
             } else {
                 exit::FAILED
             };
@@ -224,6 +296,44 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     summary.logs.display(),
                     summary.config.display(),
                     summary.truth.display()
+                );
+            }
+            Ok(0)
+        }
+        Command::Reconcile { period, cur, out, csv, json } => {
+            let config = load_config(cli.config.as_deref())?;
+            let report = reconcile_period(&config, &period, &cur, &out, csv, quiet || json)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_reconcile(&report);
+            }
+            Ok(0)
+        }
+        Command::Sql { query, period, out, csv, parquet } => {
+            let batches = tally::reconcile::sql::query(&out, &period, &query)?;
+            if let Some(path) = parquet {
+                let schema = batches.first().map(|b| b.schema()).context("the query returned no schema")?;
+                let all = datafusion::arrow::compute::concat_batches(&schema, &batches)?;
+                tally::reconcile::tables::write_parquet(&path, &all)?;
+                eprintln!("wrote {} rows to {}", all.num_rows(), path.display());
+            } else if csv {
+                tally::reconcile::tables::write_csv(std::io::stdout().lock(), &batches)?;
+            } else {
+                println!("{}", tally::reconcile::sql::pretty(&batches)?);
+            }
+            Ok(0)
+        }
+        Command::GenerateCur { fixtures, out, month, lines, rows_per_file, drift, tag, seed, json } => {
+            let out = out.unwrap_or_else(|| fixtures.join("cur"));
+            let spec = CurSpec { tenant_tag: tag, drift, lines, rows_per_file, seed, ..CurSpec::new(fixtures, out, month) };
+            let summary = tally::cur::generate::generate(&spec)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                println!(
+                    "wrote {} lines per variant in {} files ({} Bedrock usage lines of {}, cost {})\nCUR 2.0: {}\nlegacy:  {}",
+                    summary.lines, summary.files, summary.usage_lines, spec.month, summary.usage_cost, summary.cur2.display(), summary.legacy.display()
                 );
             }
             Ok(0)
@@ -370,9 +480,15 @@ fn demo(out: &Path, tenants: usize, records: u64, json: bool, quiet: bool) -> an
     let report = ingest_paths(&config, std::slice::from_ref(&summary.logs), false, quiet || json)?;
     let store = open_store(&config)?;
     let tenants = store.tenants(&spec.month)?;
+    // The nightly reconcile on a CUR generated to bill the same logs.
+    let cur = tally::cur::generate::generate(&CurSpec::new(out.to_path_buf(), out.join("cur"), spec.month.clone()))?;
+    let reconciled = reconcile_period(&config, &spec.month, &cur.cur2, out, false, quiet || json)?;
     if json {
         let rows: Vec<_> = tenants.iter().map(|(t, u)| serde_json::json!({"tenant": t, "usage": u})).collect();
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"ingest": report, "period": spec.month, "tenants": rows}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"ingest": report, "period": spec.month, "tenants": rows, "reconcile": reconciled}))?
+        );
         return Ok(0);
     }
     println!("tally demo · {} records for {} tenants in {} (generated under {})\n", records, spec.tenants, spec.month, out.display());
@@ -384,12 +500,52 @@ fn demo(out: &Path, tenants: usize, records: u64, json: bool, quiet: bool) -> an
         total += u;
     }
     println!("{:<16} {:>9} {:>14} {:>14}", "total", total.requests, total.tokens(), total.est_cost.round_dp(4));
+    println!("\n— reconcile against a generated CUR ({}) —\n", cur.cur2.display());
+    print_reconcile(&reconciled);
     println!(
-        "\ncounters: {}\nquarantine: {}\ntry: tally --config {} meter tenant-0000 --period {}",
+        "\ncounters: {}\nquarantine: {}\ntry: tally --config {} meter tenant-0000 --period {}\n     tally sql --out {} --period {} \"SELECT tenant, sum(cost) FROM allocation GROUP BY tenant ORDER BY 2 DESC\"",
         config.resolve(&config.store.path).display(),
         config.resolve(&config.ingest.quarantine).display(),
         summary.config.display(),
+        spec.month,
+        out.display(),
         spec.month
     );
     Ok(0)
+}
+
+fn reconcile_period(config: &Config, period: &str, cur: &Path, out: &Path, csv: bool, quiet: bool) -> anyhow::Result<reconcile::Report> {
+    if cur.to_string_lossy().starts_with("s3://") {
+        anyhow::bail!("--cur {}: reading CUR from S3 needs the `aws` feature, which this build does not have; copy the export to a folder", cur.display());
+    }
+    let pipeline = Pipeline::from_config(config)?;
+    let store = open_store(config)?;
+    let request = reconcile::Request { period: period.to_string(), cur: cur.to_path_buf(), out: out.to_path_buf(), csv };
+    Ok(reconcile::run(&request, config, &pipeline, &store, &Bar::new(quiet))?)
+}
+
+fn print_reconcile(r: &reconcile::Report) {
+    println!(
+        "reconciled {}: {} Bedrock lines from {} CUR files ({:.1} MB), {} hourly counters",
+        r.period,
+        r.cur_lines,
+        r.cur_files,
+        r.cur_bytes as f64 / 1e6,
+        r.counters
+    );
+    let reasons: Vec<String> = r.unallocated_by_reason.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    println!(
+        "CUR Bedrock usage {} = allocated {} + unallocated {}{}",
+        r.usage_cost,
+        r.allocated,
+        r.unallocated,
+        if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.join(", ")) }
+    );
+    println!("adjustments (credits, refunds, tax; not allocated): {}", r.adjustments);
+    println!("drift: {} rows, {} flagged", r.drift_rows, r.drift_flagged);
+    println!("\n{:<16} {:>16}", "tenant", "cost_usd");
+    for t in &r.tenants {
+        println!("{:<16} {:>16}", t.tenant, t.cost.round_dp(6));
+    }
+    println!("\noutputs: {}", r.output.display());
 }

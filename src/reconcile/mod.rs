@@ -1,0 +1,510 @@
+//! Reconcile (SPEC §3): the period's CUR Bedrock lines and the period's counters in, the
+//! reconciled tables out, under `<out>/<period>/`.
+//!
+//! `run` is the thin I/O shell: it loads the CUR (`cur::load`, DataFusion) and the counters
+//! (any `CounterStore`), hands them to the pure stages — `allocate` (tag → dedicated profile →
+//! split by usage → unallocated) and `drift` — builds the tables (`tables`), checks the
+//! invariant Σ allocated + Σ unallocated = Σ CUR Bedrock usage cost on the very arrays that are
+//! written, and replaces the period's folder as a whole. Adjustments (credits, refunds, tax,
+//! discounts) are reported and never allocated. `sql` serves the written tables to analysts.
+//!
+//! Outputs (Parquet, plus CSV with `csv`): `allocation` (tenant × day × resource × token type
+//! × basis; unallocated cost is in the same table with no tenant and its reason), `drift`,
+//! `adjustments`, `summary`, and the inputs as reconciled: `cur` (the Bedrock lines summed per
+//! day) and `usage` (the hourly counters).
+
+pub mod allocate;
+pub mod drift;
+pub mod sql;
+pub mod tables;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::parquet::errors::ParquetError;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::cur::classify::{self, TokenType};
+use crate::cur::load::{self, CurError, CurSnapshot, LoadOptions};
+use crate::cur::money;
+use crate::ids::{self, Target, TenantId};
+use crate::ingest::{Pipeline, Progress};
+use crate::pricing::TokenPrices;
+use crate::store::{CounterStore, StoreError};
+use crate::usage::{CounterKey, Usage};
+use allocate::{Allocation, UsageLine, Weights};
+use drift::{Billed, DriftKey, DriftRow, Metered, Thresholds};
+use tables::Col;
+
+/// `[reconcile]` in tally.toml.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileConfig {
+    /// The cost-allocation tag that names a line's tenant: `resource_tags['user_<tag>']` in
+    /// CUR 2.0, column `resource_tags_user_<tag>` in legacy CUR.
+    #[serde(default = "ReconcileConfig::default_tenant_tag")]
+    pub tenant_tag: String,
+    /// A drift row is flagged when |CUR − estimate| exceeds the larger of this (USD, as a
+    /// string) and `drift_fraction` of the larger of the two costs.
+    #[serde(default = "ReconcileConfig::default_drift_min_usd")]
+    pub drift_min_usd: String,
+    /// See `drift_min_usd`; a decimal string, e.g. "0.05" for 5%.
+    #[serde(default = "ReconcileConfig::default_drift_fraction")]
+    pub drift_fraction: String,
+}
+
+impl ReconcileConfig {
+    fn default_tenant_tag() -> String {
+        "tenant".into()
+    }
+    fn default_drift_min_usd() -> String {
+        "1".into()
+    }
+    fn default_drift_fraction() -> String {
+        "0.05".into()
+    }
+
+    /// Checks the fields; the error names the field.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let tag_ok = !self.tenant_tag.is_empty()
+            && self.tenant_tag.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':' | '.' | '/' | '@' | ' '));
+        if !tag_ok {
+            return Err(("reconcile.tenant_tag".into(), "must be a tag name (letters, digits, _ - : . / @)".into()));
+        }
+        for (field, v) in [("reconcile.drift_min_usd", &self.drift_min_usd), ("reconcile.drift_fraction", &self.drift_fraction)] {
+            match Decimal::from_str(v.trim()) {
+                Ok(d) if d >= Decimal::ZERO => {}
+                _ => return Err((field.into(), format!("must be a non-negative decimal string, not {v:?}"))),
+            }
+        }
+        Ok(())
+    }
+
+    pub fn thresholds(&self) -> Thresholds {
+        let d = |s: &str| Decimal::from_str(s.trim()).expect("validated with the config");
+        Thresholds { min_usd: d(&self.drift_min_usd), fraction: d(&self.drift_fraction) }
+    }
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        ReconcileConfig {
+            tenant_tag: Self::default_tenant_tag(),
+            drift_min_usd: Self::default_drift_min_usd(),
+            drift_fraction: Self::default_drift_fraction(),
+        }
+    }
+}
+
+/// A reconcile that did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Cur(#[from] CurError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("building the tables: {0}")]
+    Arrow(#[from] ArrowError),
+    #[error("writing {path}: {source}")]
+    Write { path: PathBuf, source: ParquetError },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    /// The invariant broke: a bug. Nothing was written.
+    #[error("allocation does not add up: CUR Bedrock usage {cur} ≠ allocated {allocated} + unallocated {unallocated}; nothing was written")]
+    Imbalance { cur: Decimal, allocated: Decimal, unallocated: Decimal },
+}
+
+/// What to reconcile.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// `YYYY-MM`.
+    pub period: String,
+    /// The CUR folder (or one file).
+    pub cur: PathBuf,
+    /// Outputs go to `<out>/<period>/`.
+    pub out: PathBuf,
+    /// Also write CSV beside the Parquet.
+    pub csv: bool,
+}
+
+/// One tenant's reconciled cost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TenantCost {
+    pub tenant: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub cost: Decimal,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub period: String,
+    pub output: PathBuf,
+    pub cur_files: usize,
+    pub cur_bytes: u64,
+    /// Bedrock lines read (usage and adjustments).
+    pub cur_lines: u64,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub usage_cost: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub allocated: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub unallocated: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub adjustments: Decimal,
+    /// Unallocated cost by reason.
+    pub unallocated_by_reason: BTreeMap<String, String>,
+    pub counters: usize,
+    pub drift_rows: usize,
+    pub drift_flagged: usize,
+    /// Allocated cost per tenant, by tenant.
+    pub tenants: Vec<TenantCost>,
+    pub files_written: Vec<PathBuf>,
+}
+
+/// The reconciled tables of one period, before they are written.
+pub struct Tables {
+    pub report: Report,
+    /// (name, batch), in writing order.
+    pub batches: Vec<(&'static str, RecordBatch)>,
+}
+
+/// Loads, allocates, checks and writes (see the module docs).
+pub fn run(req: &Request, config: &crate::config::Config, pipeline: &Pipeline, store: &dyn CounterStore, progress: &dyn Progress) -> Result<Report, ReconcileError> {
+    let opts = LoadOptions { period: req.period.clone(), tenant_tag: config.reconcile.tenant_tag.clone() };
+    let cur = load::load(&req.cur, &opts, progress)?;
+    let hours = store.hours(&req.period)?;
+    let mut t = reconcile(&req.period, &cur, &hours, pipeline, config.reconcile.thresholds())?;
+    t.report.output = req.out.join(&req.period);
+    t.report.files_written = write(&t, &req.out, &req.period, req.csv)?;
+    Ok(t.report)
+}
+
+/// The pure middle of `run`: CUR snapshot and counters in, checked tables out.
+pub fn reconcile(period: &str, cur: &CurSnapshot, hours: &[(CounterKey, Usage)], pipeline: &Pipeline, th: Thresholds) -> Result<Tables, ReconcileError> {
+    let mut prices: HashMap<&str, Option<TokenPrices>> = HashMap::new();
+    let mut weights = Weights::new();
+    let mut metered: BTreeMap<DriftKey, Metered> = BTreeMap::new();
+    for (k, u) in hours {
+        let resource = k.resource.as_str();
+        let p = *prices.entry(resource).or_insert_with(|| token_prices(pipeline, resource));
+        let day = ids::day_of(k.hour);
+        let key = allocate::resource_key(resource);
+        for tt in TokenType::TOKENS {
+            let n = token_count(u, tt);
+            if n == 0 {
+                continue;
+            }
+            let est = p.map(|p| price_of(&p, tt) * Decimal::from(n)).unwrap_or_default();
+            let label = key.clone().unwrap_or_else(|| drift::NO_RESOURCE.to_string());
+            let m = metered.entry((day.clone(), label, tt)).or_default();
+            m.tokens += n;
+            m.estimated += est;
+            if let Some(key) = &key {
+                *weights.entry((day.clone(), key.clone(), tt)).or_default().entry(k.tenant.clone()).or_default() += n;
+            }
+        }
+        if let Some(key) = key {
+            if u.requests > 0 {
+                *weights.entry((day, key, TokenType::Other)).or_default().entry(k.tenant.clone()).or_default() += u.requests;
+            }
+        }
+    }
+
+    let mut lines = Vec::new();
+    let mut billed: BTreeMap<DriftKey, Billed> = BTreeMap::new();
+    let mut adjustments: Vec<(&load::GroupKey, &load::GroupSums)> = Vec::new();
+    for (g, s) in &cur.groups {
+        if !classify::is_usage(&g.line_item_type) {
+            adjustments.push((g, s));
+            continue;
+        }
+        let tt = TokenType::of_usage_type(&g.usage_type);
+        lines.push(UsageLine { day: g.day.clone(), resource: g.resource.clone(), token_type: tt, tag: g.tag.as_deref().and_then(TenantId::new), cost: s.cost });
+        let label = allocate::resource_key(&g.resource).unwrap_or_else(|| drift::NO_RESOURCE.to_string());
+        let b = billed.entry((g.day.clone(), label, tt)).or_default();
+        b.cost += s.cost;
+        if let Some(t) = group_tokens(g, s) {
+            *b.tokens.get_or_insert(0) += t;
+        }
+    }
+    let resolver = &pipeline.resolver;
+    let allocation = allocate::allocate(&lines, |r| resolver.profile(r, &Target::parse(r)).and_then(|p| p.owner.clone()), &weights);
+    let drift_rows = drift::drift(&metered, &billed, th);
+
+    let usage_cost: i128 = lines.iter().map(|l| l.cost).sum();
+    let adjustment_cost: i128 = adjustments.iter().map(|(_, s)| s.cost).sum();
+    let allocation_batch = allocation_table(&allocation)?;
+    check_balance(&allocation_batch, usage_cost)?;
+
+    let mut per_tenant: BTreeMap<&TenantId, i128> = BTreeMap::new();
+    for (k, v) in &allocation.shares {
+        *per_tenant.entry(&k.0).or_default() += v;
+    }
+    let mut by_reason: BTreeMap<String, i128> = BTreeMap::new();
+    for (k, v) in &allocation.unallocated {
+        *by_reason.entry(k.3.as_str().to_string()).or_default() += v;
+    }
+    let allocated: i128 = per_tenant.values().sum();
+    let unallocated: i128 = by_reason.values().sum();
+    let report = Report {
+        period: period.to_string(),
+        output: PathBuf::new(),
+        cur_files: cur.files.len(),
+        cur_bytes: cur.bytes,
+        cur_lines: cur.lines(),
+        usage_cost: money::from_units(usage_cost),
+        allocated: money::from_units(allocated),
+        unallocated: money::from_units(unallocated),
+        adjustments: money::from_units(adjustment_cost),
+        unallocated_by_reason: by_reason.into_iter().map(|(k, v)| (k, money::from_units(v).to_string())).collect(),
+        counters: hours.len(),
+        drift_rows: drift_rows.len(),
+        drift_flagged: drift_rows.iter().filter(|r| r.flagged).count(),
+        tenants: per_tenant.into_iter().map(|(t, v)| TenantCost { tenant: t.to_string(), cost: money::from_units(v) }).collect(),
+        files_written: Vec::new(),
+    };
+    let batches = vec![
+        ("allocation", allocation_batch),
+        ("drift", drift_table(&drift_rows)?),
+        ("adjustments", adjustments_table(&adjustments)?),
+        ("cur", cur_table(cur)?),
+        ("usage", usage_table(hours)?),
+        ("summary", summary_table(&report)?),
+    ];
+    Ok(Tables { report, batches })
+}
+
+/// Σ allocated + Σ unallocated = Σ CUR Bedrock usage cost, on the allocation table itself.
+pub fn check_balance(allocation: &RecordBatch, usage_cost: i128) -> Result<(), ReconcileError> {
+    use datafusion::arrow::array::{Array, AsArray};
+    use datafusion::arrow::datatypes::Decimal128Type;
+    let cost = allocation.column_by_name("cost").expect("allocation has cost").as_primitive::<Decimal128Type>();
+    let tenant = allocation.column_by_name("tenant").expect("allocation has tenant");
+    let (mut allocated, mut unallocated) = (0i128, 0i128);
+    for i in 0..allocation.num_rows() {
+        if tenant.is_null(i) {
+            unallocated += cost.value(i);
+        } else {
+            allocated += cost.value(i);
+        }
+    }
+    if allocated + unallocated != usage_cost {
+        return Err(ReconcileError::Imbalance {
+            cur: money::from_units(usage_cost),
+            allocated: money::from_units(allocated),
+            unallocated: money::from_units(unallocated),
+        });
+    }
+    Ok(())
+}
+
+/// The list prices for what a counter resource names (as the ingest estimate uses them).
+pub fn token_prices(pipeline: &Pipeline, resource: &str) -> Option<TokenPrices> {
+    let target = Target::parse(resource);
+    let profile = pipeline.resolver.profile(resource, &target);
+    let hint = profile.and_then(|p| p.model.as_deref());
+    let tier = profile.map(|p| p.tier).unwrap_or_default();
+    pipeline.catalog.lookup(&target, hint).map(|p| *p.tier(tier))
+}
+
+fn token_count(u: &Usage, tt: TokenType) -> u64 {
+    match tt {
+        TokenType::Input => u.input,
+        TokenType::Output => u.output,
+        TokenType::CacheRead => u.cache_read,
+        TokenType::CacheWrite => u.cache_write,
+        TokenType::Other => 0,
+    }
+}
+
+fn price_of(p: &TokenPrices, tt: TokenType) -> Decimal {
+    match tt {
+        TokenType::Input => p.input,
+        TokenType::Output => p.output,
+        TokenType::CacheRead => p.cache_read,
+        TokenType::CacheWrite => p.cache_write,
+        TokenType::Other => Decimal::ZERO,
+    }
+}
+
+/// Tokens billed by a group, when its unit is tokens: quantity × tokens per unit, rounded.
+fn group_tokens(g: &load::GroupKey, s: &load::GroupSums) -> Option<i64> {
+    let per = classify::tokens_per_unit(&g.pricing_unit, &g.usage_type)?;
+    let t = (money::from_units(s.quantity) * per).round();
+    i64::try_from(t.mantissa() / 10i128.pow(t.scale())).ok()
+}
+
+fn text<S: AsRef<str>>(v: impl IntoIterator<Item = S>) -> Col {
+    Col::Text(v.into_iter().map(|s| Some(s.as_ref().to_string())).collect())
+}
+
+fn allocation_table(a: &Allocation) -> Result<RecordBatch, ArrowError> {
+    // Tenants' shares first (sorted by tenant, day, resource, token type, basis), then the
+    // unallocated rows (sorted by day, resource, token type, reason).
+    let n = a.shares.len() + a.unallocated.len();
+    let (mut tenant, mut day, mut resource, mut tt, mut basis, mut reason, mut cost) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    for ((t, d, r, k, b), v) in &a.shares {
+        tenant.push(Some(t.to_string()));
+        day.push(Some(d.clone()));
+        resource.push(Some(r.clone()));
+        tt.push(Some(k.as_str().to_string()));
+        basis.push(Some(b.as_str().to_string()));
+        reason.push(None);
+        cost.push(Some(*v));
+    }
+    for ((d, r, k, why), v) in &a.unallocated {
+        tenant.push(None);
+        day.push(Some(d.clone()));
+        resource.push(Some(r.clone()));
+        tt.push(Some(k.as_str().to_string()));
+        basis.push(Some("unallocated".to_string()));
+        reason.push(Some(why.as_str().to_string()));
+        cost.push(Some(*v));
+    }
+    tables::batch(vec![
+        ("tenant", Col::Text(tenant)),
+        ("day", Col::Text(day)),
+        ("resource", Col::Text(resource)),
+        ("token_type", Col::Text(tt)),
+        ("basis", Col::Text(basis)),
+        ("unallocated_reason", Col::Text(reason)),
+        ("cost", Col::Money(cost)),
+    ])
+}
+
+fn drift_table(rows: &[DriftRow]) -> Result<RecordBatch, ArrowError> {
+    tables::batch(vec![
+        ("day", text(rows.iter().map(|r| &r.day))),
+        ("resource", text(rows.iter().map(|r| &r.resource))),
+        ("token_type", text(rows.iter().map(|r| r.token_type.as_str()))),
+        ("metered_tokens", Col::Int(rows.iter().map(|r| r.metered.map(|m| m.tokens as i64)).collect())),
+        ("estimated_cost", Col::Money(rows.iter().map(|r| r.metered.map(|m| money::to_units(m.estimated))).collect())),
+        ("cur_tokens", Col::Int(rows.iter().map(|r| r.billed.and_then(|b| b.tokens)).collect())),
+        ("cur_cost", Col::Money(rows.iter().map(|r| r.billed.map(|b| b.cost)).collect())),
+        ("difference", Col::Money(rows.iter().map(|r| Some(money::to_units(r.difference))).collect())),
+        ("flagged", Col::Bool(rows.iter().map(|r| r.flagged).collect())),
+    ])
+}
+
+fn adjustments_table(rows: &[(&load::GroupKey, &load::GroupSums)]) -> Result<RecordBatch, ArrowError> {
+    tables::batch(vec![
+        ("day", text(rows.iter().map(|(g, _)| &g.day))),
+        ("line_item_type", text(rows.iter().map(|(g, _)| &g.line_item_type))),
+        ("usage_type", text(rows.iter().map(|(g, _)| &g.usage_type))),
+        ("resource", text(rows.iter().map(|(g, _)| &g.resource))),
+        ("description", text(rows.iter().map(|(g, _)| &g.description))),
+        ("lines", Col::Int(rows.iter().map(|(_, s)| Some(s.lines as i64)).collect())),
+        ("cost", Col::Money(rows.iter().map(|(_, s)| Some(s.cost)).collect())),
+    ])
+}
+
+fn cur_table(cur: &CurSnapshot) -> Result<RecordBatch, ArrowError> {
+    let g: Vec<(&load::GroupKey, &load::GroupSums)> = cur.groups.iter().collect();
+    tables::batch(vec![
+        ("day", text(g.iter().map(|(k, _)| &k.day))),
+        ("line_item_type", text(g.iter().map(|(k, _)| &k.line_item_type))),
+        ("product_code", text(g.iter().map(|(k, _)| &k.product_code))),
+        ("usage_type", text(g.iter().map(|(k, _)| &k.usage_type))),
+        (
+            "token_type",
+            Col::Text(
+                g.iter()
+                    .map(|(k, _)| classify::is_usage(&k.line_item_type).then(|| TokenType::of_usage_type(&k.usage_type).as_str().to_string()))
+                    .collect(),
+            ),
+        ),
+        ("resource", text(g.iter().map(|(k, _)| &k.resource))),
+        ("tenant_tag", Col::Text(g.iter().map(|(k, _)| k.tag.clone()).collect())),
+        ("pricing_unit", text(g.iter().map(|(k, _)| &k.pricing_unit))),
+        ("description", text(g.iter().map(|(k, _)| &k.description))),
+        ("lines", Col::Int(g.iter().map(|(_, s)| Some(s.lines as i64)).collect())),
+        ("quantity", Col::Money(g.iter().map(|(_, s)| Some(s.quantity)).collect())),
+        ("tokens", Col::Int(g.iter().map(|(k, s)| group_tokens(k, s)).collect())),
+        ("cost", Col::Money(g.iter().map(|(_, s)| Some(s.cost)).collect())),
+    ])
+}
+
+/// The period's hourly counters as an Arrow table, sorted by tenant, hour, resource.
+pub fn usage_table(hours: &[(CounterKey, Usage)]) -> Result<RecordBatch, ArrowError> {
+    let mut rows: Vec<&(CounterKey, Usage)> = hours.iter().collect();
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    let int = |f: fn(&Usage) -> u64| Col::Int(rows.iter().map(|(_, u)| Some(f(u) as i64)).collect());
+    tables::batch(vec![
+        ("tenant", text(rows.iter().map(|(k, _)| k.tenant.as_str()))),
+        ("hour", Col::Time(rows.iter().map(|(k, _)| k.hour).collect())),
+        ("day", text(rows.iter().map(|(k, _)| ids::day_of(k.hour)))),
+        ("resource", text(rows.iter().map(|(k, _)| k.resource.as_str()))),
+        ("input", int(|u| u.input)),
+        ("output", int(|u| u.output)),
+        ("cache_read", int(|u| u.cache_read)),
+        ("cache_write", int(|u| u.cache_write)),
+        ("requests", int(|u| u.requests)),
+        ("errors", int(|u| u.errors)),
+        ("no_usage", int(|u| u.no_usage)),
+        ("est_cost", Col::Money(rows.iter().map(|(_, u)| Some(money::to_units(u.est_cost))).collect())),
+    ])
+}
+
+fn summary_table(r: &Report) -> Result<RecordBatch, ArrowError> {
+    let m = |d: Decimal| Col::Money(vec![Some(money::to_units(d))]);
+    let i = |n: usize| Col::Int(vec![Some(n as i64)]);
+    tables::batch(vec![
+        ("period", text([&r.period])),
+        ("cur_files", i(r.cur_files)),
+        ("cur_lines", Col::Int(vec![Some(r.cur_lines as i64)])),
+        ("usage_cost", m(r.usage_cost)),
+        ("allocated", m(r.allocated)),
+        ("unallocated", m(r.unallocated)),
+        ("adjustments", m(r.adjustments)),
+        ("net_cost", m(r.usage_cost + r.adjustments)),
+        ("tenants", i(r.tenants.len())),
+        ("counters", i(r.counters)),
+        ("drift_rows", i(r.drift_rows)),
+        ("drift_flagged", i(r.drift_flagged)),
+        ("balanced", Col::Bool(vec![r.allocated + r.unallocated == r.usage_cost])),
+    ])
+}
+
+/// Writes the tables into a fresh folder beside the period's, then swaps it in: the period's
+/// outputs are replaced as a whole, never appended to or left half-written.
+fn write(t: &Tables, out: &Path, period: &str, csv: bool) -> Result<Vec<PathBuf>, ReconcileError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| ReconcileError::Io { path, source }
+    };
+    let final_dir = out.join(period);
+    let partial = out.join(format!(".{period}.partial"));
+    let old = out.join(format!(".{period}.old"));
+    for d in [&partial, &old] {
+        if d.exists() {
+            std::fs::remove_dir_all(d).map_err(io(d))?;
+        }
+    }
+    std::fs::create_dir_all(&partial).map_err(io(&partial))?;
+    let mut written = Vec::new();
+    for (name, batch) in &t.batches {
+        let p = partial.join(format!("{name}.parquet"));
+        tables::write_parquet(&p, batch).map_err(|source| ReconcileError::Write { path: p.clone(), source })?;
+        written.push(final_dir.join(format!("{name}.parquet")));
+        if csv {
+            let p = partial.join(format!("{name}.csv"));
+            let f = std::fs::File::create(&p).map_err(io(&p))?;
+            tables::write_csv(std::io::BufWriter::new(f), std::slice::from_ref(batch))?;
+            written.push(final_dir.join(format!("{name}.csv")));
+        }
+    }
+    if final_dir.exists() {
+        std::fs::rename(&final_dir, &old).map_err(io(&final_dir))?;
+    }
+    std::fs::rename(&partial, &final_dir).map_err(io(&final_dir))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(io(&old))?;
+    }
+    Ok(written)
+}
