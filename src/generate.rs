@@ -94,10 +94,11 @@ pub struct Summary {
 const ACCOUNT: &str = "111122223333";
 
 /// splitmix64: small, fast, and stable forever (fixtures must not change with a crate update).
-struct Rng(u64);
+/// Also drives the CUR generator (`cur::generate`).
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
@@ -107,7 +108,7 @@ impl Rng {
     fn unit(&mut self) -> f64 {
         (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
     fn chance(&mut self, p: f64) -> bool {

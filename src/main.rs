@@ -163,7 +163,7 @@ enum Command {
         /// YYYY-MM, as given to `tally generate`.
         #[arg(long, default_value = "2025-11")]
         month: String,
-        /// At least this many usage lines (hourly lines split across usage accounts); 0 = natural.
+        /// About this many usage lines (hourly lines split across usage accounts); 0 = natural.
         #[arg(long, default_value_t = 0)]
         lines: u64,
         /// Lines per Parquet file.

@@ -33,7 +33,7 @@ use datafusion::parquet::file::properties::WriterProperties;
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde::Serialize;
 
-use crate::generate::Truth;
+use crate::generate::{Rng, Truth};
 use crate::ids::{self, Target};
 use crate::ingest::Pipeline;
 use crate::reconcile::allocate::resource_key;
@@ -51,8 +51,9 @@ pub struct CurSpec {
     pub tenant_tag: String,
     /// How much the drifting profile is billed above list price (0.3 = +30%).
     pub drift: Decimal,
-    /// At least this many Bedrock usage lines: each hourly line is split across usage accounts
-    /// until there are. 0 = one line per hour × resource × usage type.
+    /// About this many Bedrock usage lines: each hourly line is split across usage accounts
+    /// until there are (a split that would get no tokens is left out). 0 = one line per hour ×
+    /// resource × usage type.
     pub lines: u64,
     /// Lines per Parquet file.
     pub rows_per_file: usize,
@@ -89,6 +90,8 @@ const ORPHAN_PROFILE: &str = "arn:aws:bedrock:us-east-1:111122223333:application
 /// One CUR line, as both variants write it.
 #[derive(Debug, Clone)]
 struct Line {
+    /// Unique per line, for `identity_line_item_id` (set when the line is written).
+    id: u64,
     start: i64,
     account: String,
     line_type: &'static str,
@@ -202,6 +205,7 @@ pub fn generate(spec: &CurSpec) -> anyhow::Result<CurSummary> {
                 }
                 let cost = money10(per_token * Decimal::from(share));
                 let l = Line {
+                    id: 0,
                     start: *hour,
                     account: format!("{:012}", 222_200_000_000u64 + p),
                     line_type: "Usage",
@@ -246,6 +250,7 @@ fn extras(w: &mut Writers, hour: i64, month_start: i64, rng: &mut Rng, s: &mut C
     n += 1;
     let day_index = (hour - month_start) / 86_400;
     let adjustment = |line_type: &'static str, cost: Decimal, description: &str| Line {
+        id: 0,
         start: hour,
         account: PAYER.into(),
         line_type,
@@ -290,6 +295,7 @@ fn orphan_line(hour: i64, period_start: i64, rng: &mut Rng) -> Line {
     let tokens = 1_000 + rng.below(50_000);
     let cost = money10(Decimal::from(tokens) * Decimal::new(3, 6));
     Line {
+        id: 0,
         start: hour,
         account: PAYER.into(),
         line_type: "Usage",
@@ -325,6 +331,14 @@ fn model_code(model: &str) -> String {
         .collect()
 }
 
+/// A 64-bit mix (splitmix64's finaliser): line ids that look as random as AWS's.
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_mul(0x9E3779B97F4A7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+    z ^ (z >> 31)
+}
+
 fn money10(d: Decimal) -> Decimal {
     d.round_dp_with_strategy(crate::cur::money::SCALE, RoundingStrategy::MidpointNearestEven).normalize()
 }
@@ -342,22 +356,6 @@ fn to_f64(d: Decimal) -> f64 {
     f64::from_str(&d.to_string()).expect("a decimal's text is a valid double")
 }
 
-/// splitmix64, as in the log generator.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
 /// Buffers lines and writes both variants' files, `rows_per_file` lines each.
 struct Writers {
     cur2: PathBuf,
@@ -368,6 +366,7 @@ struct Writers {
     previous: Vec<Line>,
     files: usize,
     counter: u64,
+    lines_pushed: u64,
     month: String,
 }
 
@@ -382,11 +381,14 @@ impl Writers {
             previous: Vec::new(),
             files: 0,
             counter: 0,
+            lines_pushed: 0,
             month: spec.month.clone(),
         })
     }
 
-    fn push(&mut self, l: Line, previous_period: bool) -> anyhow::Result<()> {
+    fn push(&mut self, mut l: Line, previous_period: bool) -> anyhow::Result<()> {
+        self.lines_pushed += 1;
+        l.id = self.lines_pushed;
         if previous_period {
             self.previous.push(l);
             return Ok(());
@@ -449,7 +451,7 @@ fn common_columns(lines: &[Line]) -> Vec<(String, ArrayRef)> {
     };
     let num = |f: &dyn Fn(&Line) -> Decimal| -> ArrayRef { Arc::new(Float64Array::from_iter_values(lines.iter().map(|l| to_f64(f(l))))) };
     vec![
-        ("identity_line_item_id".into(), text(&|l| format!("{:016x}{:08x}", l.start as u64 ^ 0x5eed, l.account.len() as u64 + l.usage_type.len() as u64))),
+        ("identity_line_item_id".into(), text(&|l| format!("{:016x}{:016x}", mix(l.id), mix(l.id ^ 0x5eed)))),
         ("identity_time_interval".into(), text(&|l| format!("{}/{}", ids::hour_label(l.start), ids::hour_label(l.start + 3600)))),
         ("bill_billing_period_start_date".into(), time(&|l| l.period_start)),
         ("bill_payer_account_id".into(), text(&|_| PAYER.into())),

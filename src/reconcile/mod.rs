@@ -508,3 +508,37 @@ fn write(t: &Tables, out: &Path, period: &str, csv: bool) -> Result<Vec<PathBuf>
     }
     Ok(written)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, ConfigError};
+
+    #[test]
+    fn a_broken_balance_is_refused() {
+        let mut a = Allocation::default();
+        a.shares.insert((TenantId::new("a").unwrap(), "2025-11-01".into(), "p".into(), TokenType::Input, allocate::Basis::Usage), 7);
+        a.unallocated.insert(("2025-11-01".into(), String::new(), TokenType::Input, allocate::Reason::NoResource), 5);
+        let batch = allocation_table(&a).unwrap();
+        assert!(check_balance(&batch, 12).is_ok());
+        match check_balance(&batch, 13) {
+            Err(ReconcileError::Imbalance { cur, allocated, unallocated }) => {
+                assert_eq!((money::to_units(cur), money::to_units(allocated), money::to_units(unallocated)), (13, 7, 5));
+            }
+            other => panic!("expected an imbalance, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reconcile_config_errors_name_the_field() {
+        let field = |text: &str| match Config::from_toml(text, Path::new("tally.toml"), PathBuf::new()) {
+            Err(ConfigError::Invalid { field, .. }) => field,
+            other => panic!("expected an invalid field, got {other:?}"),
+        };
+        assert_eq!(field("[reconcile]\ndrift_fraction = \"five percent\""), "reconcile.drift_fraction");
+        assert_eq!(field("[reconcile]\ndrift_min_usd = \"-1\""), "reconcile.drift_min_usd");
+        assert_eq!(field("[reconcile]\ntenant_tag = \"\""), "reconcile.tenant_tag");
+        let ok = Config::from_toml("[reconcile]\ntenant_tag = \"tenant_id\"\ndrift_min_usd = \"0.5\"", Path::new("t"), PathBuf::new()).unwrap();
+        assert_eq!(ok.reconcile.thresholds(), Thresholds { min_usd: Decimal::new(5, 1), fraction: Decimal::new(5, 2) });
+    }
+}

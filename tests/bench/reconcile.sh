@@ -100,8 +100,11 @@ FROM (SELECT *, sum(w) OVER (PARTITION BY day, resource, token_type, cost) AS to
 GROUP BY ALL ORDER BY ALL
 ) TO '$BENCH_DIR/duckdb-allocation.parquet' (FORMAT parquet)
 """)
-print(con.execute("""SELECT sum(CAST(line_item_unblended_cost AS DECIMAL(38,10))) FROM read_parquet('$CUR/**/*.parquet', union_by_name = true)
-  WHERE line_item_product_code = 'AmazonBedrock' OR product['product_name'] LIKE '%Amazon Bedrock%'""").fetchone()[0] if len(sys.argv) > 1 else "", end="")
+if len(sys.argv) > 1:
+    total = con.execute("""SELECT sum(CAST(line_item_unblended_cost AS DECIMAL(38,10))) FROM read_parquet('$CUR/**/*.parquet', union_by_name = true)
+      WHERE (line_item_product_code = 'AmazonBedrock' OR product['product_name'] LIKE '%Amazon Bedrock%') AND line_item_line_item_type = 'Usage'
+        AND bill_billing_period_start_date >= TIMESTAMP '$MONTH-01' AND bill_billing_period_start_date < TIMESTAMP '2025-12-01'""").fetchone()[0]
+    print(total)
 PY
 
 # --- timing -----------------------------------------------------------------
@@ -133,9 +136,10 @@ for engine in tally duckdb; do
 done
 
 # Both engines must have read the same bill.
-TALLY_TOTAL=$(.venv/bin/python -c "import json; r = json.load(open('$BENCH_DIR/tally-report.json')); print(r['usage_cost'], r['cur_lines'])")
+TALLY_TOTAL=$(.venv/bin/python -c "import json; print(json.load(open('$BENCH_DIR/tally-report.json'))['usage_cost'])")
 DUCK_TOTAL=$(.venv/bin/python "$BENCH_DIR/duckdb_reconcile.py" check)
-say "tally: usage cost, lines = $TALLY_TOTAL; duckdb: Bedrock cost incl. adjustments = $DUCK_TOTAL"
+[[ $TALLY_TOTAL == "$DUCK_TOTAL" ]] || die "the engines read different bills: tally $TALLY_TOTAL, duckdb $DUCK_TOTAL"
+say "both engines read Bedrock usage cost $TALLY_TOTAL"
 
 echo "Reconcile of $MONTH: $(printf "%'d" "$(.venv/bin/python -c "import json; print(json.load(open('$BENCH_DIR/tally-report.json'))['cur_lines'])")") Bedrock CUR lines in $FILES Parquet files ($(awk "BEGIN {printf \"%.0f\", $BYTES / 1e6}") MB), counters of $RECORDS records; $(nproc) cores; tally $PROFILE build; DuckDB $DUCKDB_VERSION; median of $RUNS runs, max RSS."
 echo
