@@ -42,7 +42,7 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// `sqlite` (the embedded default).
+    /// `sqlite` (the embedded default) or `dynamodb` (needs a build with the `aws` feature).
     #[serde(default = "StoreConfig::default_backend")]
     pub backend: String,
     /// The SQLite file.
@@ -51,6 +51,24 @@ pub struct StoreConfig {
     /// SQLite `synchronous`: `normal` survives a killed process; `full` also a power cut.
     #[serde(default = "StoreConfig::default_synchronous")]
     pub synchronous: String,
+    /// DynamoDB: the table (`tally init` creates it).
+    #[serde(default = "StoreConfig::default_table")]
+    pub table: String,
+    /// DynamoDB: the region; default from the standard AWS chain (`AWS_REGION`, profile).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// DynamoDB: an endpoint URL such as `http://127.0.0.1:5000` (moto); default from the
+    /// standard chain (`AWS_ENDPOINT_URL`), else AWS itself. Credentials never go here.
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    /// DynamoDB: counter shards per tenant, so one hot tenant can go past one partition's write
+    /// limit; reads sum the shards. Only ever raise it.
+    #[serde(default = "StoreConfig::default_shards")]
+    pub shards: u32,
+    /// DynamoDB: seconds a batch split over several transactions stays owned by its writer
+    /// without progress before another process may finish it.
+    #[serde(default = "StoreConfig::default_lease_seconds")]
+    pub lease_seconds: f64,
 }
 
 impl StoreConfig {
@@ -63,6 +81,15 @@ impl StoreConfig {
     fn default_synchronous() -> String {
         "normal".into()
     }
+    fn default_table() -> String {
+        "tally".into()
+    }
+    fn default_shards() -> u32 {
+        1
+    }
+    fn default_lease_seconds() -> f64 {
+        30.0
+    }
 }
 
 impl Default for StoreConfig {
@@ -71,6 +98,11 @@ impl Default for StoreConfig {
             backend: Self::default_backend(),
             path: Self::default_path(),
             synchronous: Self::default_synchronous(),
+            table: Self::default_table(),
+            region: None,
+            endpoint_url: None,
+            shards: Self::default_shards(),
+            lease_seconds: Self::default_lease_seconds(),
         }
     }
 }
@@ -247,9 +279,10 @@ impl Config {
 
     fn validate(&self) -> Result<(), (String, String)> {
         let bad = |f: &str, m: &str| Err((f.to_string(), m.to_string()));
-        if self.store.backend != "sqlite" {
-            return bad("store.backend", "must be \"sqlite\"");
+        if !matches!(self.store.backend.as_str(), "sqlite" | "dynamodb") {
+            return bad("store.backend", "must be \"sqlite\" or \"dynamodb\"");
         }
+        self.validate_dynamodb()?;
         if !matches!(self.store.synchronous.as_str(), "normal" | "full") {
             return bad("store.synchronous", "must be \"normal\" or \"full\"");
         }
@@ -308,6 +341,32 @@ impl Config {
         Ok(())
     }
 
+    fn validate_dynamodb(&self) -> Result<(), (String, String)> {
+        let st = &self.store;
+        let bad = |f: &str, m: &str| Err((f.to_string(), m.to_string()));
+        let name_ok = (3..=255).contains(&st.table.len())
+            && st.table.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        if !name_ok {
+            return bad("store.table", "must be 3-255 characters of a-z, A-Z, 0-9, `_`, `-`, `.`");
+        }
+        if st.region.as_deref().is_some_and(|r| r.trim().is_empty()) {
+            return bad("store.region", "must not be empty (leave it out to use the AWS chain's region)");
+        }
+        if let Some(url) = &st.endpoint_url {
+            let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+            if rest.map_or(true, |r| r.is_empty() || r.contains(char::is_whitespace)) {
+                return bad("store.endpoint_url", "must be an http:// or https:// URL");
+            }
+        }
+        if !(1..=1000).contains(&st.shards) {
+            return bad("store.shards", "must be between 1 and 1000");
+        }
+        if !(0.1..=3600.0).contains(&st.lease_seconds) {
+            return bad("store.lease_seconds", "must be between 0.1 and 3600");
+        }
+        Ok(())
+    }
+
     /// The default order lists `identity`; only complain when the user wrote the order.
     fn tenancy_order_is_explicit_identity(&self) -> bool {
         self.tenancy.order != TenancyConfig::default_order()
@@ -335,6 +394,14 @@ mod tests {
         assert_eq!(field_of("[tenancy]\nidentity_pattern = 'role/(.*)'"), "tenancy.identity_pattern");
         assert_eq!(field_of("[[tenancy.profiles]]\nprofile = 'p'\n"), "tenancy.profiles[0].tenant");
         assert_eq!(field_of("[[tenancy.profiles]]\nprofile = 'p'\ntenant = 'a'\ntier = 'spot'"), "tenancy.profiles[0].tier");
+        assert_eq!(field_of("[store]\nbackend = 'postgres'"), "store.backend");
+        assert_eq!(field_of("[store]\nbackend = 'dynamodb'\ntable = 'a b'"), "store.table");
+        assert_eq!(field_of("[store]\nbackend = 'dynamodb'\nshards = 0"), "store.shards");
+        assert_eq!(field_of("[store]\nbackend = 'dynamodb'\nendpoint_url = 'localhost:5000'"), "store.endpoint_url");
+        assert_eq!(field_of("[store]\nbackend = 'dynamodb'\nregion = ''"), "store.region");
+        assert_eq!(field_of("[store]\nbackend = 'dynamodb'\nlease_seconds = 0"), "store.lease_seconds");
+        let d = load("[store]\nbackend = 'dynamodb'\ntable = 'tally-prod'\nregion = 'eu-west-1'\nshards = 4").unwrap();
+        assert_eq!((d.store.table.as_str(), d.store.region.as_deref(), d.store.shards), ("tally-prod", Some("eu-west-1"), 4));
         let unknown = load("[ingest]\nbatch_record = 5").unwrap_err().to_string();
         assert!(unknown.contains("batch_record"), "{unknown}");
     }

@@ -5,6 +5,8 @@
 //! `source` reads files into pieces, `store` keeps counters and checkpoints, and `ingest` ties
 //! them together with its exactly-once argument in its module docs.
 
+#[cfg(feature = "aws")]
+pub mod aws;
 pub mod config;
 pub mod cur;
 pub mod generate;

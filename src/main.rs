@@ -20,7 +20,7 @@ use tally::quarantine::Quarantine;
 use tally::cur::generate::CurSpec;
 use tally::reconcile::{self as reconcile, ReconcileError};
 use tally::store::sqlite::SqliteStore;
-use tally::store::{CounterStore, PeriodUsage};
+use tally::store::{CounterStore, PeriodUsage, WriteStats};
 use tally::usage::Usage;
 
 /// Exit codes, as documented in the README.
@@ -70,6 +70,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Create the counter store: the DynamoDB table (on-demand billing, TTL on) or the SQLite file.
+    ///
+    /// Safe to run again. For DynamoDB the AWS credentials and region come from the standard
+    /// chain (environment, profile, role); `[store] endpoint_url` points at a local endpoint.
+    Init,
     /// Show one tenant's usage in a month, by day and by resource.
     Meter {
         tenant: String,
@@ -227,16 +232,93 @@ fn init_logging(format: &str) {
 }
 
 fn load_config(explicit: Option<&Path>) -> anyhow::Result<Config> {
-    match explicit {
-        Some(p) => Ok(Config::load(p)?),
-        None if Path::new("tally.toml").exists() => Ok(Config::load(Path::new("tally.toml"))?),
-        None => Ok(Config::defaults_in(PathBuf::from("."))),
+    let (config, path) = match explicit {
+        Some(p) => (Config::load(p)?, p.to_path_buf()),
+        None if Path::new("tally.toml").exists() => (Config::load(Path::new("tally.toml"))?, PathBuf::from("tally.toml")),
+        None => return Ok(Config::defaults_in(PathBuf::from("."))),
+    };
+    if config.store.backend == "dynamodb" && !cfg!(feature = "aws") {
+        return Err(ConfigError::Invalid {
+            path,
+            field: "store.backend".into(),
+            message: "\"dynamodb\" needs a tally built with the `aws` feature (cargo build --features aws)".into(),
+        }
+        .into());
     }
+    Ok(config)
 }
 
-fn open_store(config: &Config) -> anyhow::Result<SqliteStore> {
+fn open_store(config: &Config) -> anyhow::Result<Box<dyn CounterStore>> {
+    if config.store.backend == "dynamodb" {
+        return open_dynamodb(config);
+    }
     let path = config.resolve(&config.store.path);
-    Ok(SqliteStore::open(&path, config.store.synchronous == "full")?)
+    Ok(Box::new(SqliteStore::open(&path, config.store.synchronous == "full")?))
+}
+
+#[cfg(feature = "aws")]
+fn open_dynamodb(config: &Config) -> anyhow::Result<Box<dyn CounterStore>> {
+    Ok(Box::new(dynamodb_store(config)?))
+}
+
+#[cfg(not(feature = "aws"))]
+fn open_dynamodb(_config: &Config) -> anyhow::Result<Box<dyn CounterStore>> {
+    anyhow::bail!("store.backend = \"dynamodb\" needs a tally built with the `aws` feature")
+}
+
+#[cfg(feature = "aws")]
+fn dynamodb_store(config: &Config) -> anyhow::Result<tally::store::dynamodb::DynamoStore> {
+    use tally::store::dynamodb::{DynamoSettings, DynamoStore};
+    let st = &config.store;
+    let settings = DynamoSettings {
+        table: st.table.clone(),
+        aws: tally::aws::AwsSettings { region: st.region.clone(), endpoint_url: st.endpoint_url.clone(), max_attempts: None },
+        shards: st.shards,
+        lease: Duration::from_secs_f64(st.lease_seconds),
+        // Dedup buckets outlive the dedup window by two days.
+        dedup_ttl: Duration::from_secs((u64::from(config.ingest.dedup_window_days) + 2) * 86_400),
+    };
+    Ok(DynamoStore::open(&settings)?)
+}
+
+/// `tally init` for DynamoDB: creates the table and checks that it can be reached.
+#[cfg(feature = "aws")]
+fn init_dynamodb(config: &Config) -> anyhow::Result<()> {
+    let store = dynamodb_store(config)?;
+    store.create_table()?;
+    store.health_check()?;
+    println!("dynamodb table {} is ready (on-demand billing, TTL on `expires`)", config.store.table);
+    Ok(())
+}
+
+#[cfg(not(feature = "aws"))]
+fn init_dynamodb(_config: &Config) -> anyhow::Result<()> {
+    anyhow::bail!("store.backend = \"dynamodb\" needs a tally built with the `aws` feature")
+}
+
+/// `tally init`: creates the store and checks that it can be reached.
+fn init_store(config: &Config) -> anyhow::Result<()> {
+    if config.store.backend == "dynamodb" {
+        return init_dynamodb(config);
+    }
+    let store = open_store(config)?;
+    store.max_hour()?;
+    println!("sqlite store {} is ready", config.resolve(&config.store.path).display());
+    Ok(())
+}
+
+/// One line on what a billed-per-request store was sent.
+fn print_write_stats(w: &WriteStats, records: u64) {
+    let per_million = |v: f64| if records == 0 { 0.0 } else { v * 1e6 / records as f64 };
+    println!(
+        "store writes: {} write requests, {:.0} write units in {} transactions ({:.0} requests and {:.0} units per 1M records received); {} read requests",
+        w.write_requests,
+        w.write_units,
+        w.transactions,
+        per_million(w.write_requests as f64),
+        per_million(w.write_units),
+        w.read_requests
+    );
 }
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
@@ -244,13 +326,25 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Ingest { paths, follow, json } => {
             let config = load_config(cli.config.as_deref())?;
-            let report = ingest_paths(&config, &paths, follow, quiet || json)?;
+            let (report, writes) = ingest_paths(&config, &paths, follow, quiet || json)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                let mut value = serde_json::to_value(&report)?;
+                if let (Some(w), Some(obj)) = (writes, value.as_object_mut()) {
+                    obj.insert("store_writes".into(), serde_json::to_value(w)?);
+                }
+                println!("{}", serde_json::to_string_pretty(&value)?);
             } else {
                 print_report(&report);
+                if let Some(w) = &writes {
+                    print_write_stats(w, report.received);
+                }
             }
             Ok(if report.files_failed > 0 { exit::PARTIAL } else { 0 })
+        }
+        Command::Init => {
+            let config = load_config(cli.config.as_deref())?;
+            init_store(&config)?;
+            Ok(0)
         }
         Command::Meter { tenant, period, json } => {
             let config = load_config(cli.config.as_deref())?;
@@ -342,7 +436,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
-fn ingest_paths(config: &Config, paths: &[PathBuf], follow: bool, quiet: bool) -> anyhow::Result<RunReport> {
+fn ingest_paths(config: &Config, paths: &[PathBuf], follow: bool, quiet: bool) -> anyhow::Result<(RunReport, Option<WriteStats>)> {
     let pipeline = Pipeline::from_config(config)?;
     let settings = Settings::from_config(config, follow);
     let mut store = open_store(config)?;
@@ -354,11 +448,11 @@ fn ingest_paths(config: &Config, paths: &[PathBuf], follow: bool, quiet: bool) -
     let progress = Bar::new(quiet || follow);
     let report = if follow {
         let poll = Duration::from_secs_f64(config.ingest.poll_seconds);
-        ingest::follow(paths, &mut store, &pipeline, &settings, &mut quarantine, &shutdown, poll, &progress)?
+        ingest::follow(paths, &mut *store, &pipeline, &settings, &mut quarantine, &shutdown, poll, &progress)?
     } else {
-        ingest::run_once(paths, &mut store, &pipeline, &settings, &mut quarantine, &shutdown, &progress)?
+        ingest::run_once(paths, &mut *store, &pipeline, &settings, &mut quarantine, &shutdown, &progress)?
     };
-    Ok(report)
+    Ok((report, store.write_stats()))
 }
 
 /// An indicatif bar over input bytes, drawn only on a terminal.
@@ -477,7 +571,7 @@ fn demo(out: &Path, tenants: usize, records: u64, json: bool, quiet: bool) -> an
             }
         }
     }
-    let report = ingest_paths(&config, std::slice::from_ref(&summary.logs), false, quiet || json)?;
+    let (report, _) = ingest_paths(&config, std::slice::from_ref(&summary.logs), false, quiet || json)?;
     let store = open_store(&config)?;
     let tenants = store.tenants(&spec.month)?;
     // The nightly reconcile on a CUR generated to bill the same logs.
@@ -521,7 +615,7 @@ fn reconcile_period(config: &Config, period: &str, cur: &Path, out: &Path, csv: 
     let pipeline = Pipeline::from_config(config)?;
     let store = open_store(config)?;
     let request = reconcile::Request { period: period.to_string(), cur: cur.to_path_buf(), out: out.to_path_buf(), csv };
-    Ok(reconcile::run(&request, config, &pipeline, &store, &Bar::new(quiet))?)
+    Ok(reconcile::run(&request, config, &pipeline, &*store, &Bar::new(quiet))?)
 }
 
 fn print_reconcile(r: &reconcile::Report) {

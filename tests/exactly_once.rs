@@ -8,110 +8,37 @@ use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use support::{record, Scratch};
+use support::{kill, record, Scratch};
 use tally::generate::{self, Spec, Truth, TruthRow};
 use tally::ids::{hour_label, TenantId};
+use tally::store::sqlite::SqliteStore;
 use tally::store::CounterStore;
 
 /// The store's hourly counters in the truth's shape.
 fn counters(s: &Scratch, month: &str) -> Vec<TruthRow> {
-    s.store()
-        .hours(month)
-        .unwrap()
-        .into_iter()
-        .map(|(k, u)| TruthRow {
-            tenant: k.tenant.as_str().to_string(),
-            hour: hour_label(k.hour),
-            resource: k.resource.as_str().to_string(),
-            input: u.input,
-            output: u.output,
-            cache_read: u.cache_read,
-            cache_write: u.cache_write,
-            requests: u.requests,
-            errors: u.errors,
-            no_usage: u.no_usage,
-        })
-        .collect()
+    kill::counters(&s.store(), month)
 }
 
-fn sorted(mut rows: Vec<TruthRow>) -> Vec<TruthRow> {
-    rows.sort_by(|a, b| (&a.tenant, &a.hour, &a.resource).cmp(&(&b.tenant, &b.hour, &b.resource)));
-    rows
+fn sorted(rows: Vec<TruthRow>) -> Vec<TruthRow> {
+    kill::sorted(rows)
 }
 
-/// A small deterministic generator for kill times; the seed is printed for reproduction.
-struct Lcg(u64);
-impl Lcg {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (self.0 >> 33) % n
+/// SQLite files in one folder, one per store name.
+struct Sqlite(std::path::PathBuf);
+
+impl kill::Backend for Sqlite {
+    fn store_section(&self, name: &str) -> String {
+        format!("[store]\npath = \"{}\"\n", self.0.join(format!("{name}.sqlite")).display())
+    }
+    fn open(&self, name: &str) -> Box<dyn CounterStore> {
+        Box::new(SqliteStore::open(&self.0.join(format!("{name}.sqlite")), false).unwrap())
     }
 }
 
 #[test]
 fn sigkill_at_random_points_then_restart_gives_exact_counters() {
     let s = Scratch::new("");
-    let spec = Spec {
-        out: s.path("gen"),
-        tenants: 15,
-        records: 60_000,
-        plain_fraction: 0.3,
-        duplicate_fraction: 0.02,
-        late_fraction: 0.02,
-        records_per_object: 400,
-        ..Spec::default()
-    };
-    let summary = generate::generate(&spec).unwrap();
-    // Small batches: many commits, so kills land between, inside and around them.
-    let config = std::fs::read_to_string(&summary.config).unwrap().replace("[ingest]\n", "[ingest]\nbatch_records = 1500\n");
-    std::fs::write(&summary.config, config).unwrap();
-    let truth: Truth = serde_json::from_str(&std::fs::read_to_string(&summary.truth).unwrap()).unwrap();
-
-    let ingest = || {
-        let mut c = support::tally_bin();
-        c.arg("--config").arg(&summary.config).arg("-q").arg("ingest").arg(&summary.logs);
-        c.stdout(Stdio::null()).stderr(Stdio::null());
-        c
-    };
-    // How long a whole run takes here, to spread the kills over it.
-    let probe_dir = Scratch::new("");
-    let started = Instant::now();
-    let probe_cfg = std::fs::read_to_string(&summary.config).unwrap().replace("tally.sqlite", &probe_dir.path("probe.sqlite").display().to_string());
-    std::fs::write(probe_dir.path("probe.toml"), probe_cfg).unwrap();
-    let status = support::tally_bin()
-        .args(["-q", "--config"])
-        .arg(probe_dir.path("probe.toml"))
-        .arg("ingest")
-        .arg(&summary.logs)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let full_ms = started.elapsed().as_millis().max(50) as u64;
-
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
-    eprintln!("kill-time seed {seed}, a full run takes {full_ms} ms");
-    let mut rng = Lcg(seed);
-    let mut killed_mid_run = 0;
-    for _ in 0..30 {
-        let mut child = ingest().spawn().unwrap();
-        // Each attempt goes on from the last checkpoint; short, random lifetimes keep the kills
-        // landing mid-run (before the first commit, between commits, during one).
-        std::thread::sleep(Duration::from_millis(5 + rng.below(full_ms / 12)));
-        if child.try_wait().unwrap().is_none() {
-            killed_mid_run += 1;
-        }
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-    }
-    assert!(killed_mid_run >= 20, "only {killed_mid_run} of 30 kills landed mid-run");
-    let status = ingest().status().unwrap();
-    assert!(status.success());
-
-    assert_eq!(sorted(counters(&s_for(&summary.config), &spec.month)), sorted(truth.rows.clone()), "counters differ from the truth");
-    let totals = s_for(&summary.config).store().totals().unwrap();
-    assert_eq!((totals.received, totals.counted, totals.duplicates), (truth.received, truth.counted, truth.duplicates));
-    assert_eq!(totals.skipped, truth.skipped);
+    kill::sigkill_at_random_points(&Sqlite(s.path("stores")), s.dir.path(), 60_000, 1500, 30);
 }
 
 /// A scratch view over a generated config (its store lives beside it).

@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: what CI runs (.ci/run) and what the README's
 # second command is. Installs what it needs; assumes no service is running.
+#
+# It starts moto server (a local AWS API: DynamoDB, S3, CloudWatch Logs and Cost Explorer on
+# one port; installed into .venv when missing) on a free loopback port, runs every test with
+# the `aws` feature against it, and stops it on exit. The AWS tests read the endpoint from
+# TALLY_TEST_AWS_ENDPOINT; TALLY_TEST_REQUIRE_AWS=1 makes them fail, not skip, without it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,5 +14,9 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
 
-cargo build --all-targets
-cargo nextest run --no-fail-fast "$@"
+source tests/moto.sh
+start_moto
+export TALLY_TEST_REQUIRE_AWS=1
+
+cargo build --all-targets --features aws
+cargo nextest run --features aws --no-fail-fast "$@"

@@ -6,6 +6,8 @@
 //! fails nothing of it is visible; if it succeeds all of it is. The behaviour is pinned by the
 //! conformance suite in `tests/common/conformance.rs`, which every backend runs.
 
+#[cfg(feature = "aws")]
+pub mod dynamodb;
 pub mod sqlite;
 
 use std::collections::{BTreeMap, HashMap};
@@ -97,6 +99,22 @@ pub struct Applied {
     pub keys_written: u64,
 }
 
+/// What a store has written since it was opened, for backends that bill per request
+/// (DynamoDB). Write units are DynamoDB's: 1 per started KB of item, 2 inside a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct WriteStats {
+    /// `TransactWriteItems` calls that succeeded.
+    pub transactions: u64,
+    /// Items written (transaction actions plus single writes).
+    pub write_requests: u64,
+    /// Write units as DynamoDB bills them, from the sizes of the items written.
+    pub write_units: f64,
+    /// Write units the service reported (`ReturnConsumedCapacity`), when it reports them.
+    pub consumed_write_units: f64,
+    /// Read requests sent (`GetItem`, `BatchGetItem`, `Query` pages).
+    pub read_requests: u64,
+}
+
 /// Lifetime ingest totals kept beside the counters.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct IngestTotals {
@@ -172,4 +190,10 @@ pub trait CounterStore: Send {
 
     /// Lifetime ingest totals.
     fn totals(&self) -> Result<IngestTotals, StoreError>;
+
+    /// Requests and write units sent since the store was opened; `None` for stores where that
+    /// costs nothing (SQLite).
+    fn write_stats(&self) -> Option<WriteStats> {
+        None
+    }
 }

@@ -2,6 +2,14 @@
 //! library ingest entry point, and the `tally` binary.
 #![allow(dead_code)]
 
+#[cfg(feature = "aws")]
+pub mod aws;
+#[cfg(feature = "aws")]
+pub mod aws_faults;
+pub mod kill;
+#[cfg(feature = "aws")]
+pub mod proxy;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
