@@ -40,12 +40,20 @@ pub enum Kind {
 /// A cursor over one JSON text.
 pub struct Scanner<'a> {
     buf: &'a [u8],
+    /// `buf` as text, when the caller has checked it is UTF-8: then strings are sliced out
+    /// without checking again (a `"` is ASCII, so it always sits on a character boundary).
+    text: Option<&'a str>,
     pos: usize,
 }
 
 impl<'a> Scanner<'a> {
     pub fn new(buf: &'a [u8]) -> Self {
-        Scanner { buf, pos: 0 }
+        Scanner { buf, text: None, pos: 0 }
+    }
+
+    /// A scanner over text already known to be UTF-8.
+    pub fn new_str(text: &'a str) -> Self {
+        Scanner { buf: text.as_bytes(), text: Some(text), pos: 0 }
     }
 
     pub fn pos(&self) -> usize {
@@ -150,9 +158,11 @@ impl<'a> Scanner<'a> {
         self.skip_ws();
         let start = self.pos;
         let (end, escaped) = self.string_end()?;
-        let inner = &self.buf[start + 1..end - 1];
         if !escaped {
-            return match std::str::from_utf8(inner) {
+            if let Some(text) = self.text {
+                return Ok(Cow::Borrowed(&text[start + 1..end - 1]));
+            }
+            return match std::str::from_utf8(&self.buf[start + 1..end - 1]) {
                 Ok(s) => Ok(Cow::Borrowed(s)),
                 Err(_) => Err(SyntaxError { at: start, what: "string is not valid UTF-8" }),
             };

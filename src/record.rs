@@ -115,7 +115,15 @@ fn kind_name(k: Kind) -> &'static str {
 
 /// Parses one JSON value: a record, or a container of records.
 pub fn parse<'a>(bytes: &'a [u8], opts: &ParseOptions) -> Result<Parsed<'a>, Reject> {
-    let mut s = Scanner::new(bytes);
+    parse_from(Scanner::new(bytes), opts)
+}
+
+/// [`parse`] for text already checked to be UTF-8 (faster: strings are not checked again).
+pub fn parse_str<'a>(text: &'a str, opts: &ParseOptions) -> Result<Parsed<'a>, Reject> {
+    parse_from(Scanner::new_str(text), opts)
+}
+
+fn parse_from<'a>(mut s: Scanner<'a>, opts: &ParseOptions) -> Result<Parsed<'a>, Reject> {
     let parsed = match s.peek_kind().map_err(|_| Reject::new(Reason::NonJson, "not a JSON value"))? {
         Kind::Object => parse_object(&mut s, opts)?,
         Kind::Array => Parsed::Container(Container::Array(s.raw_value().map_err(syntax)?)),

@@ -342,11 +342,12 @@ fn read_document(
         Ok(n) => {
             let body = text.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&text);
             let skip = (text.len() - body.len()) as u64;
-            if std::str::from_utf8(body).is_err() {
-                piece.received = 1;
-                piece.rejects.push(Rejected::new(Reason::NonUtf8, "document is not valid UTF-8", 1, 0, body));
-            } else {
-                decoder.document(body, 1, skip, &mut piece);
+            match super::check_utf8(body) {
+                Ok(text) => decoder.document(text, 1, skip, &mut piece),
+                Err(detail) => {
+                    piece.received = 1;
+                    piece.rejects.push(Rejected::new(Reason::NonUtf8, format!("document is not valid UTF-8: {detail}"), 1, 0, body));
+                }
             }
             decoded_len = n as u64;
         }

@@ -109,23 +109,25 @@ impl<'c> Decoder<'c> {
         if text.is_empty() {
             return;
         }
-        if let Err(err) = std::str::from_utf8(text) {
-            let detail = format!("invalid UTF-8 at byte {}", err.valid_up_to());
-            return Self::reject(out, Reject::new(Reason::NonUtf8, detail), line, offset, text);
-        }
-        if text == PERMISSION_CHECK_TEXT.as_bytes() {
-            return Self::reject(out, Reject::new(Reason::PermissionCheck, "logging permission check"), line, offset, text);
+        let text = match check_utf8(text) {
+            Ok(t) => t,
+            Err(detail) => return Self::reject(out, Reject::new(Reason::NonUtf8, detail), line, offset, text),
+        };
+        if text == PERMISSION_CHECK_TEXT {
+            let r = Reject::new(Reason::PermissionCheck, "logging permission check");
+            return Self::reject(out, r, line, offset, text.as_bytes());
         }
         self.document(text, line, offset, out);
     }
 
     /// One complete JSON text: a record or a container of records. `line` and `offset` are
     /// where it starts; records inside a multi-line document get their own line numbers.
-    pub fn document(&mut self, text: &[u8], line: u64, offset: u64, out: &mut Piece) {
-        match record::parse(text, &self.opts) {
-            Ok(Parsed::Record(rec)) => self.record(&rec, line, offset, text, out),
-            Ok(Parsed::Container(c)) => self.container(c, text, line, offset, out, 0),
-            Err(r) => Self::reject(out, r, line, offset, text),
+    pub fn document(&mut self, text: &str, line: u64, offset: u64, out: &mut Piece) {
+        let bytes = text.as_bytes();
+        match record::parse_str(text, &self.opts) {
+            Ok(Parsed::Record(rec)) => self.record(&rec, line, offset, bytes, out),
+            Ok(Parsed::Container(c)) => self.container(c, bytes, line, offset, out, 0),
+            Err(r) => Self::reject(out, r, line, offset, bytes),
         }
     }
 
@@ -190,6 +192,18 @@ impl<'c> Decoder<'c> {
             }
             Err(r) => Self::reject(out, r, line, offset, raw),
         }
+    }
+}
+
+/// Checks that bytes are UTF-8 (with a SIMD check first: every byte of every line goes
+/// through here). The error names the first bad byte.
+pub fn check_utf8(bytes: &[u8]) -> Result<&str, String> {
+    match simdutf8::basic::from_utf8(bytes) {
+        Ok(text) => Ok(text),
+        Err(_) => match std::str::from_utf8(bytes) {
+            Ok(text) => Ok(text),
+            Err(e) => Err(format!("invalid UTF-8 at byte {}", e.valid_up_to())),
+        },
     }
 }
 

@@ -124,7 +124,8 @@ wait_quiet() {
 }
 
 # timed OUT CMD...: run CMD under /usr/bin/time -v, stdout to OUT.
-# Sets WALL (s), RSS (MB), CPU (% of one core), OTHER (cores used by other processes).
+# Sets WALL (s), RSS (MB), CPU (% of one core), CPUSEC (user + sys s), OTHER (cores used by
+# other processes).
 timed() {
     local out=$1; shift
     local tv rc=0 b0 b1; tv=$(mktemp)
@@ -135,6 +136,7 @@ timed() {
     WALL=$(awk -F': ' '/Elapsed \(wall clock\)/ { n = split($2, t, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + t[i]; printf "%.2f", s }' "$tv")
     RSS=$(awk -F': ' '/Maximum resident set size/ { printf "%.1f", $2 / 1024 }' "$tv")
     CPU=$(awk -F': ' '/Percent of CPU/ { sub("%", "", $2); print $2 }' "$tv")
+    CPUSEC=$(awk -F': ' '/User time|System time/ { own += $2 } END { printf "%.2f", own }' "$tv")
     OTHER=$(awk -F': ' -v d=$((b1 - b0)) -v t="$TCK" -v w="$WALL" '
         /User time|System time/ { own += $2 }
         END { o = (d / t - own) / (w > 0 ? w : 1); printf "%.2f", o < 0 ? 0 : o }' "$tv")
@@ -155,7 +157,7 @@ measure() {
         awk -v o="$OTHER" -v m="$MAX_OTHER" 'BEGIN { exit !(o <= m) }' && break
         if (( a < RETRIES )); then say "  contended, again"; fi
     done
-    walls+=("$WALL"); rsss+=("$RSS"); cpus+=("$CPU"); others+=("$OTHER")
+    walls+=("$WALL"); rsss+=("$RSS"); cpus+=("$CPU"); cpusecs+=("$CPUSEC"); others+=("$OTHER")
 }
 
 # median / max of the numbers on stdin
@@ -186,7 +188,7 @@ row() {
     w=$(med "${walls[@]}")
     if [[ $2 == - ]]; then rps="—"; else rps=$(awk -v r="$2" -v w="$w" 'BEGIN { printf "%.0f", r / w }'); fi
     if [[ $3 == - ]]; then mbs="—"; else mbs=$(awk -v b="$3" -v w="$w" 'BEGIN { printf "%.0f", b / 1e6 / w }'); fi
-    ROWS+=("| $1 | $w | $rps | $mbs | $(mx "${rsss[@]}") |")
+    ROWS+=("| $1 | $w | $(med "${cpusecs[@]}") | $rps | $mbs | $(mx "${rsss[@]}") |")
     NOTES+=("$1: walls ${walls[*]} s; CPU ${cpus[*]} %; other processes ${others[*]} cores")
 }
 
@@ -194,7 +196,7 @@ R="$BENCH_DIR/reports"; mkdir -p "$R"
 
 # --- 1. two-core gzip -dc baseline ---------------------------------------------------
 say "gzip -dc x2, $RUNS runs"
-walls=(); rsss=(); cpus=(); others=()
+walls=(); rsss=(); cpus=(); cpusecs=(); others=()
 for i in $(seq "$RUNS"); do
     measure "gzip run $i" : /dev/null \
         bash -c 'find "$1" -name "*.json.gz" -print0 | xargs -0 -P 2 -n 50 gzip -dc > /dev/null' _ "$FULL/logs"
@@ -204,7 +206,7 @@ row "gzip -dc, 2 cores (.json.gz only) ¹" "$F_GZ_LINES" "$F_GZ_BYTES"
 # Cold ingest runs of one data set: cold_runs TAG DIR CHECK_PREFIX TOTAL_BYTES ROW_LABEL
 cold_runs() {
     local tag=$1 dir=$2 prefix=$3 bytes=$4 label=$5
-    walls=(); rsss=(); cpus=(); others=()
+    walls=(); rsss=(); cpus=(); cpusecs=(); others=()
     for i in $(seq "$RUNS"); do
         measure "$tag run $i" "reset_store '$dir'" "$R/$tag-$i.json" \
             "$TALLY" --config "$dir/tally.toml" ingest "$dir/logs" --json -q
@@ -225,7 +227,7 @@ PLAIN_RECEIVED=$(json "$R/plain-1.json" 'j["received"]')
 
 # --- 4. no-op re-run over the same tree (store from the last full cold run) ----------------
 say "tally ingest no-op re-run"
-walls=(); rsss=(); cpus=(); others=()
+walls=(); rsss=(); cpus=(); cpusecs=(); others=()
 measure "no-op re-run" : "$R/noop.json" \
     "$TALLY" --config "$FULL/tally.toml" ingest "$FULL/logs" --json -q
 noop_counted=$(json "$R/noop.json" 'j["counted"]')
@@ -247,8 +249,8 @@ gb() { awk -v b="$1" 'BEGIN { printf "%.2f", b / 1e9 }'; }
          "($F_GZ_FILES .json.gz = $(gb "$F_GZ_BYTES") GB, plain NDJSON = $(gb "$F_PLAIN_BYTES") GB)." \
          "Plain set: $PLAIN_RECEIVED records, $(gb "$P_TOTAL_BYTES") GB. Median of $RUNS runs, warm page cache."
     echo
-    echo "| run | wall s | records/s | MB/s (uncompressed) | peak RSS MB |"
-    echo "|---|---:|---:|---:|---:|"
+    echo "| run | wall s | CPU s (user+sys) | records/s | MB/s (uncompressed) | peak RSS MB |"
+    echo "|---|---:|---:|---:|---:|---:|"
     printf '%s\n' "${ROWS[@]}"
     echo
     echo "Counter writes (full tree, one cold run): keys_written $keys for $counted counted records" \
