@@ -1,6 +1,7 @@
 //! `tally.toml`: the one config file. Plain data with a doc comment on every field; validation
 //! does no I/O beyond reading the file itself, and every error names the field.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -34,6 +35,15 @@ pub struct Config {
     /// Nightly reconcile: the tenant tag and drift thresholds.
     #[serde(default)]
     pub reconcile: crate::reconcile::ReconcileConfig,
+    /// How the AWS sources (`s3://…`, `cloudwatch://…` inputs) are reached and listed.
+    #[serde(default)]
+    pub sources: SourcesConfig,
+    /// Plans by name: `[plans.<name>]` with a `kind` and its prices (see `invoice::plan`).
+    #[serde(default)]
+    pub plans: BTreeMap<String, crate::invoice::plan::PlanConfig>,
+    /// Tenants by id: `[tenants.<id>]` with their `plan` (and `seats` for add-on plans).
+    #[serde(default)]
+    pub tenants: BTreeMap<String, crate::invoice::plan::TenantConfig>,
     /// The folder relative paths are resolved against (the config file's folder).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -168,6 +178,35 @@ impl Default for IngestConfig {
     }
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourcesConfig {
+    /// The region of the buckets and log groups; default from the standard AWS chain.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// An endpoint URL for S3 and CloudWatch Logs, such as `http://127.0.0.1:5000` (moto);
+    /// default from the standard chain (`AWS_ENDPOINT_URL`), else AWS itself. Credentials never
+    /// go here.
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    /// S3: hours before the newest counted object's hour folder that every listing starts at,
+    /// so objects landing late with earlier keys are still read.
+    #[serde(default = "SourcesConfig::default_s3_lookback_hours")]
+    pub s3_lookback_hours: u32,
+}
+
+impl SourcesConfig {
+    fn default_s3_lookback_hours() -> u32 {
+        3
+    }
+}
+
+impl Default for SourcesConfig {
+    fn default() -> Self {
+        SourcesConfig { region: None, endpoint_url: None, s3_lookback_hours: Self::default_s3_lookback_hours() }
+    }
+}
+
 /// A tenant-resolution rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -283,6 +322,7 @@ impl Config {
             return bad("store.backend", "must be \"sqlite\" or \"dynamodb\"");
         }
         self.validate_dynamodb()?;
+        self.validate_sources()?;
         if !matches!(self.store.synchronous.as_str(), "normal" | "full") {
             return bad("store.synchronous", "must be \"normal\" or \"full\"");
         }
@@ -338,7 +378,13 @@ impl Config {
             }
         }
         self.reconcile.validate()?;
+        self.plans()?;
         Ok(())
+    }
+
+    /// The plans and tenants, checked; the error names the field.
+    pub fn plans(&self) -> Result<crate::invoice::plan::Plans, (String, String)> {
+        crate::invoice::plan::build(&self.plans, &self.tenants)
     }
 
     fn validate_dynamodb(&self) -> Result<(), (String, String)> {
@@ -363,6 +409,25 @@ impl Config {
         }
         if !(0.1..=3600.0).contains(&st.lease_seconds) {
             return bad("store.lease_seconds", "must be between 0.1 and 3600");
+        }
+        Ok(())
+    }
+
+    fn validate_sources(&self) -> Result<(), (String, String)> {
+        let src = &self.sources;
+        let bad = |f: &str, m: &str| Err((f.to_string(), m.to_string()));
+        if src.region.as_deref().is_some_and(|r| r.trim().is_empty()) {
+            return bad("sources.region", "must not be empty (leave it out to use the AWS chain's region)");
+        }
+        let is_url = |u: &str| {
+            let rest = u.strip_prefix("http://").or_else(|| u.strip_prefix("https://"));
+            rest.is_some_and(|r| !r.is_empty() && !r.contains(char::is_whitespace))
+        };
+        if src.endpoint_url.as_deref().is_some_and(|u| !is_url(u)) {
+            return bad("sources.endpoint_url", "must be an http:// or https:// URL");
+        }
+        if !(1..=24 * 35).contains(&src.s3_lookback_hours) {
+            return bad("sources.s3_lookback_hours", "must be between 1 and 840 (35 days)");
         }
         Ok(())
     }
@@ -402,6 +467,9 @@ mod tests {
         assert_eq!(field_of("[store]\nbackend = 'dynamodb'\nlease_seconds = 0"), "store.lease_seconds");
         let d = load("[store]\nbackend = 'dynamodb'\ntable = 'tally-prod'\nregion = 'eu-west-1'\nshards = 4").unwrap();
         assert_eq!((d.store.table.as_str(), d.store.region.as_deref(), d.store.shards), ("tally-prod", Some("eu-west-1"), 4));
+        assert_eq!(field_of("[sources]\nendpoint_url = '127.0.0.1:5000'"), "sources.endpoint_url");
+        assert_eq!(field_of("[sources]\ns3_lookback_hours = 0"), "sources.s3_lookback_hours");
+        assert_eq!(field_of("[sources]\nregion = ' '"), "sources.region");
         let unknown = load("[ingest]\nbatch_record = 5").unwrap_err().to_string();
         assert!(unknown.contains("batch_record"), "{unknown}");
     }

@@ -35,6 +35,8 @@ pub struct Spec {
     pub body_bytes: usize,
     /// Records per gzip object (at most).
     pub records_per_object: usize,
+    /// Spread the records over the month's first this many hours (`None`: the whole month).
+    pub hours: Option<u64>,
 }
 
 impl Default for Spec {
@@ -50,6 +52,7 @@ impl Default for Spec {
             late_fraction: 0.02,
             body_bytes: 400,
             records_per_object: 2_000,
+            hours: None,
         }
     }
 }
@@ -203,7 +206,8 @@ pub fn generate(spec: &Spec) -> io::Result<Summary> {
     let total_w: f64 = weights.iter().sum();
     let cumulative: Vec<f64> = weights.iter().scan(0.0, |acc, w| { *acc += w / total_w; Some(*acc) }).collect();
 
-    let hours = ((month_end - month_start) / 3600) as u64;
+    let month_hours = ((month_end - month_start) / 3600) as u64;
+    let hours = spec.hours.map_or(month_hours, |h| h.clamp(1, month_hours));
     let mut truth: BTreeMap<(String, i64, String), TruthRow> = BTreeMap::new();
     let mut counts = Truth::default();
     let mut files = 0u64;

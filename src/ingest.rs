@@ -34,7 +34,9 @@ use crate::pricing::Catalog;
 use crate::quarantine::{Quarantine, Reason, Rejected};
 use crate::record::ParseOptions;
 use crate::source::files::{self, ReadSettings};
-use crate::source::{DecodeStats, Decoder, Piece};
+#[cfg(feature = "aws")]
+use crate::source::{cloudwatch, remote::{Remote, SourceError}, s3};
+use crate::source::{DecodeStats, Decoder, Input, Piece};
 use crate::store::{Batch, CheckpointUpdate, CounterStore, StoreError};
 use crate::tenant::Resolver;
 use crate::usage::Metering;
@@ -109,6 +111,10 @@ pub struct RunReport {
     pub files_unchanged: u64,
     pub files_read: u64,
     pub files_failed: u64,
+    /// S3 objects read (including the marker object, counted without being fetched).
+    pub objects_read: u64,
+    /// CloudWatch Logs streams asked for new events.
+    pub streams_read: u64,
     pub bytes_read: u64,
     pub received: u64,
     pub counted: u64,
@@ -141,6 +147,8 @@ impl RunReport {
         self.files_unchanged = o.files_unchanged;
         self.files_read += o.files_read;
         self.files_failed += o.files_failed;
+        self.objects_read += o.objects_read;
+        self.streams_read += o.streams_read;
         self.bytes_read += o.bytes_read;
         self.received += o.received;
         self.counted += o.counted;
@@ -170,6 +178,10 @@ pub enum IngestError {
     Store(#[from] StoreError),
     #[error("cannot list input: {0}")]
     Input(#[source] std::io::Error),
+    /// An S3 prefix or log group could not be listed (after the SDK's retries).
+    #[cfg(feature = "aws")]
+    #[error("cannot list input: {0}")]
+    Source(#[from] SourceError),
     #[error("cannot write quarantine file {path}: {source}")]
     Quarantine { path: String, source: std::io::Error },
     #[error("accounting does not add up: {0}")]
@@ -192,6 +204,106 @@ enum Message {
     Failed(String),
 }
 
+/// What `tally ingest` reads. Kept between the passes of `--follow`, so an S3 source
+/// remembers the partitions it found.
+pub struct Inputs {
+    paths: Vec<PathBuf>,
+    #[cfg(feature = "aws")]
+    s3: Vec<s3::S3Source>,
+    #[cfg(feature = "aws")]
+    logs: Vec<cloudwatch::LogsSource>,
+    /// The SDK clients, when there is an AWS input.
+    #[cfg(feature = "aws")]
+    remote: Option<Remote>,
+}
+
+impl Inputs {
+    /// Files and directories only.
+    pub fn paths(paths: &[PathBuf]) -> Inputs {
+        Inputs {
+            paths: paths.to_vec(),
+            #[cfg(feature = "aws")]
+            s3: Vec::new(),
+            #[cfg(feature = "aws")]
+            logs: Vec::new(),
+            #[cfg(feature = "aws")]
+            remote: None,
+        }
+    }
+
+    /// Any inputs; AWS ones get SDK clients from the standard chain and `[sources]` (built
+    /// here, without a network call).
+    #[cfg_attr(not(feature = "aws"), allow(unused_variables))]
+    pub fn new(inputs: Vec<Input>, config: &Config) -> Result<Inputs, IngestError> {
+        let mut out = Inputs::paths(&[]);
+        for input in inputs {
+            match input {
+                Input::Path(p) => out.paths.push(p),
+                #[cfg(feature = "aws")]
+                Input::S3(url) => out.s3.push(s3::S3Source::new(url, config.sources.s3_lookback_hours)),
+                #[cfg(feature = "aws")]
+                Input::Logs(url) => out.logs.push(cloudwatch::LogsSource::new(url)),
+            }
+        }
+        #[cfg(feature = "aws")]
+        if !out.s3.is_empty() || !out.logs.is_empty() {
+            let settings = crate::aws::AwsSettings {
+                region: config.sources.region.clone(),
+                endpoint_url: config.sources.endpoint_url.clone(),
+                ..Default::default()
+            };
+            out.remote = Some(Remote::new(&settings).map_err(IngestError::Input)?);
+        }
+        Ok(out)
+    }
+
+    /// Lists what is new in the AWS inputs.
+    #[cfg(feature = "aws")]
+    fn plan_remote(
+        &mut self,
+        checkpoints: &HashMap<String, String>,
+        jobs: &mut Vec<Job>,
+        report: &mut RunReport,
+    ) -> Result<(), SourceError> {
+        let Some(remote) = &self.remote else { return Ok(()) };
+        for source in &mut self.s3 {
+            for job in source.plan(remote, checkpoints)? {
+                report.objects_read += job.objects.len() as u64;
+                jobs.push(Job::S3(job));
+            }
+        }
+        for source in &self.logs {
+            for job in source.plan(remote, checkpoints)? {
+                report.streams_read += 1;
+                jobs.push(Job::Stream(job));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One unit of work for a worker: a file, an S3 partition's new objects, a log stream.
+enum Job {
+    File(files::FileJob),
+    #[cfg(feature = "aws")]
+    S3(s3::S3Job),
+    #[cfg(feature = "aws")]
+    Stream(cloudwatch::StreamJob),
+}
+
+impl Job {
+    /// Bytes to read, for progress (unknown for a log stream).
+    fn size(&self) -> u64 {
+        match self {
+            Job::File(j) => j.size,
+            #[cfg(feature = "aws")]
+            Job::S3(j) => j.size(),
+            #[cfg(feature = "aws")]
+            Job::Stream(_) => 0,
+        }
+    }
+}
+
 /// Reads `paths` once: every file from its checkpoint to its current end.
 #[allow(clippy::too_many_arguments)]
 pub fn run_once(
@@ -203,22 +315,39 @@ pub fn run_once(
     shutdown: &AtomicBool,
     progress: &dyn Progress,
 ) -> Result<RunReport, IngestError> {
+    run_pass(&mut Inputs::paths(paths), store, pipeline, settings, quarantine, shutdown, progress)
+}
+
+/// Reads every input once: files from their checkpoints to their current ends, S3 partitions'
+/// new objects, log streams' new events.
+#[allow(clippy::too_many_arguments)]
+pub fn run_pass(
+    inputs: &mut Inputs,
+    store: &mut dyn CounterStore,
+    pipeline: &Pipeline,
+    settings: &Settings,
+    quarantine: &mut Quarantine,
+    shutdown: &AtomicBool,
+    progress: &dyn Progress,
+) -> Result<RunReport, IngestError> {
     let started = Instant::now();
-    let files = files::discover(paths, &settings.exclude).map_err(IngestError::Input)?;
     let checkpoints = store.checkpoints()?;
-    let seen = files.len() as u64;
-    let (jobs, unchanged) = files::plan(files, &checkpoints).map_err(IngestError::Input)?;
-    let mut report = RunReport {
-        files_seen: seen,
-        files_unchanged: unchanged as u64,
-        files_read: jobs.len() as u64,
-        quarantine_file: quarantine.path().display().to_string(),
-        ..RunReport::default()
-    };
+    let mut report = RunReport { quarantine_file: quarantine.path().display().to_string(), ..RunReport::default() };
+    let mut jobs: Vec<Job> = Vec::new();
+    if !inputs.paths.is_empty() {
+        let found = files::discover(&inputs.paths, &settings.exclude).map_err(IngestError::Input)?;
+        report.files_seen = found.len() as u64;
+        let (file_jobs, unchanged) = files::plan(found, &checkpoints).map_err(IngestError::Input)?;
+        report.files_unchanged = unchanged as u64;
+        report.files_read = file_jobs.len() as u64;
+        jobs.extend(file_jobs.into_iter().map(Job::File));
+    }
+    #[cfg(feature = "aws")]
+    inputs.plan_remote(&checkpoints, &mut jobs, &mut report)?;
     if jobs.is_empty() {
         return Ok(report);
     }
-    let total: u64 = jobs.iter().map(|j| j.size).sum();
+    let total: u64 = jobs.iter().map(Job::size).sum();
     progress.start(total);
     let bytes_read = Arc::new(AtomicU64::new(0));
     let mut committer = Committer::new(store, quarantine, settings, &mut report)?;
@@ -233,6 +362,8 @@ pub fn run_once(
     let in_flight = settings.batch_records.div_ceil(settings.read.piece_records.max(1)) + workers;
     let (tx, rx) = crossbeam_channel::bounded::<Message>(in_flight);
 
+    #[cfg(feature = "aws")]
+    let remote = inputs.remote.as_ref();
     let result = std::thread::scope(|scope| {
         for _ in 0..workers {
             let (job_rx, tx, bytes_read) = (job_rx.clone(), tx.clone(), bytes_read.clone());
@@ -246,9 +377,21 @@ pub fn run_once(
                         p.finish();
                         tx.send(Message::Piece(p)).is_ok()
                     };
-                    if let Err(e) = files::read_file(&job, &mut decoder, &settings.read, &bytes_read, shutdown, &mut send) {
-                        let msg = format!("{}: {e}", job.path.display());
-                        tracing::error!(file = %job.path.display(), error = %e, "cannot read file");
+                    let failed = match &job {
+                        Job::File(j) => files::read_file(j, &mut decoder, &settings.read, &bytes_read, shutdown, &mut send)
+                            .err()
+                            .map(|e| format!("{}: {e}", j.path.display())),
+                        #[cfg(feature = "aws")]
+                        Job::S3(j) => remote
+                            .and_then(|r| s3::read_job(r, j, &mut decoder, &settings.read, &bytes_read, shutdown, &mut send).err())
+                            .map(|e| e.to_string()),
+                        #[cfg(feature = "aws")]
+                        Job::Stream(j) => remote
+                            .and_then(|r| cloudwatch::read_job(r, j, &mut decoder, &settings.read, shutdown, &mut send).err())
+                            .map(|e| e.to_string()),
+                    };
+                    if let Some(msg) = failed {
+                        tracing::error!(error = %msg, "cannot read input");
                         if tx.send(Message::Failed(msg)).is_err() {
                             break;
                         }
@@ -281,10 +424,11 @@ pub fn run_once(
     Ok(report)
 }
 
-/// Runs passes until `shutdown` is set, sleeping `poll` between them.
+/// Runs passes until `shutdown` is set, sleeping `poll` between them. An AWS input that
+/// cannot be listed for a while (after the SDK's retries) is tried again at the next poll.
 #[allow(clippy::too_many_arguments)]
 pub fn follow(
-    paths: &[PathBuf],
+    inputs: &mut Inputs,
     store: &mut dyn CounterStore,
     pipeline: &Pipeline,
     settings: &Settings,
@@ -295,7 +439,15 @@ pub fn follow(
 ) -> Result<RunReport, IngestError> {
     let mut total = RunReport::default();
     while !shutdown.load(Ordering::Relaxed) {
-        let pass = run_once(paths, store, pipeline, settings, quarantine, shutdown, progress)?;
+        let pass = match run_pass(inputs, store, pipeline, settings, quarantine, shutdown, progress) {
+            Ok(pass) => pass,
+            #[cfg(feature = "aws")]
+            Err(IngestError::Source(e)) if e.is_retryable() => {
+                tracing::warn!(error = %e, "input unavailable; trying again at the next poll");
+                RunReport::default()
+            }
+            Err(e) => return Err(e),
+        };
         if pass.received > 0 {
             tracing::info!(received = pass.received, counted = pass.counted, duplicates = pass.duplicates,
                 skipped = pass.skipped_total(), "ingest pass");
@@ -390,7 +542,10 @@ impl<'a> Committer<'a> {
                     continue;
                 }
             };
-            let display = piece.source.strip_prefix("file://").unwrap_or(&piece.source).to_string();
+            let display = match piece.name.take() {
+                Some(name) => name,
+                None => piece.source.strip_prefix("file://").unwrap_or(&piece.source).to_string(),
+            };
             batch.received += piece.received;
             self.stats.merge(&piece.stats);
             // Entries are sorted by hour, so the ones too old to check for duplicates are a prefix.

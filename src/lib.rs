@@ -3,7 +3,8 @@
 //! The codemap is in README.md (## Architecture). In short: `record` and `json` parse log
 //! records, `tenant` and `pricing` decide whose and how much, `usage` measures and sums,
 //! `source` reads files into pieces, `store` keeps counters and checkpoints, and `ingest` ties
-//! them together with its exactly-once argument in its module docs.
+//! them together with its exactly-once argument in its module docs. `reconcile` allocates the
+//! CUR to tenants and `invoice` applies their plans.
 
 #[cfg(feature = "aws")]
 pub mod aws;
@@ -12,6 +13,7 @@ pub mod cur;
 pub mod generate;
 pub mod ids;
 pub mod ingest;
+pub mod invoice;
 pub mod json;
 pub mod pricing;
 pub mod quarantine;

@@ -15,8 +15,10 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tally::config::{Config, ConfigError};
 use tally::generate::{self, Spec};
 use tally::ids::TenantId;
-use tally::ingest::{self, IngestError, Pipeline, Progress, RunReport, Settings};
+use tally::ingest::{self, IngestError, Inputs, Pipeline, Progress, RunReport, Settings};
+use tally::invoice::{self, InvoiceError};
 use tally::quarantine::Quarantine;
+use tally::source::Input;
 use tally::cur::generate::CurSpec;
 use tally::reconcile::{self as reconcile, ReconcileError};
 use tally::store::sqlite::SqliteStore;
@@ -60,9 +62,11 @@ enum Command {
     /// stopped. Bad records go to the quarantine file with file, line and reason. Prints
     /// received = counted + duplicates + skipped, and fails (exit 3) if that does not hold.
     Ingest {
-        /// Files or directories to read.
-        #[arg(required = true)]
-        paths: Vec<PathBuf>,
+        /// What to read: files or directories; with a build that has the `aws` feature also
+        /// s3://bucket/prefix (Bedrock's S3 delivery) and cloudwatch://log-group (every stream;
+        /// cloudwatch://log-group?stream=name for one).
+        #[arg(required = true, value_name = "INPUT", value_parser = Input::parse)]
+        inputs: Vec<Input>,
         /// Keep polling for new data until SIGTERM or Ctrl-C (then flush and exit 0).
         #[arg(long)]
         follow: bool,
@@ -115,6 +119,9 @@ enum Command {
         /// Records per .json.gz object.
         #[arg(long, default_value_t = 2_000)]
         records_per_object: usize,
+        /// Spread the records over the month's first N hours instead of the whole month.
+        #[arg(long, value_name = "N")]
+        hours: Option<u64>,
         #[arg(long)]
         json: bool,
     },
@@ -156,6 +163,31 @@ enum Command {
         /// Write the result to this Parquet file instead of printing it.
         #[arg(long)]
         parquet: Option<PathBuf>,
+    },
+    /// Invoice a billing period: each tenant's plan ([plans], [tenants]) applied to its usage.
+    ///
+    /// `provisional` (counters and list-price estimates; rewritten by each run) until the
+    /// period is reconciled, `final` (the reconciled cost) after. A final invoice is never
+    /// rewritten: when what it stands on changes (a restated CUR, late records), the next run
+    /// writes version n+1 with the delta lines. Writes <out>/<period>/invoices/: one JSON per
+    /// tenant and version, invoice_lines.csv (+ .parquet for `tally sql`) and margin.csv.
+    Invoice {
+        /// The billing period, YYYY-MM.
+        #[arg(long)]
+        period: String,
+        /// The folder reconcile writes to.
+        #[arg(long, default_value = "out")]
+        out: PathBuf,
+        /// Rows of the margin table to print (the costliest tenants); margin.csv has them all.
+        #[arg(long, default_value_t = 50)]
+        top: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the JSON Schema of an export (`invoice`: the documents `tally invoice` writes).
+    Schema {
+        #[arg(value_parser = ["invoice"])]
+        name: String,
     },
     /// Generate CUR Parquet (CUR 2.0 and legacy) that bills the logs `tally generate` wrote.
     GenerateCur {
@@ -205,7 +237,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            let code = if e.downcast_ref::<ConfigError>().is_some() {
+            let code = if e.downcast_ref::<ConfigError>().is_some() || matches!(e.downcast_ref::<InvoiceError>(), Some(InvoiceError::Plans { .. })) {
                 exit::CONFIG
             } else if matches!(e.downcast_ref::<IngestError>(), Some(IngestError::Accounting(_))) {
                 exit::ACCOUNTING
@@ -324,9 +356,9 @@ fn print_write_stats(w: &WriteStats, records: u64) {
 fn run(cli: Cli) -> anyhow::Result<u8> {
     let quiet = cli.quiet;
     match cli.command {
-        Command::Ingest { paths, follow, json } => {
+        Command::Ingest { inputs, follow, json } => {
             let config = load_config(cli.config.as_deref())?;
-            let (report, writes) = ingest_paths(&config, &paths, follow, quiet || json)?;
+            let (report, writes) = ingest_inputs(&config, inputs, follow, quiet || json)?;
             if json {
                 let mut value = serde_json::to_value(&report)?;
                 if let (Some(w), Some(obj)) = (writes, value.as_object_mut()) {
@@ -376,8 +408,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
-        Command::Generate { out, tenants, records, month, seed, body_bytes, plain_fraction, duplicate_fraction, records_per_object, json } => {
-            let spec = Spec { out, tenants, records, month, seed, body_bytes, plain_fraction, duplicate_fraction, records_per_object, ..Spec::default() };
+        Command::Generate { out, tenants, records, month, seed, body_bytes, plain_fraction, duplicate_fraction, records_per_object, hours, json } => {
+            let spec = Spec { out, tenants, records, month, seed, body_bytes, plain_fraction, duplicate_fraction, records_per_object, hours, ..Spec::default() };
             let summary = generate::generate(&spec)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -432,12 +464,28 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
+        Command::Invoice { period, out, top, json } => {
+            let config = load_config(cli.config.as_deref())?;
+            let report = invoice_period(&config, &period, &out)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_invoice(&report, top);
+            }
+            Ok(0)
+        }
+        Command::Schema { name } => {
+            debug_assert_eq!(name, "invoice");
+            println!("{}", serde_json::to_string_pretty(&invoice::export::json_schema())?);
+            Ok(0)
+        }
         Command::Demo { out, tenants, records, json } => demo(&out, tenants, records, json, quiet),
     }
 }
 
-fn ingest_paths(config: &Config, paths: &[PathBuf], follow: bool, quiet: bool) -> anyhow::Result<(RunReport, Option<WriteStats>)> {
+fn ingest_inputs(config: &Config, inputs: Vec<Input>, follow: bool, quiet: bool) -> anyhow::Result<(RunReport, Option<WriteStats>)> {
     let pipeline = Pipeline::from_config(config)?;
+    let mut inputs = Inputs::new(inputs, config)?;
     let settings = Settings::from_config(config, follow);
     let mut store = open_store(config)?;
     let mut quarantine = Quarantine::new(config.resolve(&config.ingest.quarantine));
@@ -448,9 +496,9 @@ fn ingest_paths(config: &Config, paths: &[PathBuf], follow: bool, quiet: bool) -
     let progress = Bar::new(quiet || follow);
     let report = if follow {
         let poll = Duration::from_secs_f64(config.ingest.poll_seconds);
-        ingest::follow(paths, &mut *store, &pipeline, &settings, &mut quarantine, &shutdown, poll, &progress)?
+        ingest::follow(&mut inputs, &mut *store, &pipeline, &settings, &mut quarantine, &shutdown, poll, &progress)?
     } else {
-        ingest::run_once(paths, &mut *store, &pipeline, &settings, &mut quarantine, &shutdown, &progress)?
+        ingest::run_pass(&mut inputs, &mut *store, &pipeline, &settings, &mut quarantine, &shutdown, &progress)?
     };
     Ok((report, store.write_stats()))
 }
@@ -515,6 +563,9 @@ fn print_report(r: &RunReport) {
         r.keys_written,
         r.batches
     );
+    if r.objects_read > 0 || r.streams_read > 0 {
+        println!("aws: {} S3 objects read, {} CloudWatch Logs streams read", r.objects_read, r.streams_read);
+    }
     if r.quarantined > 0 {
         println!("quarantined {} records → {}", r.quarantined, r.quarantine_file);
     }
@@ -562,7 +613,14 @@ fn print_meter(u: &PeriodUsage) {
 fn demo(out: &Path, tenants: usize, records: u64, json: bool, quiet: bool) -> anyhow::Result<u8> {
     let spec = Spec { out: out.to_path_buf(), tenants, records, ..Spec::default() };
     let summary = generate::generate(&spec)?;
+    let mut config_text = std::fs::read_to_string(&summary.config).with_context(|| format!("cannot read {}", summary.config.display()))?;
+    config_text.push_str(&demo_plans(tenants));
+    std::fs::write(&summary.config, config_text).with_context(|| format!("cannot write {}", summary.config.display()))?;
     let config = Config::load(&summary.config)?;
+    let invoices = out.join(&spec.month).join(invoice::FOLDER);
+    if invoices.exists() {
+        std::fs::remove_dir_all(&invoices).with_context(|| format!("cannot reset {}", invoices.display()))?;
+    }
     for f in [config.resolve(&config.store.path), config.resolve(&config.ingest.quarantine)] {
         for suffix in ["", "-wal", "-shm"] {
             let p = PathBuf::from(format!("{}{suffix}", f.display()));
@@ -571,33 +629,34 @@ fn demo(out: &Path, tenants: usize, records: u64, json: bool, quiet: bool) -> an
             }
         }
     }
-    let (report, _) = ingest_paths(&config, std::slice::from_ref(&summary.logs), false, quiet || json)?;
-    let store = open_store(&config)?;
-    let tenants = store.tenants(&spec.month)?;
-    // The nightly reconcile on a CUR generated to bill the same logs.
+    let (report, _) = ingest_inputs(&config, vec![Input::Path(summary.logs.clone())], false, quiet || json)?;
+    // Before reconcile the period can only be invoiced provisionally (list-price estimates).
+    let provisional = invoice_period(&config, &spec.month, out)?;
+    // The nightly reconcile on a CUR generated to bill the same logs, then the final invoices.
     let cur = tally::cur::generate::generate(&CurSpec::new(out.to_path_buf(), out.join("cur"), spec.month.clone()))?;
     let reconciled = reconcile_period(&config, &spec.month, &cur.cur2, out, false, quiet || json)?;
+    let invoiced = invoice_period(&config, &spec.month, out)?;
     if json {
-        let rows: Vec<_> = tenants.iter().map(|(t, u)| serde_json::json!({"tenant": t, "usage": u})).collect();
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"ingest": report, "period": spec.month, "tenants": rows, "reconcile": reconciled}))?
+            serde_json::to_string_pretty(&serde_json::json!({"ingest": report, "period": spec.month, "reconcile": reconciled, "invoice": invoiced}))?
         );
         return Ok(0);
     }
     println!("tally demo · {} records for {} tenants in {} (generated under {})\n", records, spec.tenants, spec.month, out.display());
     print_report(&report);
-    println!("\n{:<16} {:>9} {:>14} {:>14}", "tenant", "requests", "tokens", "est_cost_usd");
-    let mut total = Usage::default();
-    for (t, u) in &tenants {
-        println!("{:<16} {:>9} {:>14} {:>14}", t.as_str(), u.requests, u.tokens(), u.est_cost.round_dp(4));
-        total += u;
-    }
-    println!("{:<16} {:>9} {:>14} {:>14}", "total", total.requests, total.tokens(), total.est_cost.round_dp(4));
+    println!(
+        "\nprovisional invoices before reconcile: {} (charge {}, estimated cost {})",
+        provisional.written,
+        provisional.charge,
+        provisional.cost.round_dp(4)
+    );
     println!("\n— reconcile against a generated CUR ({}) —\n", cur.cur2.display());
     print_reconcile(&reconciled);
+    println!("\n— invoices —\n");
+    print_invoice(&invoiced, 50);
     println!(
-        "\ncounters: {}\nquarantine: {}\ntry: tally --config {} meter tenant-0000 --period {}\n     tally sql --out {} --period {} \"SELECT tenant, sum(cost) FROM allocation GROUP BY tenant ORDER BY 2 DESC\"",
+        "\ncounters: {}\nquarantine: {}\ntry: tally --config {} meter tenant-0000 --period {}\n     tally sql --out {} --period {} \"SELECT tenant, sum(amount) FROM invoice_lines GROUP BY tenant ORDER BY 2 DESC\"\n     tally schema invoice",
         config.resolve(&config.store.path).display(),
         config.resolve(&config.ingest.quarantine).display(),
         summary.config.display(),
@@ -608,6 +667,22 @@ fn demo(out: &Path, tenants: usize, records: u64, json: bool, quiet: bool) -> an
     Ok(0)
 }
 
+/// The demo's plans (`fixtures/invoice/demo-plans.toml`) and its tenants on them in turn; the
+/// last tenant is left without a plan, to show an unbilled tenant.
+fn demo_plans(tenants: usize) -> String {
+    use std::fmt::Write as _;
+    let mut text = include_str!("../fixtures/invoice/demo-plans.toml").to_string();
+    let plans = ["pro", "payg", "team", "starter", "pro-credits"];
+    for k in 0..tenants.saturating_sub(1) {
+        let plan = plans[k % plans.len()];
+        let _ = write!(text, "\n[tenants.tenant-{k:04}]\nplan = \"{plan}\"\n");
+        if plan == "team" {
+            let _ = writeln!(text, "seats = {}", 3 + k % 7);
+        }
+    }
+    text
+}
+
 fn reconcile_period(config: &Config, period: &str, cur: &Path, out: &Path, csv: bool, quiet: bool) -> anyhow::Result<reconcile::Report> {
     if cur.to_string_lossy().starts_with("s3://") {
         anyhow::bail!("--cur {}: reading CUR from S3 needs the `aws` feature, which this build does not have; copy the export to a folder", cur.display());
@@ -616,6 +691,28 @@ fn reconcile_period(config: &Config, period: &str, cur: &Path, out: &Path, csv: 
     let store = open_store(config)?;
     let request = reconcile::Request { period: period.to_string(), cur: cur.to_path_buf(), out: out.to_path_buf(), csv };
     Ok(reconcile::run(&request, config, &pipeline, &*store, &Bar::new(quiet))?)
+}
+
+fn invoice_period(config: &Config, period: &str, out: &Path) -> anyhow::Result<invoice::Report> {
+    let store = open_store(config)?;
+    Ok(invoice::run(&invoice::Request { period: period.to_string(), out: out.to_path_buf() }, config, &*store)?)
+}
+
+fn print_invoice(r: &invoice::Report, top: usize) {
+    let label = match r.status {
+        invoice::issue::Status::Final => "final (reconciled cost)",
+        invoice::issue::Status::Provisional => "PROVISIONAL (list-price estimate; the period is not reconciled)",
+    };
+    println!("invoices {} · {label}", r.period);
+    println!(
+        "{} documents written ({} delta versions), {} final invoices unchanged, {} unbilled tenants (usage but no plan)\n",
+        r.written, r.deltas, r.unchanged, r.unbilled
+    );
+    print!("{}", invoice::export::margin_table(&r.margin, top));
+    println!("\ninvoices: {}", r.folder.display());
+    for f in &r.files {
+        println!("          {}", f.display());
+    }
 }
 
 fn print_reconcile(r: &reconcile::Report) {

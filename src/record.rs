@@ -127,7 +127,13 @@ fn parse_from<'a>(mut s: Scanner<'a>, opts: &ParseOptions) -> Result<Parsed<'a>,
     let parsed = match s.peek_kind().map_err(|_| Reject::new(Reason::NonJson, "not a JSON value"))? {
         Kind::Object => parse_object(&mut s, opts)?,
         Kind::Array => Parsed::Container(Container::Array(s.raw_value().map_err(syntax)?)),
-        other => return Err(Reject::new(Reason::NotARecord, format!("top-level value is {}", kind_name(other)))),
+        other => {
+            // A scalar is only peeked at by its first byte: `not json` starts like `null`.
+            return Err(match s.skip_value() {
+                Ok(()) if s.at_end() => Reject::new(Reason::NotARecord, format!("top-level value is {}", kind_name(other))),
+                _ => Reject::new(Reason::NonJson, "not a JSON value"),
+            });
+        }
     };
     if !s.at_end() {
         return Err(Reject::new(Reason::MalformedJson, format!("unexpected data after the value at byte {}", s.pos())));
@@ -481,6 +487,12 @@ mod tests {
         assert_eq!(reason(&format!(r#"{{{BASE},"modelId":7}}"#)), Reason::WrongType);
         assert_eq!(reason(&format!(r#"{{{BASE},"input":{{"inputTokenCount":3}}"#)), Reason::MalformedJson);
         assert_eq!(reason("Permissions are correctly set for Amazon Bedrock logs."), Reason::NonJson);
+        // Text that starts like a JSON literal or number is still not JSON.
+        for text in ["not json", "nothing here", "true story", "-- log rotated --", "2025-11-05 error"] {
+            assert_eq!(reason(text), Reason::NonJson, "{text}");
+        }
+        assert_eq!(reason("null"), Reason::NotARecord);
+        assert_eq!(reason(" 42 "), Reason::NotARecord);
     }
 
     #[test]

@@ -12,7 +12,9 @@ start_moto() {
   local port
   port=$(.venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   mkdir -p target
-  .venv/bin/moto_server -H 127.0.0.1 -p "$port" >target/moto.log 2>&1 &
+  # moto's own server, with its TransactWriteItems fixed to copy each table once per
+  # transaction instead of once per action (see tests/moto_server.py for why and what).
+  .venv/bin/python tests/moto_server.py -H 127.0.0.1 -p "$port" >target/moto.log 2>&1 &
   MOTO_PID=$!
   trap 'kill "$MOTO_PID" 2>/dev/null || true; wait "$MOTO_PID" 2>/dev/null || true' EXIT
   for _ in $(seq 1 300); do

@@ -481,7 +481,15 @@ fn write(t: &Tables, out: &Path, period: &str, csv: bool) -> Result<Vec<PathBuf>
     let final_dir = out.join(period);
     let partial = out.join(format!(".{period}.partial"));
     let old = out.join(format!(".{period}.old"));
+    // Issued invoices live in the period's folder but are not reconcile's to replace: they
+    // move into the new folder below, and a run stopped half-way puts them back first.
+    let invoices = final_dir.join(crate::invoice::FOLDER);
     for d in [&partial, &old] {
+        let stranded = d.join(crate::invoice::FOLDER);
+        if stranded.exists() && !invoices.exists() {
+            std::fs::create_dir_all(&final_dir).map_err(io(&final_dir))?;
+            std::fs::rename(&stranded, &invoices).map_err(io(&stranded))?;
+        }
         if d.exists() {
             std::fs::remove_dir_all(d).map_err(io(d))?;
         }
@@ -498,6 +506,9 @@ fn write(t: &Tables, out: &Path, period: &str, csv: bool) -> Result<Vec<PathBuf>
             tables::write_csv(std::io::BufWriter::new(f), std::slice::from_ref(batch))?;
             written.push(final_dir.join(format!("{name}.csv")));
         }
+    }
+    if invoices.exists() {
+        std::fs::rename(&invoices, partial.join(crate::invoice::FOLDER)).map_err(io(&invoices))?;
     }
     if final_dir.exists() {
         std::fs::rename(&final_dir, &old).map_err(io(&final_dir))?;

@@ -1,8 +1,8 @@
 //! `tally sql`: DataFusion SQL over a reconciled period's tables.
 //!
 //! The tables are the Parquet files `reconcile` wrote under `<out>/<period>/`: `cur`, `usage`,
-//! `allocation`, `drift`, `adjustments` and `summary` (`invoice_lines` joins them once
-//! invoices exist).
+//! `allocation`, `drift`, `adjustments` and `summary`, and `invoice_lines` once `tally invoice`
+//! has written `<out>/<period>/invoices/invoice_lines.parquet`.
 
 use std::path::{Path, PathBuf};
 
@@ -36,6 +36,10 @@ pub fn query(out: &Path, period: &str, query: &str) -> Result<Vec<RecordBatch>, 
         for t in TABLES {
             let p = dir.join(format!("{t}.parquet"));
             ctx.register_parquet(t, p.to_string_lossy().as_ref(), ParquetReadOptions::default()).await?;
+        }
+        let lines = dir.join(crate::invoice::FOLDER).join("invoice_lines.parquet");
+        if lines.exists() {
+            ctx.register_parquet("invoice_lines", lines.to_string_lossy().as_ref(), ParquetReadOptions::default()).await?;
         }
         Ok(ctx.sql(query).await?.collect().await?)
     })

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::lines::{Line, LineReader};
+use super::stream::{self, End, Start};
 use super::{Decoder, Piece};
 use crate::quarantine::{Reason, Rejected};
 
@@ -208,13 +208,12 @@ pub fn read_file(
     let name = job.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let head_len = job.size.min(HEAD_BYTES);
     let head = head_of(&job.path, head_len)?;
-    let mut expected = job.expected.clone();
+    let expected = job.expected.clone();
     let position =
         |offset: u64, line: u64| FilePosition { v: 1, offset, line, size: job.size, head_len, head: head.clone(), document: false };
-    let new_piece = |expected: &Option<String>| Piece { source: job.key.clone(), expected: expected.clone(), ..Piece::default() };
 
     if name == MARKER_OBJECT {
-        let mut piece = new_piece(&expected);
+        let mut piece = Piece { source: job.key.clone(), expected, ..Piece::default() };
         piece.received = 1;
         piece.rejects.push(Rejected::new(Reason::MarkerObject, "bucket permission-check object", 1, 0, b""));
         piece.position = position(job.size, 1).encode();
@@ -240,77 +239,27 @@ pub fn read_file(
         bytes_read.fetch_add(start_offset, Ordering::Relaxed);
         Box::new(Counting { inner: file, counter: bytes_read.clone() })
     };
-    let mut lines = LineReader::new(reader, start_offset, settings.max_record_bytes);
-    let mut line_no = start_line;
-    let mut piece = new_piece(&expected);
-    let mut document_checked = start_offset > 0;
-    // The offset after the last line handled; a line left for later is not included.
-    let mut consumed = start_offset;
-
-    loop {
-        if shutdown.load(Ordering::Relaxed) {
-            break;
-        }
-        let next = match lines.next_line() {
-            Ok(next) => next,
-            Err(e) => {
-                // A corrupt or truncated gzip stream: what came before stays counted, the cut
-                // line is quarantined, and the file is done until it changes.
-                let reason = if gz { Reason::TruncatedGzip } else { Reason::MalformedJson };
-                let offset = lines.position();
-                piece.received += 1;
-                piece.rejects.push(Rejected::new(reason, format!("read error: {e}"), line_no + 1, offset, lines.pending()));
-                let end = offset + lines.pending().len() as u64;
-                piece.position = position(end, line_no + 1).encode();
-                send(piece);
-                return Ok(());
-            }
-        };
-        let Some(line) = next else { break };
-        match line {
-            Line::TooLong { prefix, offset, len } => {
-                line_no += 1;
-                piece.received += 1;
-                let detail = format!("line of {len} bytes is longer than ingest.max_record_bytes ({})", settings.max_record_bytes);
-                piece.rejects.push(Rejected::new(Reason::LineTooLong, detail, line_no, offset, &prefix));
-                consumed = lines.position();
-            }
-            Line::Data { bytes, offset, terminated } => {
-                let bytes = if offset == 0 { bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes) } else { bytes };
-                if !document_checked && !bytes.trim_ascii().is_empty() {
-                    document_checked = true;
-                    let t = bytes.trim_ascii();
-                    if matches!(t.first(), Some(b'{' | b'[')) && !crate::json::is_complete_value(t) {
-                        // A pretty-printed JSON document (an export): read it whole.
-                        drop(lines);
-                        return read_document(job, decoder, settings, &head, head_len, expected, send);
-                    }
-                }
-                if !terminated && settings.follow && !crate::json::is_complete_value(bytes) {
-                    // The writer may still be writing this line.
-                    break;
-                }
-                line_no += 1;
-                decoder.line(bytes, line_no, offset, &mut piece);
-                consumed = lines.position();
-            }
-        }
-        if piece.received as usize >= settings.piece_records {
-            piece.position = position(consumed, line_no).encode();
-            let next_expected = Some(piece.position.clone());
-            if !send(std::mem::replace(&mut piece, new_piece(&next_expected))) {
-                return Ok(());
-            }
-            expected = next_expected;
-        }
+    let start = Start {
+        source: &job.key,
+        name: None,
+        expected: expected.clone(),
+        offset: start_offset,
+        line: start_line,
+        gz,
+        detect_document: true,
+        follow: settings.follow,
+        max_record_bytes: settings.max_record_bytes,
+        piece_records: settings.piece_records,
+    };
+    let encoded = |offset: u64, line: u64| position(offset, line).encode();
+    // An unchanged position is not sent again, unless the file's size moved.
+    let moved = |done: u64, _: u64| job.resume.as_ref().map_or(true, |p| p.offset != done || p.size != job.size);
+    match stream::read_lines(reader, start, decoder, shutdown, &encoded, send, &moved).end {
+        // A pretty-printed JSON document (an export): read it whole.
+        End::Document => read_document(job, decoder, settings, &head, head_len, expected, send),
+        End::Fetch(e) => Err(e),
+        End::Done | End::Stopped => Ok(()),
     }
-    let done = consumed;
-    if piece.received > 0 || job.resume.as_ref().map_or(true, |p| p.offset != done || p.size != job.size) {
-        piece.position = position(done, line_no).encode();
-        piece.expected = expected;
-        send(piece);
-    }
-    Ok(())
 }
 
 /// Reads a whole JSON document (an export) as one piece, so it commits all or nothing.

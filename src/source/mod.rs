@@ -5,8 +5,15 @@
 //! [`Decoder`] is shared by every source: it takes lines or whole JSON documents and unwraps
 //! records, CloudWatch exports and Logs Insights results alike.
 
+#[cfg(feature = "aws")]
+pub mod cloudwatch;
 pub mod files;
 pub mod lines;
+#[cfg(feature = "aws")]
+pub mod remote;
+#[cfg(feature = "aws")]
+pub mod s3;
+pub mod stream;
 
 use std::collections::BTreeMap;
 
@@ -54,6 +61,9 @@ impl DecodeStats {
 pub struct Piece {
     /// The checkpoint key of the source (e.g. `file:///abs/path`).
     pub source: String,
+    /// What the quarantine names as the records' source when it is not the checkpoint key (an
+    /// S3 object of a partition, a CloudWatch stream).
+    pub name: Option<String>,
     /// The position this piece starts from, as stored (`None`: never read).
     pub expected: Option<String>,
     /// The position after this piece.
@@ -216,4 +226,57 @@ fn container_start(whole: &[u8], c: &Container<'_>) -> usize {
     let start = inner.as_ptr() as usize - whole.as_ptr() as usize;
     debug_assert!(start <= whole.len());
     start
+}
+
+/// One input of `tally ingest`: a path, or (with the `aws` feature) an S3 prefix or a
+/// CloudWatch Logs group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// A file or a directory tree.
+    Path(std::path::PathBuf),
+    /// `s3://bucket[/prefix]`.
+    #[cfg(feature = "aws")]
+    S3(s3::S3Url),
+    /// `cloudwatch://<log-group>[?stream=<log-stream>]`.
+    #[cfg(feature = "aws")]
+    Logs(cloudwatch::LogsUrl),
+}
+
+impl Input {
+    /// Reads an argument: a URL by its scheme, anything else a path.
+    pub fn parse(arg: &str) -> Result<Input, String> {
+        let remote = arg.starts_with("s3://") || arg.starts_with("cloudwatch://");
+        #[cfg(feature = "aws")]
+        if remote {
+            return if arg.starts_with("s3://") {
+                s3::S3Url::parse(arg).map(Input::S3)
+            } else {
+                cloudwatch::LogsUrl::parse(arg).map(Input::Logs)
+            };
+        }
+        if remote {
+            return Err(format!(
+                "{arg}: reading S3 and CloudWatch Logs needs a tally built with the `aws` feature (cargo build --features aws)"
+            ));
+        }
+        Ok(Input::Path(arg.into()))
+    }
+}
+
+#[cfg(test)]
+mod input_tests {
+    use super::Input;
+
+    #[test]
+    fn inputs_by_scheme() {
+        assert_eq!(Input::parse("logs/2025").unwrap(), Input::Path("logs/2025".into()));
+        let s3 = Input::parse("s3://bucket/AWSLogs/");
+        let cw = Input::parse("cloudwatch:///aws/bedrock/invocations");
+        if cfg!(feature = "aws") {
+            assert!(s3.is_ok() && cw.is_ok());
+        } else {
+            assert!(s3.unwrap_err().contains("--features aws"));
+            assert!(cw.unwrap_err().contains("--features aws"));
+        }
+    }
 }

@@ -16,6 +16,11 @@ pub trait Backend {
     fn store_section(&self, name: &str) -> String;
     /// Opens the store named `name` for reading.
     fn open(&self, name: &str) -> Box<dyn CounterStore>;
+    /// Hours of the month the generated records span (`None`: all of it). A store on moto
+    /// keeps it short: moto copies the whole table for every transaction.
+    fn hours(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// The store's hourly counters in the truth's shape, sorted.
@@ -66,6 +71,7 @@ pub fn sigkill_at_random_points(backend: &dyn Backend, dir: &Path, records: u64,
         duplicate_fraction: 0.02,
         late_fraction: 0.02,
         records_per_object: 400,
+        hours: backend.hours(),
         ..Spec::default()
     };
     let summary = generate::generate(&spec).unwrap();

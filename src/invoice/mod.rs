@@ -1,0 +1,280 @@
+//! Invoice (SPEC §4): each tenant's plan applied to the period's usage, as documents a billing
+//! system imports and a finance team signs off.
+//!
+//! `plan` reads and checks `[plans]` and `[tenants]`; `charge` computes a plan's lines (the one
+//! rounding to cents lives there); `issue` turns them into provisional drafts or immutable final
+//! versions with deltas; `export` renders JSON, CSV and the `invoice_lines` table. Those four do
+//! no I/O. [`run`] is the shell around them: it reads the counters (tokens and the list-price
+//! estimate), the reconciled allocation when the period has one (`<out>/<period>/allocation.parquet`
+//! makes the period final), and the final versions already written, and writes under
+//! `<out>/<period>/invoices/`:
+//!
+//! - `<tenant>.provisional.json` — the draft of every billed tenant, rewritten by each run and
+//!   removed once the period is final;
+//! - `<tenant>.v<N>.json` — final version N, written once, never rewritten;
+//! - `invoice_lines.csv` and `invoice_lines.parquet` — every line of every document present;
+//! - `margin.csv` — charge, cost and margin per tenant, unbilled tenants included.
+//!
+//! A re-run on unchanged inputs writes no new version and the same bytes.
+
+pub mod charge;
+pub mod export;
+pub mod issue;
+pub mod plan;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::datatypes::Decimal128Type;
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use datafusion::parquet::errors::ParquetError;
+use rust_decimal::Decimal;
+use serde::Serialize;
+
+use crate::cur::money;
+use crate::ids::TenantId;
+use crate::store::{CounterStore, StoreError};
+use crate::usage::Usage;
+use export::InvoiceV1;
+use issue::{Issued, MarginRow, Status};
+
+/// The folder under `<out>/<period>/` that holds the invoices.
+pub const FOLDER: &str = "invoices";
+
+/// An invoice run that did not complete. Nothing already issued is ever changed by one.
+#[derive(Debug, thiserror::Error)]
+pub enum InvoiceError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("reading {path}: {source}")]
+    Parquet { path: PathBuf, source: ParquetError },
+    #[error("{path}: not a tally invoice: {message}")]
+    BadDocument { path: PathBuf, message: String },
+    #[error("{dir} holds final invoices for {period} but {allocation} is missing: reconcile the period again before invoicing it")]
+    FinalWithoutReconcile { period: String, dir: PathBuf, allocation: PathBuf },
+    #[error("the config's plans: field `{field}`: {message}")]
+    Plans { field: String, message: String },
+    #[error("building invoice_lines: {0}")]
+    Arrow(#[from] datafusion::arrow::error::ArrowError),
+}
+
+/// What to invoice.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// `YYYY-MM`.
+    pub period: String,
+    /// The folder reconcile writes to; invoices go to `<out>/<period>/invoices/`.
+    pub out: PathBuf,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub period: String,
+    pub status: Status,
+    pub folder: PathBuf,
+    /// Documents written by this run (provisional drafts or new final versions).
+    pub written: usize,
+    /// Final versions written by this run that are deltas (version ≥ 2).
+    pub deltas: usize,
+    /// Final invoices already issued and still right.
+    pub unchanged: usize,
+    /// Tenants with usage or cost and no plan.
+    pub unbilled: usize,
+    /// Σ of what billed tenants are charged (all versions).
+    #[serde(with = "rust_decimal::serde::str")]
+    pub charge: Decimal,
+    /// Σ of every listed tenant's cost basis.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub cost: Decimal,
+    pub margin: Vec<MarginRow>,
+    pub files: Vec<PathBuf>,
+}
+
+/// Loads, invoices and writes (see the module docs).
+pub fn run(req: &Request, config: &crate::config::Config, store: &dyn CounterStore) -> Result<Report, InvoiceError> {
+    let plans = config.plans().map_err(|(field, message)| InvoiceError::Plans { field, message })?;
+    let period_dir = req.out.join(&req.period);
+    let dir = period_dir.join(FOLDER);
+    let usage: BTreeMap<TenantId, Usage> = store.tenants(&req.period)?.into_iter().collect();
+    let allocation = period_dir.join("allocation.parquet");
+    let reconciled = if allocation.exists() { Some(reconciled_costs(&allocation)?) } else { None };
+    let (finals, provisional_files) = read_folder(&dir)?;
+    let issued = issued_by_tenant(&finals)?;
+    if reconciled.is_none() && !issued.is_empty() {
+        return Err(InvoiceError::FinalWithoutReconcile { period: req.period.clone(), dir, allocation });
+    }
+    let billing = issue::bill(&issue::Period { period: &req.period, plans: &plans, usage: &usage, reconciled: reconciled.as_ref(), issued: &issued });
+
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    let written = write_documents(&dir, &billing.invoices)?;
+    // Drafts are replaced as a whole: by this run's drafts, or by the final versions.
+    let written: std::collections::HashSet<PathBuf> = written.into_iter().collect();
+    for p in provisional_files.iter().filter(|p| !written.contains(*p)) {
+        std::fs::remove_file(p).map_err(io(p))?;
+    }
+    let mut docs: Vec<InvoiceV1> = finals.into_iter().map(|(_, d)| d).chain(billing.invoices.iter().map(InvoiceV1::from)).collect();
+    docs.sort_by(|a, b| (a.tenant.as_str(), a.version).cmp(&(b.tenant.as_str(), b.version)));
+    let lines_csv = dir.join("invoice_lines.csv");
+    write_atomically(&lines_csv, export::lines_csv(&docs).as_bytes())?;
+    let lines_parquet = dir.join("invoice_lines.parquet");
+    let tmp = dir.join(".invoice_lines.parquet.tmp");
+    crate::reconcile::tables::write_parquet(&tmp, &export::lines_table(&docs)?).map_err(|source| InvoiceError::Parquet { path: tmp.clone(), source })?;
+    std::fs::rename(&tmp, &lines_parquet).map_err(io(&lines_parquet))?;
+    let margin_csv = dir.join("margin.csv");
+    write_atomically(&margin_csv, export::margin_csv(&billing.margin).as_bytes())?;
+
+    Ok(Report {
+        period: req.period.clone(),
+        status: billing.status,
+        folder: dir.clone(),
+        written: billing.invoices.len(),
+        deltas: billing.invoices.iter().filter(|i| i.version >= 2).count(),
+        unchanged: billing.unchanged,
+        unbilled: billing.margin.iter().filter(|r| r.plan.is_none()).count(),
+        charge: charge::sum_cents(billing.margin.iter().map(|r| &r.charge)),
+        cost: billing.margin.iter().map(|r| r.cost).sum(),
+        margin: billing.margin,
+        files: vec![lines_csv, lines_parquet, margin_csv],
+    })
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InvoiceError {
+    let path = path.to_owned();
+    move |source| InvoiceError::Io { path, source }
+}
+
+/// Renders and writes the documents, on every core (rendering and the file writes are most of
+/// a large run's time); returns their paths.
+fn write_documents(dir: &Path, invoices: &[issue::Invoice]) -> Result<Vec<PathBuf>, InvoiceError> {
+    on_every_core(invoices, |inv| {
+        let path = dir.join(document_name(&inv.tenant, inv.status, inv.version));
+        if inv.status == Status::Final && path.exists() {
+            // Never reached while only tally writes the folder: the version number comes from
+            // the documents read before.
+            let source = std::io::Error::new(std::io::ErrorKind::AlreadyExists, "a final invoice is never rewritten");
+            return Err(InvoiceError::Io { path, source });
+        }
+        write_atomically(&path, export::to_json(inv).as_bytes())?;
+        Ok(path)
+    })
+}
+
+/// `f` over `items` in as many contiguous chunks as there are cores (up to 8), results in the
+/// order of `items`; the first error wins.
+fn on_every_core<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> Result<R, InvoiceError> + Sync) -> Result<Vec<R>, InvoiceError> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
+    let chunk = items.len().div_ceil(threads).max(1);
+    let f = &f;
+    let parts: Vec<Result<Vec<R>, InvoiceError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = items.chunks(chunk).map(|part| scope.spawn(move || part.iter().map(f).collect())).collect();
+        handles.into_iter().map(|h| h.join().expect("an invoice worker panicked")).collect()
+    });
+    let mut all = Vec::with_capacity(items.len());
+    for part in parts {
+        all.extend(part?);
+    }
+    Ok(all)
+}
+
+/// A tenant's document file name: the tenant id with every byte outside `[A-Za-z0-9_-]`
+/// percent-encoded, then `.provisional.json` or `.v<N>.json`.
+pub fn document_name(tenant: &TenantId, status: Status, version: u32) -> String {
+    let mut name = String::with_capacity(tenant.as_str().len() + 16);
+    for b in tenant.as_str().bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            name.push(b as char);
+        } else {
+            name.push_str(&format!("%{b:02X}"));
+        }
+    }
+    match status {
+        Status::Provisional => name.push_str(".provisional.json"),
+        Status::Final => name.push_str(&format!(".v{version}.json")),
+    }
+    name
+}
+
+/// Writes a file through a temporary beside it and a rename, so a reader never sees half.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), InvoiceError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+/// The final documents of a folder, each with its path, in no particular order.
+pub type FinalDocuments = Vec<(PathBuf, InvoiceV1)>;
+
+/// The final documents in the folder and the paths of the provisional ones.
+pub fn read_folder(dir: &Path) -> Result<(FinalDocuments, Vec<PathBuf>), InvoiceError> {
+    let mut provisional = Vec::new();
+    if !dir.exists() {
+        return Ok((Vec::new(), provisional));
+    }
+    let mut final_paths = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let path = entry.map_err(io(dir))?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with('.') || !name.ends_with(".json") {
+            continue;
+        }
+        if name.ends_with(".provisional.json") {
+            provisional.push(path);
+        } else {
+            final_paths.push(path);
+        }
+    }
+    // Read and parsed on every core: a large period has a document per tenant and version.
+    let finals = on_every_core(&final_paths, |path| {
+        let bytes = std::fs::read(path).map_err(io(path))?;
+        let doc = serde_json::from_slice::<InvoiceV1>(&bytes).map_err(|e| InvoiceError::BadDocument { path: path.clone(), message: e.to_string() })?;
+        Ok((path.clone(), doc))
+    })?;
+    provisional.sort_unstable();
+    Ok((finals, provisional))
+}
+
+/// The final versions issued per tenant, sorted by version.
+fn issued_by_tenant(finals: &[(PathBuf, InvoiceV1)]) -> Result<BTreeMap<TenantId, Vec<Issued>>, InvoiceError> {
+    let mut issued: BTreeMap<TenantId, Vec<Issued>> = BTreeMap::new();
+    for (path, doc) in finals {
+        let bad = |message: &str| InvoiceError::BadDocument { path: path.clone(), message: message.to_string() };
+        let tenant = doc.tenant_id().ok_or_else(|| bad("blank tenant"))?;
+        let one = doc.issued().ok_or_else(|| bad("not a final invoice of schema tally.invoice/1"))?;
+        issued.entry(tenant).or_default().push(one);
+    }
+    for versions in issued.values_mut() {
+        versions.sort_by_key(|i| i.version);
+    }
+    Ok(issued)
+}
+
+/// Σ allocated cost per tenant from a reconciled `allocation.parquet` (unallocated rows, which
+/// have no tenant, are left out).
+fn reconciled_costs(path: &Path) -> Result<BTreeMap<TenantId, Decimal>, InvoiceError> {
+    let err = |source| InvoiceError::Parquet { path: path.to_owned(), source };
+    let file = File::open(path).map_err(io(path))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file).map_err(err)?.build().map_err(err)?;
+    let mut units: BTreeMap<TenantId, i128> = BTreeMap::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| err(e.into()))?;
+        let missing = |c: &str| InvoiceError::BadDocument { path: path.to_owned(), message: format!("no `{c}` column") };
+        let tenant = batch.column_by_name("tenant").ok_or_else(|| missing("tenant"))?.as_string::<i32>().clone();
+        let cost = batch.column_by_name("cost").ok_or_else(|| missing("cost"))?.as_primitive::<Decimal128Type>().clone();
+        for i in 0..batch.num_rows() {
+            if tenant.is_null(i) || cost.is_null(i) {
+                continue;
+            }
+            if let Some(t) = TenantId::new(tenant.value(i)) {
+                *units.entry(t).or_default() += cost.value(i);
+            }
+        }
+    }
+    Ok(units.into_iter().map(|(t, u)| (t, money::from_units(u))).collect())
+}

@@ -1,0 +1,181 @@
+//! The line loop every byte-stream source shares: decoded bytes (plain, or gunzipped by the
+//! caller) are split into lines, decoded into a [`Piece`] at a time, and each piece is sent with
+//! the position after its last line, as the source names positions.
+//!
+//! A read error is one of two things. A failure to *fetch* bytes (the network dropped, the
+//! object store answered an error mid-body), marked with [`Fetch`], ends the loop with the
+//! position reached so the source can fetch again from there; nothing is quarantined. Any other
+//! read error (a corrupt or truncated gzip stream) is the data's fault: the cut line is
+//! quarantined and the stream is done until it changes.
+
+use std::io::{self, Read};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::lines::{Line, LineReader};
+use super::{Decoder, Piece};
+use crate::quarantine::{Reason, Rejected};
+
+/// Marks an I/O error as a failure to fetch bytes, not a fault in them.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Fetch(pub String);
+
+impl Fetch {
+    /// An `io::Error` carrying this marker.
+    pub fn io(message: impl Into<String>) -> io::Error {
+        io::Error::other(Fetch(message.into()))
+    }
+
+    /// Whether `e` is a fetch failure.
+    pub fn is(e: &io::Error) -> bool {
+        e.get_ref().is_some_and(|inner| inner.is::<Fetch>())
+    }
+}
+
+/// Where a stream starts and how its pieces are labelled.
+pub struct Start<'a> {
+    /// The checkpoint key pieces carry.
+    pub source: &'a str,
+    /// What the quarantine names as the records' source, when not the checkpoint key.
+    pub name: Option<&'a str>,
+    /// The stored position the first piece starts from.
+    pub expected: Option<String>,
+    /// Decoded bytes already counted (passed over by the caller before reading).
+    pub offset: u64,
+    /// Lines already counted.
+    pub line: u64,
+    /// The stream is gzip: a read error that is not a [`Fetch`] is a truncated gzip stream.
+    pub gz: bool,
+    /// Stop at a first line that starts a JSON value but does not end it (a pretty-printed
+    /// export), so the caller can read the stream as one document.
+    pub detect_document: bool,
+    /// Leave an unterminated last line that is not yet complete JSON for the next pass.
+    pub follow: bool,
+    pub max_record_bytes: usize,
+    pub piece_records: usize,
+}
+
+/// How a stream ended.
+#[derive(Debug)]
+pub enum End {
+    /// Everything up to `offset` was handled and sent.
+    Done,
+    /// The stream is a multi-line JSON document; nothing was sent.
+    Document,
+    /// `shutdown` was set, or the receiver is gone.
+    Stopped,
+    /// Fetching failed; everything before the returned position was sent.
+    Fetch(io::Error),
+}
+
+/// Where a stream stopped: the decoded offset and line after the last line handled, and the
+/// position last sent (`None`: nothing sent), for the caller's next piece to expect.
+#[derive(Debug)]
+pub struct Reached {
+    pub end: End,
+    pub offset: u64,
+    pub line: u64,
+    pub expected: Option<String>,
+}
+
+/// Reads lines from `reader` (positioned at `start.offset`), decoding them into pieces of at
+/// most `piece_records` records. `position(offset, line)` names the position after a line;
+/// `send` returns false when the receiver is gone. The last piece is sent even when empty if
+/// `send_empty_end` says the position moved.
+pub fn read_lines(
+    reader: impl Read,
+    start: Start<'_>,
+    decoder: &mut Decoder<'_>,
+    shutdown: &AtomicBool,
+    position: &dyn Fn(u64, u64) -> String,
+    send: &mut dyn FnMut(Piece) -> bool,
+    send_empty_end: &dyn Fn(u64, u64) -> bool,
+) -> Reached {
+    let new_piece = |expected: &Option<String>| Piece {
+        source: start.source.to_string(),
+        name: start.name.map(str::to_string),
+        expected: expected.clone(),
+        ..Piece::default()
+    };
+    let mut lines = LineReader::new(reader, start.offset, start.max_record_bytes);
+    let mut line_no = start.line;
+    let mut expected = start.expected.clone();
+    let mut piece = new_piece(&expected);
+    let mut document_checked = start.offset > 0 || !start.detect_document;
+    // The offset after the last line handled; a line left for later is not included.
+    let mut consumed = start.offset;
+    let mut end = End::Done;
+
+    loop {
+        if shutdown.load(Ordering::Relaxed) {
+            end = End::Stopped;
+            break;
+        }
+        let next = match lines.next_line() {
+            Ok(next) => next,
+            Err(e) if Fetch::is(&e) => {
+                end = End::Fetch(e);
+                break;
+            }
+            Err(e) => {
+                // A corrupt or truncated gzip stream: what came before stays counted, the cut
+                // line is quarantined, and the stream is done until it changes.
+                let reason = if start.gz { Reason::TruncatedGzip } else { Reason::MalformedJson };
+                let offset = lines.position();
+                piece.received += 1;
+                piece.rejects.push(Rejected::new(reason, format!("read error: {e}"), line_no + 1, offset, lines.pending()));
+                consumed = offset + lines.pending().len() as u64;
+                line_no += 1;
+                piece.position = position(consumed, line_no);
+                let sent = piece.position.clone();
+                let end = if send(piece) { End::Done } else { End::Stopped };
+                return Reached { end, offset: consumed, line: line_no, expected: Some(sent) };
+            }
+        };
+        let Some(line) = next else { break };
+        match line {
+            Line::TooLong { prefix, offset, len } => {
+                line_no += 1;
+                piece.received += 1;
+                let detail = format!("line of {len} bytes is longer than ingest.max_record_bytes ({})", start.max_record_bytes);
+                piece.rejects.push(Rejected::new(Reason::LineTooLong, detail, line_no, offset, &prefix));
+                consumed = lines.position();
+            }
+            Line::Data { bytes, offset, terminated } => {
+                let bytes = if offset == 0 { bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes) } else { bytes };
+                if !document_checked && !bytes.trim_ascii().is_empty() {
+                    document_checked = true;
+                    let t = bytes.trim_ascii();
+                    if matches!(t.first(), Some(b'{' | b'[')) && !crate::json::is_complete_value(t) {
+                        return Reached { end: End::Document, offset: start.offset, line: start.line, expected: start.expected };
+                    }
+                }
+                if !terminated && start.follow && !crate::json::is_complete_value(bytes) {
+                    // The writer may still be writing this line.
+                    break;
+                }
+                line_no += 1;
+                decoder.line(bytes, line_no, offset, &mut piece);
+                consumed = lines.position();
+            }
+        }
+        if piece.received as usize >= start.piece_records {
+            piece.position = position(consumed, line_no);
+            let next_expected = Some(piece.position.clone());
+            if !send(std::mem::replace(&mut piece, new_piece(&next_expected))) {
+                return Reached { end: End::Stopped, offset: consumed, line: line_no, expected: next_expected };
+            }
+            expected = next_expected;
+        }
+    }
+    if piece.received > 0 || send_empty_end(consumed, line_no) {
+        piece.position = position(consumed, line_no);
+        piece.expected = expected;
+        let sent = Some(piece.position.clone());
+        if !send(piece) {
+            end = End::Stopped;
+        }
+        expected = sent;
+    }
+    Reached { end, offset: consumed, line: line_no, expected }
+}

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Invoice benchmark: `tally invoice` for N tenants (default 100,000), every one on a plan (the
+# five demo plans in turn), wall time and peak RSS under /usr/bin/time -v, for
+#   1. provisional — the period not reconciled: counters + estimates, N drafts written;
+#   2. final, first issue — after reconcile: N version-1 documents written;
+#   3. final, re-run — nothing changed: N documents read back, nothing new written.
+# Each run also rewrites invoice_lines.csv/.parquet and margin.csv. Prints a markdown table on
+# stdout (progress goes to stderr).
+#
+# Usage, from the repo root:   tests/bench/invoice.sh [TENANTS]
+#
+# Knobs (environment):
+#   PROFILE     dev (default) or release: which build of tally to time
+#   BENCH_DIR   data and results (default: out/bench/invoice-<TENANTS>)
+#   RUNS        timed runs of each case, the median is reported (default: 3)
+#   RECORDS     invocation-log records behind the counters (default: 300000)
+#   SKIP_BUILD=1 use the existing binary;  REGEN=1 regenerate the data
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+TENANTS=${1:-100000}
+PROFILE=${PROFILE:-dev}
+BENCH_DIR=${BENCH_DIR:-out/bench/invoice-$TENANTS}
+RUNS=${RUNS:-3}
+RECORDS=${RECORDS:-300000}
+MONTH=2025-11
+
+say() { echo "bench: $*" >&2; }
+die() { echo "bench: FAIL: $*" >&2; exit 1; }
+
+[[ -x /usr/bin/time ]] || die "/usr/bin/time missing: apt-get install time"
+if [[ ${SKIP_BUILD:-0} != 1 ]]; then
+  if [[ $PROFILE == release ]]; then cargo build --release -q; else cargo build -q; fi
+fi
+TALLY=target/$([[ $PROFILE == release ]] && echo release || echo debug)/tally
+[[ -x $TALLY ]] || die "no binary at $TALLY"
+CONFIG="$BENCH_DIR/tally.toml"
+
+# --- data -------------------------------------------------------------------
+if [[ ${REGEN:-0} == 1 || ! -f $BENCH_DIR/.ready ]]; then
+  rm -rf "$BENCH_DIR"
+  say "generating $RECORDS log records for $TENANTS tenants, a plan for each, ingesting, billing them in CUR"
+  "$TALLY" -q generate --out "$BENCH_DIR" --tenants "$TENANTS" --records "$RECORDS" --month $MONTH >&2
+  cat fixtures/invoice/demo-plans.toml >> "$CONFIG"
+  awk -v n="$TENANTS" 'BEGIN {
+    split("pro payg team starter pro-credits", plan, " ");
+    for (k = 0; k < n; k++) {
+      p = plan[k % 5 + 1];
+      printf "\n[tenants.tenant-%04d]\nplan = \"%s\"\n", k, p;
+      if (p == "team") printf "seats = %d\n", 3 + k % 7;
+    }
+  }' >> "$CONFIG"
+  "$TALLY" -q --config "$CONFIG" ingest "$BENCH_DIR/logs" >&2
+  "$TALLY" -q generate-cur --fixtures "$BENCH_DIR" --month $MONTH >&2
+  "$TALLY" -q --config "$CONFIG" reconcile --period $MONTH --cur "$BENCH_DIR/cur/cur2" --out "$BENCH_DIR/final" >&2
+  touch "$BENCH_DIR/.ready"
+fi
+USED=$("$TALLY" -q --config "$CONFIG" sql --csv --period $MONTH --out "$BENCH_DIR/final" "SELECT count(DISTINCT tenant) FROM usage" | tail -1)
+
+# --- timed runs --------------------------------------------------------------
+# run NAME OUT PREPARE: times `tally invoice` RUNS times (PREPARE runs before each, untimed);
+# prints "wall_s rss_mb documents" of the median run.
+run() {
+  local name=$1 out=$2 prepare=$3 results=()
+  for i in $(seq "$RUNS"); do
+    eval "$prepare"
+    /usr/bin/time -v "$TALLY" -q --config "$CONFIG" invoice --period $MONTH --out "$out" \
+      > "$BENCH_DIR/$name.txt" 2> "$BENCH_DIR/$name.time"
+    local wall rss written
+    wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {n = split($2, t, ":"); s = 0; for (j = 1; j <= n; j++) s = s * 60 + t[j]; print s}' "$BENCH_DIR/$name.time")
+    rss=$(awk -F': ' '/Maximum resident set size/ {printf "%.1f", $2 / 1024}' "$BENCH_DIR/$name.time")
+    written=$(grep -o -m1 '^[0-9]* documents written' "$BENCH_DIR/$name.txt" | cut -d' ' -f1)
+    say "$name run $i: ${wall}s, ${rss} MB, $written documents written"
+    results+=("$wall $rss $written")
+  done
+  printf '%s\n' "${results[@]}" | sort -n | sed -n "$(( (RUNS + 1) / 2 ))p"
+}
+
+mkdir -p "$BENCH_DIR/provisional"
+read -r P_WALL P_RSS P_DOCS < <(run provisional "$BENCH_DIR/provisional" "rm -rf '$BENCH_DIR/provisional/$MONTH/invoices'")
+read -r F_WALL F_RSS F_DOCS < <(run final-first "$BENCH_DIR/final" "rm -rf '$BENCH_DIR/final/$MONTH/invoices'")
+read -r R_WALL R_RSS R_DOCS < <(run final-rerun "$BENCH_DIR/final" ":")
+[[ $P_DOCS == "$TENANTS" && $F_DOCS == "$TENANTS" && $R_DOCS == 0 ]] \
+  || die "expected $TENANTS, $TENANTS and 0 documents written, got $P_DOCS, $F_DOCS, $R_DOCS"
+
+echo "Invoices for $TENANTS tenants ($USED with usage; $RECORDS log records), $(nproc) cores, $PROFILE build, median of $RUNS:"
+echo
+echo "| run | documents written | wall s | peak RSS MB |"
+echo "|---|---:|---:|---:|"
+echo "| provisional (not reconciled) | $P_DOCS | $P_WALL | $P_RSS |"
+echo "| final, first issue (v1) | $F_DOCS | $F_WALL | $F_RSS |"
+echo "| final, re-run, nothing changed | $R_DOCS | $R_WALL | $R_RSS |"

@@ -1,0 +1,278 @@
+//! `tally invoice` end to end: generated logs ingested, invoiced provisionally, reconciled
+//! against the CUR that bills them, invoiced finally, then the CUR restated and invoiced again.
+//! Every exported document is validated against the schema `tally schema invoice` prints.
+
+mod invoice_support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::str::FromStr;
+
+use rust_decimal::{Decimal, RoundingStrategy};
+use tally::invoice::export::InvoiceV1;
+use tally::invoice::issue::Status;
+
+const MONTH: &str = "2025-11";
+
+/// Plans for the generated tenants: every kind, and tenant-0005 left without a plan.
+const PLANS: &str = r#"
+[plans.starter]
+kind = "bundled"
+monthly_fee = "29.00"
+
+[plans.pro]
+kind = "quota"
+monthly_fee = "99.00"
+included = 200000
+overage_rate = "0.004"
+
+[plans.credits]
+kind = "quota"
+monthly_fee = "49.00"
+included = "50"
+unit = "credits"
+credit_usd = "0.01"
+overage_rate = "0.012"
+
+[plans.payg]
+kind = "metered"
+markup = "4.0"
+minimum = "1.00"
+
+[plans.team]
+kind = "add_on"
+seat_price = "15.00"
+included_per_seat = 20000
+overage_rate = "0.006"
+
+[tenants.tenant-0000]
+plan = "payg"
+[tenants.tenant-0001]
+plan = "pro"
+[tenants.tenant-0002]
+plan = "team"
+seats = 3
+[tenants.tenant-0003]
+plan = "payg"
+[tenants.tenant-0004]
+plan = "credits"
+[tenants.tenant-0006]
+plan = "starter"
+[tenants.tenant-0007]
+plan = "payg"
+[tenants.tenant-0008]
+plan = "payg"
+"#;
+
+fn d(s: &str) -> Decimal {
+    Decimal::from_str(s).unwrap()
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl Fixture {
+    /// A month of logs for 10 tenants, with plans, ingested.
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let f = Fixture { config: dir.path().join("tally.toml"), dir };
+        ok(&f.tally(&["generate", "--tenants", "10", "--records", "4000", "--seed", "11", "--month", MONTH, "--out"], &[f.dir.path()]));
+        let mut text = std::fs::read_to_string(&f.config).unwrap();
+        text.push_str(PLANS);
+        std::fs::write(&f.config, text).unwrap();
+        ok(&f.tally(&["ingest"], &[&f.path("logs")]));
+        f
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn tally(&self, args: &[&str], paths: &[&Path]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_tally")).arg("--config").arg(&self.config).arg("--quiet").args(args).args(paths).output().unwrap()
+    }
+
+    fn invoice(&self) -> String {
+        ok(&self.tally(&["invoice", "--period", MONTH, "--out"], &[&self.path("out")]))
+    }
+
+    /// A CUR billing the logs, with the shared pool billed `drift` above list price.
+    fn cur(&self, name: &str, drift: &str) -> PathBuf {
+        let out = self.path(name);
+        ok(&self.tally(&["generate-cur", "--month", MONTH, "--drift", drift, "--fixtures"], &[self.dir.path(), Path::new("--out"), &out]));
+        out.join("cur2")
+    }
+
+    fn reconcile(&self, cur: &Path) {
+        ok(&self.tally(&["reconcile", "--period", MONTH, "--out"], &[&self.path("out"), Path::new("--cur"), cur]));
+    }
+
+    fn invoices(&self) -> PathBuf {
+        self.path("out").join(MONTH).join("invoices")
+    }
+
+    /// Every document in the folder, by file name, validated against the printed schema.
+    fn documents(&self) -> BTreeMap<String, InvoiceV1> {
+        let schema: serde_json::Value = serde_json::from_str(&ok(&self.tally(&["schema", "invoice"], &[]))).unwrap();
+        let validator = invoice_support::Validator::new(&schema);
+        let mut docs = BTreeMap::new();
+        for e in std::fs::read_dir(self.invoices()).unwrap() {
+            let path = e.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.ends_with(".json") {
+                let value: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+                validator.check(&value).unwrap_or_else(|e| panic!("{name} does not validate: {e}"));
+                docs.insert(name, serde_json::from_value(value).unwrap());
+            }
+        }
+        docs
+    }
+
+    /// Reconciled cost per tenant, from the allocation table through `tally sql`.
+    fn allocated(&self) -> BTreeMap<String, Decimal> {
+        let csv = ok(&self.tally(&["sql", "--csv", "--period", MONTH, "--out"], &[&self.path("out"), Path::new("SELECT tenant, sum(cost) AS cost FROM allocation WHERE tenant IS NOT NULL GROUP BY tenant")]));
+        csv.lines().skip(1).map(|l| l.split_once(',').unwrap()).map(|(t, c)| (t.to_string(), d(c))).collect()
+    }
+
+    fn file(&self, name: &str) -> String {
+        std::fs::read_to_string(self.invoices().join(name)).unwrap()
+    }
+}
+
+fn ok(out: &Output) -> String {
+    assert!(out.status.success(), "tally failed ({:?}): {}", out.status.code(), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn cents(x: Decimal) -> Decimal {
+    x.round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero)
+}
+
+/// The rows of a CSV without quoted fields, as maps from column to value.
+fn csv_rows(text: &str) -> Vec<BTreeMap<String, String>> {
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    lines.map(|l| header.iter().map(|h| h.to_string()).zip(l.split(',').map(str::to_string)).collect()).collect()
+}
+
+#[test]
+fn provisional_then_final_then_a_delta_after_the_cur_is_restated() {
+    let f = Fixture::new();
+
+    // Before reconcile: provisional, labelled, version 0, from the estimate.
+    let text = f.invoice();
+    assert!(text.contains("PROVISIONAL"), "{text}");
+    let docs = f.documents();
+    assert_eq!(docs.len(), 8, "{:?}", docs.keys());
+    for (name, doc) in &docs {
+        assert!(name.ends_with(".provisional.json"), "{name}");
+        assert_eq!((doc.status, doc.version, doc.internal.cost_source.as_str()), (Status::Provisional, 0, "estimate"), "{name}");
+        assert_eq!(doc.total, doc.lines.iter().map(|l| l.amount).sum::<Decimal>(), "{name}");
+    }
+    // A second provisional run replaces the drafts with the same bytes.
+    let before = f.file("tenant-0000.provisional.json");
+    f.invoice();
+    assert_eq!(f.file("tenant-0000.provisional.json"), before);
+
+    // Reconciled: final version 1 from the allocation; the drafts are gone.
+    let cur = f.cur("cur-a", "0.3");
+    f.reconcile(&cur);
+    let text = f.invoice();
+    assert!(text.contains("final") && !text.contains("PROVISIONAL"), "{text}");
+    let docs = f.documents();
+    assert_eq!(docs.keys().cloned().collect::<Vec<_>>(), (0..9).filter(|k| *k != 5).map(|k| format!("tenant-{k:04}.v1.json")).collect::<Vec<_>>());
+    let allocated = f.allocated();
+    for doc in docs.values() {
+        assert_eq!((doc.status, doc.version, doc.supersedes.as_deref()), (Status::Final, 1, None));
+        let cost = allocated.get(&doc.tenant).copied().unwrap_or_default();
+        assert_eq!(doc.internal.cost_basis, cost, "{}", doc.tenant);
+        assert_eq!(doc.internal.margin, doc.cumulative_total - cost);
+        if doc.plan.kind == "metered" {
+            assert_eq!(doc.total, cents(cost * d("4")).max(d("1.00")), "{}", doc.tenant);
+        }
+    }
+    let v1_bytes: BTreeMap<String, String> = docs.keys().map(|n| (n.clone(), f.file(n))).collect();
+
+    // The lines CSV holds every line; the margin report lists the unbilled tenants too.
+    let lines = csv_rows(&f.file("invoice_lines.csv"));
+    let by_tenant = |rows: &[BTreeMap<String, String>]| {
+        let mut m: BTreeMap<String, Decimal> = BTreeMap::new();
+        for r in rows {
+            *m.entry(r["tenant"].clone()).or_default() += d(&r["amount"]);
+        }
+        m
+    };
+    let totals: BTreeMap<String, Decimal> = docs.values().map(|d| (d.tenant.clone(), d.cumulative_total)).collect();
+    assert_eq!(by_tenant(&lines), totals);
+    let margin = csv_rows(&f.file("margin.csv"));
+    let unbilled: Vec<&str> = margin.iter().filter(|r| r["billed"] == "false").map(|r| r["tenant"].as_str()).collect();
+    assert!(unbilled.contains(&"_unattributed") && unbilled.contains(&"tenant-0005"), "{unbilled:?}");
+    for r in &margin {
+        let cost = allocated.get(&r["tenant"]).copied().unwrap_or_default();
+        assert_eq!(d(&r["cost"]), cost, "{r:?}");
+        assert_eq!(d(&r["margin"]), d(&r["charge"]) - cost, "{r:?}");
+    }
+    // `tally sql` serves the lines.
+    let sql = ok(&f.tally(&["sql", "--csv", "--period", MONTH, "--out"], &[&f.path("out"), Path::new("SELECT sum(amount) AS total FROM invoice_lines")]));
+    assert_eq!(d(sql.lines().nth(1).unwrap()), totals.values().sum::<Decimal>());
+
+    // Re-invoicing unchanged inputs issues nothing new.
+    let text = f.invoice();
+    assert!(text.contains("0 documents written"), "{text}");
+    assert_eq!(f.documents().len(), docs.len());
+
+    // The CUR is restated (the shared pool billed 90% above list price) and reconciled again:
+    // version 1 stays as it was, version 2 carries the deltas.
+    let restated = f.cur("cur-b", "0.9");
+    f.reconcile(&restated);
+    f.invoice();
+    let after = f.documents();
+    for (name, bytes) in &v1_bytes {
+        assert_eq!(&f.file(name), bytes, "{name} was rewritten");
+    }
+    let allocated2 = f.allocated();
+    let v2: Vec<&InvoiceV1> = after.values().filter(|d| d.version == 2).collect();
+    assert!(v2.iter().any(|d| d.plan.kind == "metered" && !d.lines.is_empty()), "no metered delta: {:?}", after.keys());
+    for doc in &v2 {
+        let v1 = &docs[&format!("{}.v1.json", doc.tenant)];
+        assert_eq!(doc.supersedes.as_deref(), Some(v1.id.as_str()));
+        assert_eq!(doc.cumulative_total, v1.total + doc.total);
+        assert_eq!(doc.total, doc.lines.iter().map(|l| l.amount).sum::<Decimal>());
+        let cost = allocated2.get(&doc.tenant).copied().unwrap_or_default();
+        assert_eq!(doc.internal.cost_basis, cost);
+        if doc.plan.kind == "metered" {
+            let restated = cents(cost * d("4")).max(d("1.00"));
+            assert_eq!(doc.cumulative_total, restated, "{}", doc.tenant);
+            for l in &doc.lines {
+                assert_eq!((l.previous_amount, l.amount), (Some(v1.total), restated - v1.total));
+            }
+        }
+    }
+    // Tenants whose cost did not move got no new version.
+    for doc in docs.values() {
+        let moved = allocated.get(&doc.tenant) != allocated2.get(&doc.tenant);
+        assert_eq!(after.contains_key(&format!("{}.v2.json", doc.tenant)), moved, "{}", doc.tenant);
+    }
+    // The lines CSV now holds both versions and adds up to each tenant's latest cumulative
+    // total (documents sort by version within a tenant).
+    let mut expected: BTreeMap<String, Decimal> = BTreeMap::new();
+    for doc in after.values() {
+        expected.insert(doc.tenant.clone(), doc.cumulative_total);
+    }
+    assert_eq!(by_tenant(&csv_rows(&f.file("invoice_lines.csv"))), expected);
+}
+
+#[test]
+fn a_missing_reconcile_after_final_invoices_is_refused() {
+    let f = Fixture::new();
+    let cur = f.cur("cur", "0.3");
+    f.reconcile(&cur);
+    f.invoice();
+    std::fs::remove_file(f.path("out").join(MONTH).join("allocation.parquet")).unwrap();
+    let out = f.tally(&["invoice", "--period", MONTH, "--out"], &[&f.path("out")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("holds final invoices"), "{}", String::from_utf8_lossy(&out.stderr));
+}
