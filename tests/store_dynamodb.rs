@@ -293,5 +293,5 @@ fn sigkill_at_random_points_then_restart_gives_exact_counters_on_dynamodb() {
     let Some(ep) = aws::endpoint() else { return };
     let dir = tempfile::tempdir().unwrap();
     let backend = Dynamo { endpoint: ep, made: RefCell::default() };
-    kill::sigkill_at_random_points(&backend, dir.path(), 12_000, 1500, 30);
+    kill::sigkill_at_random_points(&backend, dir.path(), 6_000, 750, 30);
 }

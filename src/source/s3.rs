@@ -10,7 +10,7 @@
 //! `s3://bucket/<partition>`, and different partitions are read in parallel. Objects outside
 //! the dated layout (the `amazon-bedrock-logs-permission-check` marker, stray files) are each
 //! a scope of one key. Partitions are found by walking the prefix with `Delimiter=/` down to
-//! the year folders, at most every [`REWALK`] while following.
+//! the year folders, every [`REWALK`] while following (and on every pass while none is found yet).
 //!
 //! A partition's checkpoint ([`S3Position`]) holds the greatest key counted, every key counted
 //! since the *lookback floor* (the hour folder `ingest.s3_lookback_hours` before the greatest
@@ -258,7 +258,9 @@ impl S3Source {
     /// Lists what is new since the stored positions: one job per scope with anything to read.
     pub fn plan(&mut self, remote: &Remote, checkpoints: &HashMap<String, String>) -> Result<Vec<S3Job>, SourceError> {
         let mut jobs = Vec::new();
-        if self.walked.map_or(true, |t| t.elapsed() >= REWALK) {
+        // Walk again every REWALK, and on every pass while no partition is known yet (a new
+        // deployment's first records should not wait a minute).
+        if self.partitions.is_empty() || self.walked.map_or(true, |t| t.elapsed() >= REWALK) {
             let (partitions, loose) = self.walk(remote)?;
             self.partitions = partitions;
             self.walked = Some(Instant::now());

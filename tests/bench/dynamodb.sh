@@ -24,8 +24,9 @@ BENCH_DIR=${BENCH_DIR:-out/bench-dynamodb}
 REGEN=${REGEN:-0}
 say() { echo "bench: $*" >&2; }
 
-# The counts do not depend on optimisation, so the test build serves.
-cargo build --features aws --bin tally >&2
+# The counts do not depend on optimisation, so the test build serves. `--all-targets` as in
+# tests/run-all.sh: the same feature set, so no dependency is rebuilt for it.
+cargo build --all-targets --features aws >&2
 TALLY=target/debug/tally
 
 source tests/moto.sh
@@ -41,12 +42,13 @@ fi
 TABLE="tally-bench-$$"
 CONFIG="$BENCH_DIR/dynamodb-$$.toml"
 python3 - "$GEN/tally.toml" "$CONFIG" "$TABLE" "$TALLY_TEST_AWS_ENDPOINT" "$BATCH" <<'PY'
-import sys
+import re, sys
 src, dst, table, endpoint, batch = sys.argv[1:]
 text = open(src).read()
 store = '[store]\npath = "tally.sqlite"\n'
 assert store in text, "generated config has no [store] section"
 text = text.replace(store, f'[store]\nbackend = "dynamodb"\ntable = "{table}"\nendpoint_url = "{endpoint}"\nregion = "us-east-1"\n')
+text = re.sub(r'(?m)^(quarantine|batch_records) = .*\n', '', text)
 text = text.replace('[ingest]\n', f'[ingest]\nbatch_records = {batch}\nquarantine = "quarantine-{table}.jsonl"\n')
 open(dst, "w").write(text)
 PY

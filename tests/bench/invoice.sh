@@ -11,6 +11,7 @@
 #
 # Knobs (environment):
 #   PROFILE     dev (default) or release: which build of tally to time
+#   CARGO_TARGET_DIR  where that build goes (default: target)
 #   BENCH_DIR   data and results (default: out/bench/invoice-<TENANTS>)
 #   RUNS        timed runs of each case, the median is reported (default: 3)
 #   RECORDS     invocation-log records behind the counters (default: 300000)
@@ -32,7 +33,7 @@ die() { echo "bench: FAIL: $*" >&2; exit 1; }
 if [[ ${SKIP_BUILD:-0} != 1 ]]; then
   if [[ $PROFILE == release ]]; then cargo build --release -q; else cargo build -q; fi
 fi
-TALLY=target/$([[ $PROFILE == release ]] && echo release || echo debug)/tally
+TALLY=${CARGO_TARGET_DIR:-target}/$([[ $PROFILE == release ]] && echo release || echo debug)/tally
 [[ -x $TALLY ]] || die "no binary at $TALLY"
 CONFIG="$BENCH_DIR/tally.toml"
 
