@@ -118,7 +118,8 @@ pub fn sigkill_at_random_points(backend: &dyn Backend, dir: &Path, records: u64,
         child.wait().unwrap();
     }
     assert!(killed_mid_run >= kills * 2 / 3, "only {killed_mid_run} of {kills} kills landed mid-run");
-    assert!(ingest(&config).status().unwrap().success());
+    let last = ingest(&config).stderr(Stdio::piped()).output().unwrap();
+    assert!(last.status.success(), "the run after the kills failed: {}", String::from_utf8_lossy(&last.stderr));
 
     let store = backend.open("killed");
     assert_eq!(counters(&*store, &spec.month), sorted(truth.rows.clone()), "counters differ from the truth");
