@@ -20,6 +20,14 @@ sum, which for small results is exponent notation (0.0000012 + -0.0000008 = "4E-
 number without a "." for an integer. DynamoDB itself accepts and adds such numbers. Sums are
 stored here in plain notation ("0.0000004"), the same value.
 
+3. Serialised DynamoDB requests. moto's server is threaded and its DynamoDB backend has no
+lock, so two requests on the same items can interleave: a condition checked by one while the
+other writes, a rolled-back transaction restoring a table copy over another's writes. DynamoDB
+applies each request (and each transaction) atomically. A test that SIGKILLs a writer and
+restarts it meets this at once: the dead writer's last transaction is still running in moto
+while the new process reads and writes the same items. Here DynamoDB requests take one lock,
+so each is applied whole, as on DynamoDB; S3 and CloudWatch Logs requests stay concurrent.
+
 Usage is `moto_server`'s:
     python tests/moto_server.py -H 127.0.0.1 -p PORT
 """
@@ -32,6 +40,7 @@ import types
 import moto.dynamodb.models as dynamodb_models
 from moto.core.common_models import BaseModel
 from moto.dynamodb.models.dynamo_type import DynamoType
+from moto.dynamodb.responses import DynamoHandler
 from moto.server import main
 
 _active = threading.local()
@@ -77,6 +86,18 @@ def _plain(op):
 
 DynamoType.__add__ = _plain(DynamoType.__add__)
 DynamoType.__sub__ = _plain(DynamoType.__sub__)
+
+
+_dynamodb_lock = threading.Lock()
+_call_action = DynamoHandler.call_action
+
+
+def _serialised_call_action(self):
+    with _dynamodb_lock:
+        return _call_action(self)
+
+
+DynamoHandler.call_action = _serialised_call_action
 
 
 class _Untracked(list):
