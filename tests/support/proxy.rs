@@ -43,45 +43,84 @@ impl FaultProxy {
 }
 
 /// A deterministic pseudo-random draw per call (splitmix64).
-fn draw(calls: &AtomicU64) -> u64 {
+pub fn draw(calls: &AtomicU64) -> u64 {
     let mut z = calls.fetch_add(0x9e3779b97f4a7c15, Ordering::Relaxed).wrapping_add(0x9e3779b97f4a7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
     z ^ (z >> 31)
 }
 
+/// One HTTP/1.1 request as read from the client: its request line (`METHOD path?query`), its
+/// head without the `Connection` header (to forward), its `X-Amz-Target` (lowercase, empty
+/// when absent) and its `Content-Length` body.
+pub struct Request {
+    pub line: String,
+    pub head: Vec<u8>,
+    pub target: String,
+    pub body: Vec<u8>,
+}
+
+/// Reads the next request on a connection; `None` when the client closed it.
+pub fn read_request(reader: &mut impl BufRead) -> std::io::Result<Option<Request>> {
+    let mut req = Request { line: String::new(), head: Vec::new(), target: String::new(), body: Vec::new() };
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(None);
+        }
+        if req.line.is_empty() {
+            req.line = line.trim_end().trim_end_matches(" HTTP/1.1").to_string();
+        }
+        let lower = line.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+        if let Some(v) = lower.strip_prefix("x-amz-target:") {
+            req.target = v.trim().to_string();
+        }
+        if line == "\r\n" {
+            break;
+        }
+        if !lower.starts_with("connection:") {
+            req.head.extend_from_slice(line.as_bytes());
+        }
+    }
+    req.body = vec![0u8; length];
+    reader.read_exact(&mut req.body)?;
+    Ok(Some(req))
+}
+
+/// Sends `req` to `upstream` (`host:port`) on a new connection and returns the response split
+/// into its head (status line and headers, each ending in CRLF, without the blank line) and body.
+pub fn forward(upstream: &str, req: &Request) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
+    let mut up = TcpStream::connect(upstream)?;
+    up.write_all(&req.head)?;
+    up.write_all(b"Connection: close\r\n\r\n")?;
+    up.write_all(&req.body)?;
+    let mut response = Vec::new();
+    up.read_to_end(&mut response)?;
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n").map_or(response.len(), |p| p + 2);
+    let body = response.split_off(split);
+    Ok((response, body))
+}
+
+/// Writes a forwarded response's head with `Connection: close` in place of the upstream's, so
+/// the client does not reuse the socket; the caller writes the body (or part of it) after.
+pub fn write_head_closing(client: &mut impl Write, head: &[u8]) -> std::io::Result<()> {
+    for line in String::from_utf8_lossy(head).split_inclusive("\r\n").filter(|l| !l.to_ascii_lowercase().starts_with("connection:")) {
+        client.write_all(line.as_bytes())?;
+    }
+    client.write_all(b"Connection: close\r\n")
+}
+
 fn serve(conn: TcpStream, upstream: &str, injected: &AtomicU64, forwarded: &AtomicU64, percent: &AtomicU32, calls: &AtomicU64) -> std::io::Result<()> {
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut client = conn;
     loop {
-        // One request: the head, then a Content-Length body.
-        let mut head = Vec::new();
-        let mut length = 0usize;
-        let mut dynamodb = false;
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line)? == 0 {
-                return Ok(());
-            }
-            let lower = line.to_ascii_lowercase();
-            if let Some(v) = lower.strip_prefix("content-length:") {
-                length = v.trim().parse().unwrap_or(0);
-            }
-            if lower.starts_with("x-amz-target:") && lower.contains("dynamodb") {
-                dynamodb = true;
-            }
-            if line == "\r\n" {
-                break;
-            }
-            if !lower.starts_with("connection:") {
-                head.extend_from_slice(line.as_bytes());
-            }
-        }
-        let mut body = vec![0u8; length];
-        reader.read_exact(&mut body)?;
-
+        let Some(req) = read_request(&mut reader)? else { return Ok(()) };
         let roll = draw(calls);
-        if dynamodb && roll % 100 < u64::from(percent.load(Ordering::Relaxed)) {
+        if req.target.contains("dynamodb") && roll % 100 < u64::from(percent.load(Ordering::Relaxed)) {
             injected.fetch_add(1, Ordering::Relaxed);
             let (status, kind) = if (roll >> 8) % 2 == 0 {
                 ("400 Bad Request", "ThrottlingException")
@@ -98,20 +137,9 @@ fn serve(conn: TcpStream, upstream: &str, injected: &AtomicU64, forwarded: &Atom
             continue;
         }
         forwarded.fetch_add(1, Ordering::Relaxed);
-        let mut up = TcpStream::connect(upstream)?;
-        up.write_all(&head)?;
-        up.write_all(b"Connection: close\r\n\r\n")?;
-        up.write_all(&body)?;
-        let mut response = Vec::new();
-        up.read_to_end(&mut response)?;
-        // Pass the response on with `Connection: close`, so the client does not reuse the socket.
-        let split = response.windows(4).position(|w| w == b"\r\n\r\n").map_or(response.len(), |p| p + 2);
-        let head = String::from_utf8_lossy(&response[..split]);
-        for line in head.split_inclusive("\r\n").filter(|l| !l.to_ascii_lowercase().starts_with("connection:")) {
-            client.write_all(line.as_bytes())?;
-        }
-        client.write_all(b"Connection: close\r\n")?;
-        client.write_all(&response[split..])?;
+        let (head, body) = forward(upstream, &req)?;
+        write_head_closing(&mut client, &head)?;
+        client.write_all(&body)?;
         client.flush()?;
         // moto closes after each response; so does this proxy, and the SDK reconnects.
         return Ok(());
