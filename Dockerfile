@@ -9,7 +9,7 @@ COPY queries ./queries
 RUN cargo build --release --locked --features aws --bin tally
 
 FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/*
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/tally /usr/local/bin/tally
 USER nobody
 ENTRYPOINT ["tally"]

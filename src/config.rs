@@ -44,6 +44,9 @@ pub struct Config {
     /// Tenants by id: `[tenants.<id>]` with their `plan` (and `seats` for add-on plans).
     #[serde(default)]
     pub tenants: BTreeMap<String, crate::invoice::plan::TenantConfig>,
+    /// `tally serve`: where it listens, its bearer keys, its read cache and its alerts.
+    #[serde(default)]
+    pub serve: crate::serve::config::ServeConfig,
     /// The folder relative paths are resolved against (the config file's folder).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -379,6 +382,7 @@ impl Config {
         }
         self.reconcile.validate()?;
         self.plans()?;
+        self.serve.validate()?;
         Ok(())
     }
 

@@ -4,7 +4,7 @@
 //! records, `tenant` and `pricing` decide whose and how much, `usage` measures and sums,
 //! `source` reads files into pieces, `store` keeps counters and checkpoints, and `ingest` ties
 //! them together with its exactly-once argument in its module docs. `reconcile` allocates the
-//! CUR to tenants and `invoice` applies their plans.
+//! CUR to tenants and `invoice` applies their plans. `serve` answers live meters over HTTP.
 
 #[cfg(feature = "aws")]
 pub mod aws;
@@ -19,6 +19,7 @@ pub mod pricing;
 pub mod quarantine;
 pub mod reconcile;
 pub mod record;
+pub mod serve;
 pub mod source;
 pub mod store;
 pub mod tenant;

@@ -217,6 +217,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve live meters over HTTP: usage, quota, tenants, /metrics, a dashboard at /.
+    ///
+    /// Reads the counters (either backend) while `tally ingest --follow` writes them. Callers
+    /// send a key from [[serve.keys]] as `Authorization: Bearer <key>`; a tenant key reads only
+    /// its own tenant. Checks alert thresholds in the background and POSTs crossings to
+    /// [serve.alerts] webhook. Stops on SIGTERM or Ctrl-C (exit 0).
+    Serve {
+        /// Address to listen on (default: [serve] listen, 127.0.0.1:8080).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Answer as if the clock read this RFC 3339 time: which month and day quotas and
+        /// alerts count (for replaying a past period).
+        #[arg(long, value_name = "TIME")]
+        as_of: Option<String>,
+    },
+    /// Make or hash a bearer key for [[serve.keys]].
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Run the pipeline on generated fixtures with no services, and print a summary.
     Demo {
         /// Where the fixtures, counters and outputs go.
@@ -229,6 +247,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Print a new random key and the [[serve.keys]] entry to paste into tally.toml (which
+    /// holds only the key's hash). Give the key to its user; it is not shown again.
+    New {
+        /// The tenant the key reads.
+        #[arg(long, conflicts_with = "admin", required_unless_present = "admin")]
+        tenant: Option<String>,
+        /// An admin key: reads every tenant.
+        #[arg(long)]
+        admin: bool,
+        /// A label for logs.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Print the `sha256:` hash of a key read from stdin (for keys made elsewhere).
+    Hash,
 }
 
 fn main() -> ExitCode {
@@ -480,7 +517,53 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Demo { out, tenants, records, json } => demo(&out, tenants, records, json, quiet),
+        Command::Serve { listen, as_of } => {
+            let mut config = load_config(cli.config.as_deref())?;
+            if let Some(l) = listen {
+                config.serve.listen = l;
+                config.serve.validate().map_err(|(f, m)| anyhow::anyhow!("--listen: {m} ({f})"))?;
+            }
+            let as_of = match as_of {
+                None => None,
+                Some(t) => Some(tally::ids::parse_timestamp(&t).with_context(|| format!("--as-of {t:?}: not an RFC 3339 time such as 2025-11-15T12:00:00Z"))?),
+            };
+            let shared = Arc::new(config.clone());
+            let options = tally::serve::Options {
+                open: Arc::new(move || open_store(&shared)),
+                as_of,
+                webhook_backoff: Duration::from_millis(std::env::var("TALLY_WEBHOOK_BACKOFF_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(500)),
+                backend: config.store.backend.clone(),
+            };
+            tally::serve::run(&config, options, |addr| {
+                // One line on stdout when ready, for scripts and tests that chose port 0.
+                println!("listening on http://{addr}");
+            })?;
+            Ok(0)
+        }
+        Command::Key(KeyCommand::New { tenant, admin, name }) => {
+            let key = tally::serve::auth::new_key()?;
+            let who = match (&tenant, admin) {
+                (Some(t), _) => format!("tenant = {}", toml_string(t)),
+                (None, _) => "admin = true".to_string(),
+            };
+            let label = name.map(|n| format!("name = {}\n", toml_string(&n))).unwrap_or_default();
+            println!("key: {key}\n\n# tally.toml (the key itself is not stored):\n[[serve.keys]]\nhash = \"{}\"\n{who}\n{label}", tally::serve::auth::hash_text(&key));
+            Ok(0)
+        }
+        Command::Key(KeyCommand::Hash) => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            let key = line.trim();
+            anyhow::ensure!(!key.is_empty(), "no key on stdin");
+            println!("{}", tally::serve::auth::hash_text(key));
+            Ok(0)
+        }
     }
+}
+
+/// A TOML basic string.
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
 }
 
 fn ingest_inputs(config: &Config, inputs: Vec<Input>, follow: bool, quiet: bool) -> anyhow::Result<(RunReport, Option<WriteStats>)> {

@@ -44,7 +44,7 @@ fn basis() -> impl Strategy<Value = Basis> {
 fn plans_of(pricing: Pricing, seats: u64) -> (Plans, TenantId) {
     let tenant = TenantId::new("t").unwrap();
     let mut plans = Plans::default();
-    plans.plans.insert("p".into(), Plan { name: "p".into(), pricing, requests_per_day: None });
+    plans.plans.insert("p".into(), Plan { name: "p".into(), pricing, requests_per_day: None, alerts: Default::default() });
     plans.tenants.insert(tenant.clone(), Subscription { plan: "p".into(), seats: if matches!(pricing, Pricing::AddOn { .. }) { seats } else { 0 } });
     (plans, tenant)
 }

@@ -6,6 +6,7 @@
 # one port; installed into .venv when missing) on a free loopback port, runs every test with
 # the `aws` feature against it, and stops it on exit. The AWS tests read the endpoint from
 # TALLY_TEST_AWS_ENDPOINT; TALLY_TEST_REQUIRE_AWS=1 makes them fail, not skip, without it.
+# Likewise it installs Debian's chromium for the dashboard test (TALLY_TEST_REQUIRE_BROWSER=1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,15 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   echo "run-all: installing cargo-nextest" >&2
   cargo install --locked cargo-nextest
 fi
+
+# The dashboard test drives Debian's headless Chromium.
+if [ ! -x /usr/bin/chromium ]; then
+  echo "run-all: installing chromium (Debian package)" >&2
+  if [ "$(id -u)" = 0 ]; then apt_get=(apt-get); else apt_get=(sudo apt-get); fi
+  DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y --no-install-recommends chromium >/dev/null \
+    || { DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" update >/dev/null && DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y --no-install-recommends chromium >/dev/null; }
+fi
+export TALLY_TEST_REQUIRE_BROWSER=1
 
 source tests/moto.sh
 start_moto

@@ -248,7 +248,7 @@ mod tests {
     }
 
     fn check(pricing: Pricing, seats: u64, tokens: u64, estimate: &str, reconciled: Option<&str>, expected: &[(LineKind, &str)]) {
-        let plan = Plan { name: "p".into(), pricing, requests_per_day: None };
+        let plan = Plan { name: "p".into(), pricing, requests_per_day: None, alerts: Default::default() };
         let sub = Subscription { plan: "p".into(), seats };
         let basis = Basis {
             usage: TokenUsage { input: tokens, ..TokenUsage::default() },

@@ -79,6 +79,18 @@ pub struct PlanConfig {
     /// Requests per UTC day the live meters allow a tenant on this plan (no limit if absent).
     #[serde(default)]
     pub requests_per_day: Option<u64>,
+    /// Fractions of the allowance and of `requests_per_day` at which `tally serve` raises an
+    /// alert, once per month (allowance) or day (requests); default `["0.8", "1.0"]`. The
+    /// lowest one below 1 is where `/v1/quota` turns from `ok` to `warn`.
+    #[serde(default)]
+    pub alert_at: Option<Vec<DecimalText>>,
+    /// An hour whose tokens exceed this many times the tenant's trailing hourly average raises
+    /// an alert (e.g. "5"); no spike alerts if absent.
+    #[serde(default)]
+    pub spike_factor: Option<DecimalText>,
+    /// The trailing window of the spike average, in hours (default 24).
+    #[serde(default)]
+    pub spike_window_hours: Option<u32>,
 }
 
 /// `[tenants.<id>]`: a tenant's plan.
@@ -153,12 +165,36 @@ impl Pricing {
     }
 }
 
+/// When the live meters raise alerts for a plan's tenants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertPolicy {
+    /// Fractions of each limit, ascending, each above zero.
+    pub at: Vec<Decimal>,
+    /// (factor, trailing window in hours) of the hourly spike alert.
+    pub spike: Option<(Decimal, u32)>,
+}
+
+impl Default for AlertPolicy {
+    fn default() -> Self {
+        AlertPolicy { at: vec![Decimal::new(8, 1), Decimal::ONE], spike: None }
+    }
+}
+
+impl AlertPolicy {
+    /// The fraction of a limit from which the quota status is `warn`: the lowest alert
+    /// threshold below 1, else 0.8.
+    pub fn warn_at(&self) -> Decimal {
+        self.at.iter().copied().find(|t| *t < Decimal::ONE).unwrap_or(Decimal::new(8, 1))
+    }
+}
+
 /// A named plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub name: String,
     pub pricing: Pricing,
     pub requests_per_day: Option<u64>,
+    pub alerts: AlertPolicy,
 }
 
 /// A tenant's subscription.
@@ -296,7 +332,39 @@ fn build_plan(name: &str, p: &PlanConfig) -> Result<Plan, Invalid> {
             Pricing::AddOn { seat_price, overage }
         }
     };
-    Ok(Plan { name: name.to_string(), pricing, requests_per_day: p.requests_per_day })
+    Ok(Plan { name: name.to_string(), pricing, requests_per_day: p.requests_per_day, alerts: alert_policy(p, &field)? })
+}
+
+fn alert_policy(p: &PlanConfig, field: &dyn Fn(&str) -> String) -> Result<AlertPolicy, Invalid> {
+    let mut policy = AlertPolicy::default();
+    if let Some(list) = &p.alert_at {
+        let mut at = Vec::with_capacity(list.len());
+        for (n, DecimalText(text)) in list.iter().enumerate() {
+            match Decimal::from_str(text.trim()) {
+                Ok(d) if d > Decimal::ZERO && d <= Decimal::TEN => at.push(d.normalize()),
+                _ => return Err((format!("{}[{n}]", field("alert_at")), format!("must be a fraction above 0 and at most 10 (\"0.8\" is 80%), not {text:?}"))),
+            }
+        }
+        at.sort_unstable();
+        at.dedup();
+        policy.at = at;
+    }
+    match (&p.spike_factor, p.spike_window_hours) {
+        (None, Some(_)) => return Err((field("spike_window_hours"), "only applies with spike_factor".into())),
+        (None, None) => {}
+        (Some(DecimalText(text)), hours) => {
+            let factor = Decimal::from_str(text.trim())
+                .ok()
+                .filter(|d| *d > Decimal::ONE)
+                .ok_or_else(|| (field("spike_factor"), format!("must be a decimal string above 1 such as \"5\", not {text:?}")))?;
+            let hours = hours.unwrap_or(24);
+            if !(1..=24 * 31).contains(&hours) {
+                return Err((field("spike_window_hours"), "must be between 1 and 744".into()));
+            }
+            policy.spike = Some((factor, hours));
+        }
+    }
+    Ok(policy)
 }
 
 #[cfg(test)]
@@ -325,6 +393,9 @@ mod tests {
         check("[plans.b]\nkind = 'bundled'\nmonthly_fee = '1'\nmarkup = '2'", "plans.b.markup");
         check("[plans.b]\nkind = 'bundled'", "plans.b.monthly_fee");
         check("[plans.b]\nkind = 'bundled'\nmonthly_fee = '1'\nrequests_per_day = 0", "plans.b.requests_per_day");
+        check("[plans.b]\nkind = 'bundled'\nmonthly_fee = '1'\nalert_at = ['0.5', '0']", "plans.b.alert_at[1]");
+        check("[plans.b]\nkind = 'bundled'\nmonthly_fee = '1'\nspike_factor = '0.5'", "plans.b.spike_factor");
+        check("[plans.b]\nkind = 'bundled'\nmonthly_fee = '1'\nspike_window_hours = 4", "plans.b.spike_window_hours");
         check("[plans.m]\nkind = 'metered'\nmarkup = '0'", "plans.m.markup");
         check("[plans.a]\nkind = 'add_on'\nseat_price = '5'\nincluded_per_seat = 100", "plans.a.overage_rate");
         check("[plans.a]\nkind = 'add_on'\nseat_price = '5'\n[tenants.acme]\nplan = 'a'", "tenants.acme.seats");

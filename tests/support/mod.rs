@@ -9,6 +9,7 @@ pub mod aws_faults;
 pub mod kill;
 #[cfg(feature = "aws")]
 pub mod proxy;
+pub mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
