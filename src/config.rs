@@ -402,11 +402,8 @@ impl Config {
         if st.region.as_deref().is_some_and(|r| r.trim().is_empty()) {
             return bad("store.region", "must not be empty (leave it out to use the AWS chain's region)");
         }
-        if let Some(url) = &st.endpoint_url {
-            let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
-            if rest.map_or(true, |r| r.is_empty() || r.contains(char::is_whitespace)) {
-                return bad("store.endpoint_url", "must be an http:// or https:// URL");
-            }
+        if st.endpoint_url.as_deref().is_some_and(|u| !is_http_url(u)) {
+            return bad("store.endpoint_url", "must be an http:// or https:// URL");
         }
         if !(1..=1000).contains(&st.shards) {
             return bad("store.shards", "must be between 1 and 1000");
@@ -423,11 +420,7 @@ impl Config {
         if src.region.as_deref().is_some_and(|r| r.trim().is_empty()) {
             return bad("sources.region", "must not be empty (leave it out to use the AWS chain's region)");
         }
-        let is_url = |u: &str| {
-            let rest = u.strip_prefix("http://").or_else(|| u.strip_prefix("https://"));
-            rest.is_some_and(|r| !r.is_empty() && !r.contains(char::is_whitespace))
-        };
-        if src.endpoint_url.as_deref().is_some_and(|u| !is_url(u)) {
+        if src.endpoint_url.as_deref().is_some_and(|u| !is_http_url(u)) {
             return bad("sources.endpoint_url", "must be an http:// or https:// URL");
         }
         if !(1..=24 * 35).contains(&src.s3_lookback_hours) {
@@ -442,6 +435,21 @@ impl Config {
     }
 }
 
+/// `http://` or `https://` and a host, no spaces.
+pub(crate) fn is_http_url(u: &str) -> bool {
+    let rest = u.strip_prefix("http://").or_else(|| u.strip_prefix("https://"));
+    rest.is_some_and(|r| !r.is_empty() && !r.contains(char::is_whitespace))
+}
+
+/// The field a config text's validation error names (panics if the text is valid).
+#[cfg(test)]
+pub(crate) fn invalid_field(text: &str) -> String {
+    match Config::from_toml(text, Path::new("tally.toml"), PathBuf::new()) {
+        Err(ConfigError::Invalid { field, .. }) => field,
+        other => panic!("expected an invalid field, got {other:?}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -450,12 +458,7 @@ mod tests {
         Config::from_toml(text, Path::new("tally.toml"), PathBuf::new())
     }
 
-    fn field_of(text: &str) -> String {
-        match load(text) {
-            Err(ConfigError::Invalid { field, .. }) => field,
-            other => panic!("expected an invalid field, got {other:?}"),
-        }
-    }
+    use super::invalid_field as field_of;
 
     #[test]
     fn errors_name_the_field() {

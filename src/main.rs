@@ -269,6 +269,12 @@ enum KeyCommand {
 }
 
 fn main() -> ExitCode {
+    // `tally meter … | head` should stop quietly when the reader goes away, as Unix tools do,
+    // not panic on the broken pipe (Rust ignores SIGPIPE by default).
+    // SAFETY: restoring the default disposition of one signal before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     init_logging(&cli.log_format);
     match run(cli) {

@@ -371,14 +371,9 @@ fn alert_policy(p: &PlanConfig, field: &dyn Fn(&str) -> String) -> Result<AlertP
 mod tests {
     use std::path::{Path, PathBuf};
 
-    use crate::config::{Config, ConfigError};
+    use crate::config::Config;
 
-    fn field_of(text: &str) -> String {
-        match Config::from_toml(text, Path::new("tally.toml"), PathBuf::new()) {
-            Err(ConfigError::Invalid { field, .. }) => field,
-            other => panic!("expected an invalid field, got {other:?}"),
-        }
-    }
+    use crate::config::invalid_field as field_of;
 
     #[test]
     fn plan_errors_name_the_field() {

@@ -147,11 +147,8 @@ impl ServeConfig {
         if !(1..=100).contains(&a.attempts) {
             return bad("serve.alerts.attempts", "must be between 1 and 100");
         }
-        if let Some(url) = &a.webhook {
-            let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
-            if rest.map_or(true, |r| r.is_empty() || r.contains(char::is_whitespace)) {
-                return bad("serve.alerts.webhook", "must be an http:// or https:// URL");
-            }
+        if a.webhook.as_deref().is_some_and(|u| !crate::config::is_http_url(u)) {
+            return bad("serve.alerts.webhook", "must be an http:// or https:// URL");
         }
         Ok(())
     }
@@ -199,14 +196,9 @@ fn parse_hash(text: &str) -> Option<[u8; 32]> {
 mod tests {
     use std::path::{Path, PathBuf};
 
-    use crate::config::{Config, ConfigError};
+    use crate::config::Config;
 
-    fn field_of(text: &str) -> String {
-        match Config::from_toml(text, Path::new("tally.toml"), PathBuf::new()) {
-            Err(ConfigError::Invalid { field, .. }) => field,
-            other => panic!("expected an invalid field, got {other:?}"),
-        }
-    }
+    use crate::config::invalid_field as field_of;
 
     const HASH: &str = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
 
