@@ -704,6 +704,12 @@ fn demo(out: &Path, tenants: usize, records: u64, json: bool, quiet: bool) -> an
     let summary = generate::generate(&spec)?;
     let mut config_text = std::fs::read_to_string(&summary.config).with_context(|| format!("cannot read {}", summary.config.display()))?;
     config_text.push_str(&demo_plans(tenants));
+    // An admin key for `tally serve` on the demo counters, printed below (only its hash is kept).
+    let admin_key = tally::serve::auth::new_key()?;
+    config_text.push_str(&format!(
+        "\n[[serve.keys]]\nhash = \"{}\"\nadmin = true\nname = \"demo-admin\"\n",
+        tally::serve::auth::hash_text(&admin_key)
+    ));
     std::fs::write(&summary.config, config_text).with_context(|| format!("cannot write {}", summary.config.display()))?;
     let config = Config::load(&summary.config)?;
     let invoices = out.join(&spec.month).join(invoice::FOLDER);
@@ -745,12 +751,14 @@ fn demo(out: &Path, tenants: usize, records: u64, json: bool, quiet: bool) -> an
     println!("\n— invoices —\n");
     print_invoice(&invoiced, 50);
     println!(
-        "\ncounters: {}\nquarantine: {}\ntry: tally --config {} meter tenant-0000 --period {}\n     tally sql --out {} --period {} \"SELECT tenant, sum(amount) FROM invoice_lines GROUP BY tenant ORDER BY 2 DESC\"\n     tally schema invoice",
+        "\ncounters: {}\nquarantine: {}\ntry: tally --config {} meter tenant-0000 --period {}\n     tally sql --out {} --period {} \"SELECT tenant, sum(amount) FROM invoice_lines GROUP BY tenant ORDER BY 2 DESC\"\n     tally schema invoice\n     tally --config {} serve --as-of {}-28T12:00:00Z   # then open http://127.0.0.1:8080/#key={admin_key}",
         config.resolve(&config.store.path).display(),
         config.resolve(&config.ingest.quarantine).display(),
         summary.config.display(),
         spec.month,
         out.display(),
+        spec.month,
+        summary.config.display(),
         spec.month
     );
     Ok(0)
