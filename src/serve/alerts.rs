@@ -153,19 +153,18 @@ fn percent(t: Decimal) -> Decimal {
 /// one while a spike window can reach back into it.
 pub fn months_needed(plans: &Plans, now: EpochSeconds) -> Vec<String> {
     let window = plans.plans.values().filter_map(|p| p.alerts.spike.map(|(_, w)| i64::from(w))).max().unwrap_or(0);
-    let earliest = ids::hour_of(now) - 3600 - window * 3600;
-    let mut months = vec![ids::month_of(now)];
-    if window > 0 && ids::month_of(earliest) != months[0] {
-        let mut t = earliest;
-        while ids::month_of(t) != months[0] {
-            let m = ids::month_of(t);
-            if !months.contains(&m) {
-                months.insert(months.len() - 1, m);
-            }
-            t += 86_400;
-        }
+    let this = ids::month_of(now);
+    if window == 0 {
+        return vec![this];
     }
-    months
+    // The earliest hour a spike check reads; a window is at most 744 hours (31 days), so it
+    // reaches back one month at most.
+    let earliest = ids::month_of(ids::hour_of(now) - 3600 - window * 3600);
+    if earliest == this {
+        vec![this]
+    } else {
+        vec![earliest, this]
+    }
 }
 
 /// A ledger line.

@@ -82,11 +82,11 @@ pub fn hash(key: &str) -> [u8; 32] {
 
 /// The config form of a key's hash: `sha256:<64 hex digits>`.
 pub fn hash_text(key: &str) -> String {
-    let mut s = String::from("sha256:");
-    for b in hash(key) {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
+    format!("sha256:{}", hex(&hash(key)))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A new random key: `tly_` and 64 hex digits (256 bits from the operating system).
@@ -94,11 +94,7 @@ pub fn new_key() -> std::io::Result<String> {
     use std::io::Read;
     let mut bytes = [0u8; 32];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    let mut s = String::from("tly_");
-    for b in bytes {
-        s.push_str(&format!("{b:02x}"));
-    }
-    Ok(s)
+    Ok(format!("tly_{}", hex(&bytes)))
 }
 
 #[cfg(test)]

@@ -83,7 +83,8 @@ impl Readers {
     }
 }
 
-/// Every tenant's month, from the hourly counters: what `/v1/tenants` lists.
+/// Every tenant's month, from the hourly counters: what `/v1/tenants` lists. Each entry has
+/// the month's total and today's usage in `by_day` (all a quota position needs).
 struct TenantsView {
     by_tenant: BTreeMap<TenantId, PeriodUsage>,
 }
@@ -124,8 +125,9 @@ impl App {
         let got = self
             .tenants
             .get(&key, || async move {
-                let hours = readers.read(move |s| s.hours(&period).map(|h| (period, h))).await?;
-                Ok::<_, StoreError>(tenants_view(hours.0, hours.1, &today))
+                let month = period.clone();
+                let hours = readers.read(move |s| s.hours(&month)).await?;
+                Ok::<_, StoreError>(tenants_view(period, hours, &today))
             })
             .await;
         self.answer_from(got)
@@ -159,7 +161,6 @@ fn tenants_view(period: String, hours: Vec<(crate::usage::CounterKey, Usage)>, t
         if day == today {
             *p.by_day.entry(day).or_default() += &usage;
         }
-        *p.by_resource.entry(key.resource.clone()).or_default() += &usage;
     }
     TenantsView { by_tenant }
 }

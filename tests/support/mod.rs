@@ -7,7 +7,6 @@ pub mod aws;
 #[cfg(feature = "aws")]
 pub mod aws_faults;
 pub mod kill;
-#[cfg(feature = "aws")]
 pub mod proxy;
 pub mod serve;
 

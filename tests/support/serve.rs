@@ -130,7 +130,10 @@ impl Receiver {
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { continue };
-                let Some((head, body)) = read_request(&mut conn) else { continue };
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+                let Ok(reader) = conn.try_clone() else { continue };
+                let Ok(Some(req)) = super::proxy::read_request(&mut BufReader::new(reader)) else { continue };
+                let (head, body) = (String::from_utf8_lossy(&req.head).into_owned(), req.body);
                 let key = head.lines().find_map(|l| {
                     let (k, v) = l.split_once(':')?;
                     k.eq_ignore_ascii_case("idempotency-key").then(|| v.trim().to_string())
@@ -154,27 +157,4 @@ impl Receiver {
     pub fn delivered(&self) -> Vec<String> {
         self.hooks().iter().filter(|h| h.status == 200).map(|h| h.body["id"].as_str().unwrap_or_default().to_string()).collect()
     }
-}
-
-fn read_request(conn: &mut TcpStream) -> Option<(String, Vec<u8>)> {
-    conn.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    let mut reader = BufReader::new(conn.try_clone().ok()?);
-    let mut head = String::new();
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
-        if line == "\r\n" {
-            break;
-        }
-        head.push_str(&line);
-    }
-    let len = head
-        .lines()
-        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")).and_then(|(_, v)| v.trim().parse().ok()))
-        .unwrap_or(0usize);
-    let mut body = vec![0u8; len];
-    reader.read_exact(&mut body).ok()?;
-    Some((head, body))
 }
