@@ -2,7 +2,7 @@
 //! `fixtures/invoice/golden/` (regenerate on purpose with `TALLY_BLESS=1`), each also checked
 //! against amounts worked out by hand here, and validated against the published JSON Schema.
 
-mod invoice_support;
+use crate::invoice_support;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;

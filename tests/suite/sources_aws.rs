@@ -6,7 +6,7 @@
 //! picks up new objects and events and exits 0 on SIGTERM.
 #![cfg(feature = "aws")]
 
-mod support;
+use crate::support;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! against the CUR that bills them, invoiced finally, then the CUR restated and invoiced again.
 //! Every exported document is validated against the schema `tally schema invoice` prints.
 
-mod invoice_support;
+use crate::invoice_support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

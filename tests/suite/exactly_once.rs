@@ -2,7 +2,7 @@
 //! restarted ends with counters equal to the generator's ground truth; re-runs change nothing;
 //! duplicates across files count once; late records count in their own hour.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::process::Stdio;

@@ -1,7 +1,7 @@
 //! Property tests: aggregation and roll-up algebra, and the store's replay and ordering
 //! guarantees against a simple model.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashSet};
 

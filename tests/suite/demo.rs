@@ -1,7 +1,7 @@
 //! `tally demo`, the README's first command: the whole pipeline on generated fixtures with no
 //! services, checked end to end against the generator's truth.
 
-mod support;
+use crate::support;
 
 use rust_decimal::Decimal;
 

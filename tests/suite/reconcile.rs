@@ -2,7 +2,7 @@
 //! adds up to the bill, follows the rules of SPEC §3, does not depend on the CUR's shape, is
 //! byte-for-byte repeatable, is replaced when the CUR is restated, and bad CUR input is named.
 
-mod reconcile_support;
+use crate::reconcile_support;
 
 use std::collections::BTreeMap;
 use std::str::FromStr;

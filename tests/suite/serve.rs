@@ -9,7 +9,7 @@
 //! - beta (plan `flat`, bundled): 2 requests today, 4,000 tokens;
 //! - gamma (no plan): 1 request, 20 tokens;  delta (plan `pro`): no usage.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 

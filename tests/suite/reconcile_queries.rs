@@ -1,7 +1,7 @@
 //! Every `queries/*.sql` runs against the reconcile fixture and matches its golden output in
 //! `queries/golden/<name>.csv`. Regenerate on purpose with `TALLY_BLESS=1`.
 
-mod reconcile_support;
+use crate::reconcile_support;
 
 use reconcile_support::{sql_csv, Fixture};
 

@@ -4,8 +4,8 @@
 //! failure, `tally init`, and the SIGKILL test.
 #![cfg(feature = "aws")]
 
-mod common;
-mod support;
+use crate::common;
+use crate::support;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;

@@ -1,7 +1,7 @@
 //! Every real record in fixtures/realdata parses with the right counts, in every container
 //! shape users export them in.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::io::Write;

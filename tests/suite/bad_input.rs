@@ -1,7 +1,7 @@
 //! SPEC §7: every kind of bad input gets a message naming file and line, goes to the
 //! quarantine with its reason, and the records around it are still counted.
 
-mod support;
+use crate::support;
 
 use std::io::Write;
 

@@ -1,7 +1,7 @@
 //! The SQLite store against the `CounterStore` conformance suite, plus what only a real file
 //! can show: data survives closing and reopening.
 
-mod common;
+use crate::common;
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};

@@ -5,7 +5,7 @@
 //! The expected values come from `derived_bedrock_rows.csv`, which was extracted from the same
 //! Parquet with pyarrow, not by tally.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
