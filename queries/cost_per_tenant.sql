@@ -1,6 +1,5 @@
 -- Reconciled cost per tenant for the period, beside the list-price estimate from the live
--- counters. This is the cost basis of margin: margin per tenant (charge − cost) joins it with
--- invoice_lines once invoices exist (issue 5).
+-- counters: the cost basis of margin (margin.sql sets it against the invoices).
 WITH reconciled AS (
   SELECT tenant, sum(cost) AS cost FROM allocation WHERE tenant IS NOT NULL GROUP BY tenant
 ), estimated AS (

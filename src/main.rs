@@ -135,15 +135,20 @@ enum Command {
         /// The billing period, YYYY-MM.
         #[arg(long)]
         period: String,
-        /// The CUR folder (a data export or legacy report) or one Parquet file.
+        /// The CUR: a folder (a data export or legacy report), one Parquet file, or
+        /// s3://bucket/prefix (a build with the `aws` feature; reached as [sources] says).
         #[arg(long)]
-        cur: PathBuf,
+        cur: String,
         /// Outputs go to <out>/<period>/.
         #[arg(long, default_value = "out")]
         out: PathBuf,
         /// Also write each table as CSV.
         #[arg(long)]
         csv: bool,
+        /// Cross-check against Cost Explorer (GetCostAndUsage grouped by the tenant tag): per-tag
+        /// differences in the cost_explorer table. Needs the `aws` feature.
+        #[arg(long)]
+        cost_explorer: bool,
         #[arg(long)]
         json: bool,
     },
@@ -469,9 +474,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
-        Command::Reconcile { period, cur, out, csv, json } => {
+        Command::Reconcile { period, cur, out, csv, cost_explorer, json } => {
             let config = load_config(cli.config.as_deref())?;
-            let report = reconcile_period(&config, &period, &cur, &out, csv, quiet || json)?;
+            let options = ReconcileOptions { csv, cost_explorer, quiet: quiet || json };
+            let report = reconcile_period(&config, &period, &cur, &out, options)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -703,7 +709,7 @@ fn demo(out: &Path, tenants: usize, records: u64, json: bool, quiet: bool) -> an
     let spec = Spec { out: out.to_path_buf(), tenants, records, ..Spec::default() };
     let summary = generate::generate(&spec)?;
     let mut config_text = std::fs::read_to_string(&summary.config).with_context(|| format!("cannot read {}", summary.config.display()))?;
-    config_text.push_str(&demo_plans(tenants));
+    config_text.push_str(&tally::invoice::plan::demo_plans(tenants));
     // An admin key for `tally serve` on the demo counters, printed below (only its hash is kept).
     let admin_key = tally::serve::auth::new_key()?;
     config_text.push_str(&format!(
@@ -729,7 +735,7 @@ fn demo(out: &Path, tenants: usize, records: u64, json: bool, quiet: bool) -> an
     let provisional = invoice_period(&config, &spec.month, out)?;
     // The nightly reconcile on a CUR generated to bill the same logs, then the final invoices.
     let cur = tally::cur::generate::generate(&CurSpec::new(out.to_path_buf(), out.join("cur"), spec.month.clone()))?;
-    let reconciled = reconcile_period(&config, &spec.month, &cur.cur2, out, false, quiet || json)?;
+    let reconciled = reconcile_period(&config, &spec.month, &cur.cur2.to_string_lossy(), out, ReconcileOptions { quiet: quiet || json, ..Default::default() })?;
     let invoiced = invoice_period(&config, &spec.month, out)?;
     if json {
         println!(
@@ -764,30 +770,20 @@ fn demo(out: &Path, tenants: usize, records: u64, json: bool, quiet: bool) -> an
     Ok(0)
 }
 
-/// The demo's plans (`fixtures/invoice/demo-plans.toml`) and its tenants on them in turn; the
-/// last tenant is left without a plan, to show an unbilled tenant.
-fn demo_plans(tenants: usize) -> String {
-    use std::fmt::Write as _;
-    let mut text = include_str!("../fixtures/invoice/demo-plans.toml").to_string();
-    let plans = ["pro", "payg", "team", "starter", "pro-credits"];
-    for k in 0..tenants.saturating_sub(1) {
-        let plan = plans[k % plans.len()];
-        let _ = write!(text, "\n[tenants.tenant-{k:04}]\nplan = \"{plan}\"\n");
-        if plan == "team" {
-            let _ = writeln!(text, "seats = {}", 3 + k % 7);
-        }
-    }
-    text
+
+#[derive(Default)]
+struct ReconcileOptions {
+    csv: bool,
+    cost_explorer: bool,
+    quiet: bool,
 }
 
-fn reconcile_period(config: &Config, period: &str, cur: &Path, out: &Path, csv: bool, quiet: bool) -> anyhow::Result<reconcile::Report> {
-    if cur.to_string_lossy().starts_with("s3://") {
-        anyhow::bail!("--cur {}: reading CUR from S3 needs the `aws` feature, which this build does not have; copy the export to a folder", cur.display());
-    }
+fn reconcile_period(config: &Config, period: &str, cur: &str, out: &Path, o: ReconcileOptions) -> anyhow::Result<reconcile::Report> {
+    let cur = tally::cur::load::CurInput::parse(cur, &config.sources)?;
     let pipeline = Pipeline::from_config(config)?;
     let store = open_store(config)?;
-    let request = reconcile::Request { period: period.to_string(), cur: cur.to_path_buf(), out: out.to_path_buf(), csv };
-    Ok(reconcile::run(&request, config, &pipeline, &*store, &Bar::new(quiet))?)
+    let request = reconcile::Request { period: period.to_string(), cur, out: out.to_path_buf(), csv: o.csv, cost_explorer: o.cost_explorer };
+    Ok(reconcile::run(&request, config, &pipeline, &*store, &Bar::new(o.quiet))?)
 }
 
 fn invoice_period(config: &Config, period: &str, out: &Path) -> anyhow::Result<invoice::Report> {
@@ -831,6 +827,12 @@ fn print_reconcile(r: &reconcile::Report) {
     );
     println!("adjustments (credits, refunds, tax; not allocated): {}", r.adjustments);
     println!("drift: {} rows, {} flagged", r.drift_rows, r.drift_flagged);
+    if let Some(ce) = &r.cost_explorer {
+        println!(
+            "cost explorer: {} (CUR usage {}), {} tag values compared, {} flagged (table cost_explorer)",
+            ce.cost_explorer, ce.cur_usage, ce.rows, ce.flagged
+        );
+    }
     println!("\n{:<16} {:>16}", "tenant", "cost_usd");
     for t in &r.tenants {
         println!("{:<16} {:>16}", t.tenant, t.cost.round_dp(6));

@@ -106,37 +106,133 @@ pub struct LoadOptions {
     pub tenant_tag: String,
 }
 
-/// Reads the period's Bedrock lines under `dir`.
+/// Where the CUR is: `--cur` as given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CurInput {
+    /// A folder (a data export or legacy report), or one Parquet file.
+    Folder(PathBuf),
+    /// `s3://bucket/prefix`, read through [`super::s3::SdkStore`] with these settings.
+    #[cfg(feature = "aws")]
+    S3 { url: super::s3::CurUrl, aws: crate::aws::AwsSettings },
+}
+
+impl CurInput {
+    /// `--cur`: an `s3://bucket/prefix` (reached as `[sources]` says: region, endpoint) or a path.
+    pub fn parse(arg: &str, sources: &crate::config::SourcesConfig) -> Result<CurInput, CurError> {
+        if !arg.starts_with("s3://") {
+            return Ok(CurInput::Folder(PathBuf::from(arg)));
+        }
+        #[cfg(feature = "aws")]
+        {
+            let url = super::s3::CurUrl::parse(arg).map_err(|message| CurError::Folder { path: arg.into(), message })?;
+            let aws = crate::aws::AwsSettings { region: sources.region.clone(), endpoint_url: sources.endpoint_url.clone(), max_attempts: None };
+            Ok(CurInput::S3 { url, aws })
+        }
+        #[cfg(not(feature = "aws"))]
+        {
+            let _ = sources;
+            Err(CurError::Folder {
+                path: arg.into(),
+                message: "reading the CUR from S3 needs a build with the `aws` feature (cargo build --features aws); or copy the export to a folder".into(),
+            })
+        }
+    }
+}
+
+impl std::fmt::Display for CurInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CurInput::Folder(p) => write!(f, "{}", p.display()),
+            #[cfg(feature = "aws")]
+            CurInput::S3 { url, .. } => write!(f, "s3://{}/{}", url.bucket, url.prefix),
+        }
+    }
+}
+
+/// One file of the period: where DataFusion reads it and how errors name it.
+struct CurFile {
+    /// A local path, or `s3://bucket/key`.
+    location: String,
+    /// The name in errors and in `CurSnapshot::files`.
+    name: PathBuf,
+    size: u64,
+}
+
+/// Reads the period's Bedrock lines under the folder `dir` (or the one file `dir`).
 pub fn load(dir: &Path, opts: &LoadOptions, progress: &dyn Progress) -> Result<CurSnapshot, CurError> {
+    load_from(&CurInput::Folder(dir.to_owned()), opts, progress)
+}
+
+/// Reads the period's Bedrock lines from a folder or from S3.
+pub fn load_from(input: &CurInput, opts: &LoadOptions, progress: &dyn Progress) -> Result<CurSnapshot, CurError> {
     let (year, month) = parse_period(&opts.period)?;
-    let files = period_files(dir, year, month)?;
-    let mut snap = CurSnapshot { files: files.iter().map(|(p, _)| p.clone()).collect(), ..CurSnapshot::default() };
-    let total: u64 = files.iter().map(|(_, n)| n).sum();
-    progress.start(total);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .enable_all()
         .build()
-        .map_err(|e| CurError::Folder { path: dir.to_owned(), message: format!("cannot start the query runtime: {e}") })?;
+        .map_err(|e| CurError::Folder { path: input.to_string().into(), message: format!("cannot start the query runtime: {e}") })?;
     let config = SessionConfig::new().with_information_schema(false);
     let ctx = SessionContext::new_with_config(config);
     ctx.register_udf(money_udf());
-    for (path, size) in &files {
-        let sql = file_query(path, opts)?;
+    let files = match input {
+        CurInput::Folder(dir) => period_files(dir, year, month)?
+            .into_iter()
+            .map(|(path, size)| CurFile { location: path.to_string_lossy().into_owned(), name: path, size })
+            .collect::<Vec<_>>(),
+        #[cfg(feature = "aws")]
+        CurInput::S3 { url, aws } => runtime.block_on(s3_files(&ctx, url, aws, year, month))?,
+    };
+    let mut snap = CurSnapshot { files: files.iter().map(|f| f.name.clone()).collect(), ..CurSnapshot::default() };
+    let total: u64 = files.iter().map(|f| f.size).sum();
+    progress.start(total);
+    for file in &files {
+        let query_err = |source| CurError::Query { path: file.name.clone(), source };
+        // A local file's footer is read first, so a file that is not Parquet is named as such.
+        let local_schema = match input {
+            CurInput::Folder(_) => Some(read_schema(&file.name)?),
+            #[cfg(feature = "aws")]
+            CurInput::S3 { .. } => None,
+        };
         let batches = runtime.block_on(async {
-            ctx.register_parquet("cur_file", path.to_string_lossy().as_ref(), ParquetReadOptions::default()).await?;
-            let result = ctx.sql(&sql).await?.collect().await;
-            ctx.deregister_table("cur_file")?;
+            ctx.register_parquet("cur_file", &file.location, ParquetReadOptions::default()).await.map_err(query_err)?;
+            let schema = match local_schema {
+                Some(schema) => schema,
+                None => ctx.table_provider("cur_file").await.map_err(query_err)?.schema().as_ref().clone(),
+            };
+            let result = match file_query(&file.name, &schema, opts) {
+                Ok(sql) => async { ctx.sql(&sql).await?.collect().await }.await.map_err(query_err),
+                Err(e) => Err(e),
+            };
+            ctx.deregister_table("cur_file").map_err(query_err)?;
             result
-        });
-        let batches = batches.map_err(|source| CurError::Query { path: path.clone(), source })?;
+        })?;
         for b in &batches {
-            add_groups(&mut snap.groups, b).map_err(|source| CurError::Query { path: path.clone(), source })?;
+            add_groups(&mut snap.groups, b).map_err(|source| CurError::Query { path: file.name.clone(), source })?;
         }
-        snap.bytes += size;
+        snap.bytes += file.size;
         progress.update(snap.bytes, snap.lines());
     }
     progress.finish();
     Ok(snap)
+}
+
+/// Lists the period's objects and registers the bucket's store with DataFusion.
+#[cfg(feature = "aws")]
+async fn s3_files(ctx: &SessionContext, url: &super::s3::CurUrl, aws: &crate::aws::AwsSettings, year: i32, month: u32) -> Result<Vec<CurFile>, CurError> {
+    let root = format!("s3://{}/{}", url.bucket, url.prefix);
+    let folder_err = |message: String| CurError::Folder { path: root.clone().into(), message };
+    let store = super::s3::SdkStore::connect(aws, &url.bucket).await;
+    let objects = super::s3::list_period(&store, url, year, month).await.map_err(|e| folder_err(e.to_string()))?;
+    let bucket_url = datafusion::execution::object_store::ObjectStoreUrl::parse(format!("s3://{}", url.bucket))
+        .map_err(|e| folder_err(e.to_string()))?;
+    ctx.register_object_store(bucket_url.as_ref(), Arc::new(store));
+    Ok(objects
+        .into_iter()
+        .map(|o| {
+            let location = format!("s3://{}/{}", url.bucket, o.location.as_ref());
+            CurFile { name: PathBuf::from(&location), location, size: o.size }
+        })
+        .collect())
 }
 
 fn parse_period(period: &str) -> Result<(i32, u32), CurError> {
@@ -204,8 +300,7 @@ pub fn partition_matches(name: &str, year: i32, month: u32) -> bool {
 }
 
 /// The per-file query, built from the file's schema.
-fn file_query(path: &Path, opts: &LoadOptions) -> Result<String, CurError> {
-    let schema = read_schema(path)?;
+fn file_query(path: &Path, schema: &Schema, opts: &LoadOptions) -> Result<String, CurError> {
     let has = |c: &str| schema.field_with_name(c).ok().map(|f| f.data_type().clone());
     let missing = |c: &str| CurError::MissingColumn { path: path.to_owned(), column: c.to_string() };
     let text = |c: &str| -> String {

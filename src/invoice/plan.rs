@@ -367,6 +367,22 @@ fn alert_policy(p: &PlanConfig, field: &dyn Fn(&str) -> String) -> Result<AlertP
     Ok(policy)
 }
 
+/// The demo's plans (`fixtures/invoice/demo-plans.toml`) and its tenants on them in turn; the
+/// last tenant is left without a plan, to show an unbilled tenant.
+pub fn demo_plans(tenants: usize) -> String {
+    use std::fmt::Write as _;
+    let mut text = include_str!("../../fixtures/invoice/demo-plans.toml").to_string();
+    let plans = ["pro", "payg", "team", "starter", "pro-credits"];
+    for k in 0..tenants.saturating_sub(1) {
+        let plan = plans[k % plans.len()];
+        let _ = write!(text, "\n[tenants.tenant-{k:04}]\nplan = \"{plan}\"\n");
+        if plan == "team" {
+            let _ = writeln!(text, "seats = {}", 3 + k % 7);
+        }
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::{Path, PathBuf};

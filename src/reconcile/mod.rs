@@ -14,6 +14,7 @@
 //! day) and `usage` (the hourly counters).
 
 pub mod allocate;
+pub mod cost_explorer;
 pub mod drift;
 pub mod sql;
 pub mod tables;
@@ -55,6 +56,10 @@ pub struct ReconcileConfig {
     /// See `drift_min_usd`; a decimal string, e.g. "0.05" for 5%.
     #[serde(default = "ReconcileConfig::default_drift_fraction")]
     pub drift_fraction: String,
+    /// `--cost-explorer`: an endpoint URL for Cost Explorer (e.g. moto); default from the
+    /// standard chain (`AWS_ENDPOINT_URL_COST_EXPLORER`, `AWS_ENDPOINT_URL`), else AWS.
+    #[serde(default)]
+    pub cost_explorer_endpoint_url: Option<String>,
 }
 
 impl ReconcileConfig {
@@ -96,6 +101,7 @@ impl Default for ReconcileConfig {
             tenant_tag: Self::default_tenant_tag(),
             drift_min_usd: Self::default_drift_min_usd(),
             drift_fraction: Self::default_drift_fraction(),
+            cost_explorer_endpoint_url: None,
         }
     }
 }
@@ -113,6 +119,8 @@ pub enum ReconcileError {
     Write { path: PathBuf, source: ParquetError },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("cost explorer cross-check: {0}")]
+    CostExplorer(String),
     /// The invariant broke: a bug. Nothing was written.
     #[error("allocation does not add up: CUR Bedrock usage {cur} ≠ allocated {allocated} + unallocated {unallocated}; nothing was written")]
     Imbalance { cur: Decimal, allocated: Decimal, unallocated: Decimal },
@@ -123,12 +131,14 @@ pub enum ReconcileError {
 pub struct Request {
     /// `YYYY-MM`.
     pub period: String,
-    /// The CUR folder (or one file).
-    pub cur: PathBuf,
+    /// The CUR: a folder, one file, or (the `aws` feature) `s3://bucket/prefix`.
+    pub cur: load::CurInput,
     /// Outputs go to `<out>/<period>/`.
     pub out: PathBuf,
     /// Also write CSV beside the Parquet.
     pub csv: bool,
+    /// Cross-check against Cost Explorer (`cost_explorer` module; the `aws` feature).
+    pub cost_explorer: bool,
 }
 
 /// One tenant's reconciled cost.
@@ -163,6 +173,9 @@ pub struct Report {
     pub drift_flagged: usize,
     /// Allocated cost per tenant, by tenant.
     pub tenants: Vec<TenantCost>,
+    /// With `--cost-explorer`: its totals (rows in the `cost_explorer` table).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_explorer: Option<cost_explorer::CeSummary>,
     pub files_written: Vec<PathBuf>,
 }
 
@@ -176,9 +189,13 @@ pub struct Tables {
 /// Loads, allocates, checks and writes (see the module docs).
 pub fn run(req: &Request, config: &crate::config::Config, pipeline: &Pipeline, store: &dyn CounterStore, progress: &dyn Progress) -> Result<Report, ReconcileError> {
     let opts = LoadOptions { period: req.period.clone(), tenant_tag: config.reconcile.tenant_tag.clone() };
-    let cur = load::load(&req.cur, &opts, progress)?;
+    let cur = load::load_from(&req.cur, &opts, progress)?;
     let hours = store.hours(&req.period)?;
     let mut t = reconcile(&req.period, &cur, &hours, pipeline, config.reconcile.thresholds())?;
+    if req.cost_explorer {
+        let groups = fetch_cost_explorer(config, &req.period)?;
+        cross_check(&mut t, &cur, &groups, config.reconcile.thresholds())?;
+    }
     t.report.output = req.out.join(&req.period);
     t.report.files_written = write(&t, &req.out, &req.period, req.csv)?;
     Ok(t.report)
@@ -266,6 +283,7 @@ pub fn reconcile(period: &str, cur: &CurSnapshot, hours: &[(CounterKey, Usage)],
         drift_rows: drift_rows.len(),
         drift_flagged: drift_rows.iter().filter(|r| r.flagged).count(),
         tenants: per_tenant.into_iter().map(|(t, v)| TenantCost { tenant: t.to_string(), cost: money::from_units(v) }).collect(),
+        cost_explorer: None,
         files_written: Vec::new(),
     };
     let batches = vec![
@@ -277,6 +295,52 @@ pub fn reconcile(period: &str, cur: &CurSnapshot, hours: &[(CounterKey, Usage)],
         ("summary", summary_table(&report)?),
     ];
     Ok(Tables { report, batches })
+}
+
+#[cfg(feature = "aws")]
+fn fetch_cost_explorer(config: &crate::config::Config, period: &str) -> Result<Vec<cost_explorer::CeGroup>, ReconcileError> {
+    // Cost Explorer answers in us-east-1 only.
+    let settings = crate::aws::AwsSettings {
+        region: Some("us-east-1".into()),
+        endpoint_url: config.reconcile.cost_explorer_endpoint_url.clone(),
+        max_attempts: None,
+    };
+    cost_explorer::fetch(&settings, period, &config.reconcile.tenant_tag).map_err(ReconcileError::CostExplorer)
+}
+
+#[cfg(not(feature = "aws"))]
+fn fetch_cost_explorer(_: &crate::config::Config, _: &str) -> Result<Vec<cost_explorer::CeGroup>, ReconcileError> {
+    Err(ReconcileError::CostExplorer("needs a build with the `aws` feature (cargo build --features aws)".into()))
+}
+
+/// Adds the `cost_explorer` table and its totals: Cost Explorer's cost per tag value against
+/// the CUR usage lines carrying that tag, and the tenant's full allocation.
+pub fn cross_check(t: &mut Tables, cur: &CurSnapshot, groups: &[cost_explorer::CeGroup], th: Thresholds) -> Result<(), ReconcileError> {
+    let mut cur_tagged: BTreeMap<Option<String>, i128> = BTreeMap::new();
+    for (g, s) in &cur.groups {
+        if classify::is_usage(&g.line_item_type) {
+            *cur_tagged.entry(g.tag.clone()).or_default() += s.cost;
+        }
+    }
+    let allocated: BTreeMap<String, i128> = t.report.tenants.iter().map(|c| (c.tenant.clone(), money::to_units(c.cost))).collect();
+    let rows = cost_explorer::compare(groups, &cur_tagged, &allocated, th);
+    t.report.cost_explorer = Some(cost_explorer::CeSummary {
+        cost_explorer: money::from_units(groups.iter().map(|g| g.cost).sum()),
+        cur_usage: t.report.usage_cost,
+        rows: rows.len(),
+        flagged: rows.iter().filter(|r| r.flagged).count(),
+    });
+    let m = |f: fn(&cost_explorer::CeRow) -> i128| Col::Money(rows.iter().map(|r| Some(f(r))).collect());
+    let batch = tables::batch(vec![
+        ("tenant", Col::Text(rows.iter().map(|r| r.tenant.clone()).collect())),
+        ("cost_explorer", m(|r| r.cost_explorer)),
+        ("cur_tagged", m(|r| r.cur_tagged)),
+        ("allocated", m(|r| r.allocated)),
+        ("difference", m(|r| r.difference)),
+        ("flagged", Col::Bool(rows.iter().map(|r| r.flagged).collect())),
+    ])?;
+    t.batches.push(("cost_explorer", batch));
+    Ok(())
 }
 
 /// Σ allocated + Σ unallocated = Σ CUR Bedrock usage cost, on the allocation table itself.

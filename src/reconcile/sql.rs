@@ -37,9 +37,12 @@ pub fn query(out: &Path, period: &str, query: &str) -> Result<Vec<RecordBatch>, 
             let p = dir.join(format!("{t}.parquet"));
             ctx.register_parquet(t, p.to_string_lossy().as_ref(), ParquetReadOptions::default()).await?;
         }
-        let lines = dir.join(crate::invoice::FOLDER).join("invoice_lines.parquet");
-        if lines.exists() {
-            ctx.register_parquet("invoice_lines", lines.to_string_lossy().as_ref(), ParquetReadOptions::default()).await?;
+        // Present only after `--cost-explorer`, and once invoices exist.
+        let optional = [("cost_explorer", dir.join("cost_explorer.parquet")), ("invoice_lines", dir.join(crate::invoice::FOLDER).join("invoice_lines.parquet"))];
+        for (name, p) in optional {
+            if p.exists() {
+                ctx.register_parquet(name, p.to_string_lossy().as_ref(), ParquetReadOptions::default()).await?;
+            }
         }
         Ok(ctx.sql(query).await?.collect().await?)
     })

@@ -19,6 +19,7 @@ mod invoice_properties;
 mod properties;
 mod realdata;
 mod reconcile;
+mod reconcile_aws;
 mod reconcile_properties;
 mod reconcile_queries;
 mod reconcile_realdata;

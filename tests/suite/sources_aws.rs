@@ -14,7 +14,7 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use support::aws::{self, unique_name};
+use support::aws::{self, files_under, new_bucket, put_object, remote, unique_name, upload_tree};
 use support::aws_faults::SourceFaults;
 use support::{kill, record, Scratch};
 use tally::generate::{self, Spec, Truth, TruthRow};
@@ -76,48 +76,6 @@ fn ingest(s: &Scratch, inputs: &[&str]) -> RunReport {
 
 fn counters(s: &Scratch, month: &str) -> Vec<TruthRow> {
     kill::counters(&s.store(), month)
-}
-
-fn remote(endpoint: &str) -> Remote {
-    Remote::new(&aws::settings(endpoint)).unwrap()
-}
-
-fn new_bucket(r: &Remote) -> String {
-    let bucket = unique_name("tally-src");
-    r.block_on(r.s3.create_bucket().bucket(&bucket).send()).unwrap();
-    bucket
-}
-
-fn put_object(r: &Remote, bucket: &str, key: &str, bytes: Vec<u8>) {
-    r.block_on(r.s3.put_object().bucket(bucket).key(key).body(bytes.into()).send()).unwrap();
-}
-
-/// Uploads every file under `root` to `bucket` under `prefix`, keeping relative paths.
-fn upload_tree(r: &Remote, bucket: &str, prefix: &str, root: &Path) -> usize {
-    let mut n = 0;
-    for path in files_under(root) {
-        let rel = path.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/");
-        put_object(r, bucket, &format!("{prefix}{rel}"), std::fs::read(&path).unwrap());
-        n += 1;
-    }
-    n
-}
-
-fn files_under(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut dirs = vec![root.to_path_buf()];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                dirs.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 /// The lines of a log file, gunzipped if it is gzip.

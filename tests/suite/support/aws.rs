@@ -11,10 +11,12 @@
 //! note and pass without checking anything. Tests isolate themselves by name: every table,
 //! bucket or log group a test makes comes from [`unique_name`].
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tally::aws::AwsSettings;
+use tally::source::remote::Remote;
 use tally::store::dynamodb::{DynamoSettings, DynamoStore};
 
 pub const ENDPOINT_VAR: &str = "TALLY_TEST_AWS_ENDPOINT";
@@ -73,4 +75,61 @@ pub fn fresh_dynamo_store(endpoint: &str, shards: u32) -> (DynamoStore, String) 
 /// The `[store]` section of a `tally.toml` for a DynamoDB table at `endpoint`.
 pub fn store_section(endpoint: &str, table: &str) -> String {
     format!("[store]\nbackend = \"dynamodb\"\ntable = \"{table}\"\nendpoint_url = \"{endpoint}\"\nregion = \"us-east-1\"\nlease_seconds = 2\n")
+}
+
+/// SDK clients (S3, CloudWatch Logs) on `endpoint`.
+pub fn remote(endpoint: &str) -> Remote {
+    Remote::new(&settings(endpoint)).unwrap()
+}
+
+/// A new, empty bucket.
+pub fn new_bucket(r: &Remote) -> String {
+    let bucket = unique_name("tally-src");
+    r.block_on(r.s3.create_bucket().bucket(&bucket).send()).unwrap();
+    bucket
+}
+
+pub fn put_object(r: &Remote, bucket: &str, key: &str, bytes: Vec<u8>) {
+    r.block_on(r.s3.put_object().bucket(bucket).key(key).body(bytes.into()).send()).unwrap();
+}
+
+/// Uploads every file under `root` to `bucket` under `prefix`, keeping relative paths.
+pub fn upload_tree(r: &Remote, bucket: &str, prefix: &str, root: &Path) -> usize {
+    let mut n = 0;
+    for path in files_under(root) {
+        let rel = path.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/");
+        put_object(r, bucket, &format!("{prefix}{rel}"), std::fs::read(&path).unwrap());
+        n += 1;
+    }
+    n
+}
+
+pub fn files_under(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// POSTs JSON to moto's own API (e.g. `/moto-api/static/ce/cost-and-usage-results`, which
+/// queues what Cost Explorer answers) and returns the status code.
+pub fn moto_post(endpoint: &str, path: &str, body: &serde_json::Value) -> u16 {
+    use std::io::{Read, Write};
+    let host = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    let body = body.to_string();
+    let mut s = std::net::TcpStream::connect(host).expect("moto is reachable");
+    write!(s, "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    response.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
 }
