@@ -31,7 +31,9 @@ use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{create_udf, ColumnarValue, ScalarFunctionImplementation, ScalarUDF, Volatility};
 use datafusion::parquet::arrow::parquet_to_arrow_schema;
 use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
+use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+use futures::StreamExt;
 
 use crate::cur::money;
 use crate::ingest::Progress;
@@ -166,8 +168,9 @@ pub fn load(dir: &Path, opts: &LoadOptions, progress: &dyn Progress) -> Result<C
 /// Reads the period's Bedrock lines from a folder or from S3.
 pub fn load_from(input: &CurInput, opts: &LoadOptions, progress: &dyn Progress) -> Result<CurSnapshot, CurError> {
     let (year, month) = parse_period(&opts.period)?;
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .worker_threads(threads)
         .enable_all()
         .build()
         .map_err(|e| CurError::Folder { path: input.to_string().into(), message: format!("cannot start the query runtime: {e}") })?;
@@ -185,35 +188,47 @@ pub fn load_from(input: &CurInput, opts: &LoadOptions, progress: &dyn Progress) 
     let mut snap = CurSnapshot { files: files.iter().map(|f| f.name.clone()).collect(), ..CurSnapshot::default() };
     let total: u64 = files.iter().map(|f| f.size).sum();
     progress.start(total);
-    for file in &files {
-        let query_err = |source| CurError::Query { path: file.name.clone(), source };
-        // A local file's footer is read first, so a file that is not Parquet is named as such.
-        let local_schema = match input {
-            CurInput::Folder(_) => Some(read_schema(&file.name)?),
-            #[cfg(feature = "aws")]
-            CurInput::S3 { .. } => None,
-        };
-        let batches = runtime.block_on(async {
-            ctx.register_parquet("cur_file", &file.location, ParquetReadOptions::default()).await.map_err(query_err)?;
-            let schema = match local_schema {
-                Some(schema) => schema,
-                None => ctx.table_provider("cur_file").await.map_err(query_err)?.schema().as_ref().clone(),
-            };
-            let result = match file_query(&file.name, &schema, opts) {
-                Ok(sql) => async { ctx.sql(&sql).await?.collect().await }.await.map_err(query_err),
-                Err(e) => Err(e),
-            };
-            ctx.deregister_table("cur_file").map_err(query_err)?;
-            result
-        })?;
-        for b in &batches {
-            add_groups(&mut snap.groups, b).map_err(|source| CurError::Query { path: file.name.clone(), source })?;
+    // Files are queried `threads` at a time: a CUR file is often one row group, which
+    // DataFusion scans on one core. Groups are merged in file order as each file's query ends
+    // (sums of integers, so the result does not depend on which file finishes first).
+    let local = matches!(input, CurInput::Folder(_));
+    let queries = files.iter().enumerate().map(|(i, file)| {
+        let ctx = ctx.clone();
+        async move { file_groups(&ctx, &format!("cur_file_{i}"), file, local, opts).await }
+    });
+    runtime.block_on(async {
+        let mut results = futures::stream::iter(queries).buffered(threads);
+        let mut files = files.iter();
+        while let Some(batches) = results.next().await {
+            let (batches, file) = (batches?, files.next().expect("one result per file"));
+            for b in &batches {
+                add_groups(&mut snap.groups, b).map_err(|source| CurError::Query { path: file.name.clone(), source })?;
+            }
+            snap.bytes += file.size;
+            progress.update(snap.bytes, snap.lines());
         }
-        snap.bytes += file.size;
-        progress.update(snap.bytes, snap.lines());
-    }
+        Ok::<(), CurError>(())
+    })?;
     progress.finish();
     Ok(snap)
+}
+
+/// One file's Bedrock lines, grouped: the query is built from the file's own schema.
+async fn file_groups(ctx: &SessionContext, table: &str, file: &CurFile, local: bool, opts: &LoadOptions) -> Result<Vec<RecordBatch>, CurError> {
+    let query_err = |source| CurError::Query { path: file.name.clone(), source };
+    // A local file's footer is read first, so a file that is not Parquet is named as such.
+    let local_schema = if local { Some(read_schema(&file.name)?) } else { None };
+    ctx.register_parquet(table, &file.location, ParquetReadOptions::default()).await.map_err(query_err)?;
+    let schema = match local_schema {
+        Some(schema) => schema,
+        None => ctx.table_provider(table).await.map_err(query_err)?.schema().as_ref().clone(),
+    };
+    let result = match file_query(&file.name, &schema, table, opts) {
+        Ok(sql) => async { ctx.sql(&sql).await?.collect().await }.await.map_err(query_err),
+        Err(e) => Err(e),
+    };
+    ctx.deregister_table(table).map_err(query_err)?;
+    result
 }
 
 /// Lists the period's objects and registers the bucket's store with DataFusion.
@@ -300,7 +315,7 @@ pub fn partition_matches(name: &str, year: i32, month: u32) -> bool {
 }
 
 /// The per-file query, built from the file's schema.
-fn file_query(path: &Path, schema: &Schema, opts: &LoadOptions) -> Result<String, CurError> {
+fn file_query(path: &Path, schema: &Schema, table: &str, opts: &LoadOptions) -> Result<String, CurError> {
     let has = |c: &str| schema.field_with_name(c).ok().map(|f| f.data_type().clone());
     let missing = |c: &str| CurError::MissingColumn { path: path.to_owned(), column: c.to_string() };
     let text = |c: &str| -> String {
@@ -355,7 +370,7 @@ fn file_query(path: &Path, schema: &Schema, opts: &LoadOptions) -> Result<String
          COALESCE({unit}, '') AS pricing_unit, \
          CASE WHEN {line_type} = 'Usage' THEN '' ELSE COALESCE({description}, '') END AS description, \
          SUM({quantity}) AS quantity, SUM({cost}) AS cost, COUNT(*) AS lines \
-         FROM cur_file \
+         FROM {table} \
          WHERE ({code} = 'AmazonBedrock' OR {product_name} LIKE '%Amazon Bedrock%'){period_filter} \
          GROUP BY 1, 2, 3, 4, 5, 6, 7, 8",
         code = text("line_item_product_code"),
