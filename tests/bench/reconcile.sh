@@ -33,7 +33,7 @@ die() { echo "bench: FAIL: $*" >&2; exit 1; }
 if [[ ${SKIP_BUILD:-0} != 1 ]]; then
   if [[ $PROFILE == release ]]; then cargo build --release -q; else cargo build -q; fi
 fi
-TALLY=target/$([[ $PROFILE == release ]] && echo release || echo debug)/tally
+TALLY=${CARGO_TARGET_DIR:-target}/$([[ $PROFILE == release ]] && echo release || echo debug)/tally
 [[ -x $TALLY ]] || die "no binary at $TALLY"
 if [[ ! -x .venv/bin/python ]]; then python3 -m venv .venv; fi
 .venv/bin/python -c 'import duckdb' 2>/dev/null || .venv/bin/pip install -q duckdb
