@@ -188,6 +188,10 @@ pub struct Tables {
 
 /// Loads, allocates, checks and writes (see the module docs).
 pub fn run(req: &Request, config: &crate::config::Config, pipeline: &Pipeline, store: &dyn CounterStore, progress: &dyn Progress) -> Result<Report, ReconcileError> {
+    if req.cost_explorer && !cfg!(feature = "aws") {
+        // Refused before the CUR is read, not after.
+        return Err(ReconcileError::CostExplorer(NEEDS_AWS.into()));
+    }
     let opts = LoadOptions { period: req.period.clone(), tenant_tag: config.reconcile.tenant_tag.clone() };
     let cur = load::load_from(&req.cur, &opts, progress)?;
     let hours = store.hours(&req.period)?;
@@ -310,8 +314,10 @@ fn fetch_cost_explorer(config: &crate::config::Config, period: &str) -> Result<V
 
 #[cfg(not(feature = "aws"))]
 fn fetch_cost_explorer(_: &crate::config::Config, _: &str) -> Result<Vec<cost_explorer::CeGroup>, ReconcileError> {
-    Err(ReconcileError::CostExplorer("needs a build with the `aws` feature (cargo build --features aws)".into()))
+    Err(ReconcileError::CostExplorer(NEEDS_AWS.into()))
 }
+
+const NEEDS_AWS: &str = "needs a build with the `aws` feature (cargo build --features aws)";
 
 /// Adds the `cost_explorer` table and its totals: Cost Explorer's cost per tag value against
 /// the CUR usage lines carrying that tag, and the tenant's full allocation.
