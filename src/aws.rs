@@ -56,6 +56,13 @@ pub async fn sdk_config(settings: &AwsSettings) -> SdkConfig {
     loader.load().await
 }
 
+/// The S3 client for `config` (built from `settings`). Local endpoints (moto, MinIO) only know
+/// path-style bucket addressing, so an endpoint override turns it on.
+pub fn s3_client(config: &SdkConfig, settings: &AwsSettings) -> aws_sdk_s3::Client {
+    let s3 = aws_sdk_s3::config::Builder::from(config).force_path_style(settings.endpoint_url.is_some()).build();
+    aws_sdk_s3::Client::from_conf(s3)
+}
+
 /// A small runtime for the synchronous parts of tally that call the async SDK.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("tally-aws").enable_all().build()

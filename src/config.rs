@@ -202,6 +202,12 @@ impl SourcesConfig {
     fn default_s3_lookback_hours() -> u32 {
         3
     }
+
+    /// How every S3 and CloudWatch Logs read is reached: log sources and `--cur s3://`.
+    #[cfg(feature = "aws")]
+    pub fn aws(&self) -> crate::aws::AwsSettings {
+        crate::aws::AwsSettings { region: self.region.clone(), endpoint_url: self.endpoint_url.clone(), max_attempts: None }
+    }
 }
 
 impl Default for SourcesConfig {

@@ -247,12 +247,7 @@ impl Inputs {
         }
         #[cfg(feature = "aws")]
         if !out.s3.is_empty() || !out.logs.is_empty() {
-            let settings = crate::aws::AwsSettings {
-                region: config.sources.region.clone(),
-                endpoint_url: config.sources.endpoint_url.clone(),
-                ..Default::default()
-            };
-            out.remote = Some(Remote::new(&settings).map_err(IngestError::Input)?);
+            out.remote = Some(Remote::new(&config.sources.aws()).map_err(IngestError::Input)?);
         }
         Ok(out)
     }

@@ -115,7 +115,7 @@ pub enum CurInput {
     Folder(PathBuf),
     /// `s3://bucket/prefix`, read through [`super::s3::SdkStore`] with these settings.
     #[cfg(feature = "aws")]
-    S3 { url: super::s3::CurUrl, aws: crate::aws::AwsSettings },
+    S3 { url: crate::source::s3::S3Url, aws: crate::aws::AwsSettings },
 }
 
 impl CurInput {
@@ -126,9 +126,9 @@ impl CurInput {
         }
         #[cfg(feature = "aws")]
         {
-            let url = super::s3::CurUrl::parse(arg).map_err(|message| CurError::Folder { path: arg.into(), message })?;
-            let aws = crate::aws::AwsSettings { region: sources.region.clone(), endpoint_url: sources.endpoint_url.clone(), max_attempts: None };
-            Ok(CurInput::S3 { url, aws })
+            let mut url = crate::source::s3::S3Url::parse(arg).map_err(|message| CurError::Folder { path: arg.into(), message })?;
+            url.prefix = url.prefix.trim_start_matches('/').to_string();
+            Ok(CurInput::S3 { url, aws: sources.aws() })
         }
         #[cfg(not(feature = "aws"))]
         {
@@ -146,7 +146,7 @@ impl std::fmt::Display for CurInput {
         match self {
             CurInput::Folder(p) => write!(f, "{}", p.display()),
             #[cfg(feature = "aws")]
-            CurInput::S3 { url, .. } => write!(f, "s3://{}/{}", url.bucket, url.prefix),
+            CurInput::S3 { url, .. } => write!(f, "{url}"),
         }
     }
 }
@@ -233,9 +233,8 @@ async fn file_groups(ctx: &SessionContext, table: &str, file: &CurFile, local: b
 
 /// Lists the period's objects and registers the bucket's store with DataFusion.
 #[cfg(feature = "aws")]
-async fn s3_files(ctx: &SessionContext, url: &super::s3::CurUrl, aws: &crate::aws::AwsSettings, year: i32, month: u32) -> Result<Vec<CurFile>, CurError> {
-    let root = format!("s3://{}/{}", url.bucket, url.prefix);
-    let folder_err = |message: String| CurError::Folder { path: root.clone().into(), message };
+async fn s3_files(ctx: &SessionContext, url: &crate::source::s3::S3Url, aws: &crate::aws::AwsSettings, year: i32, month: u32) -> Result<Vec<CurFile>, CurError> {
+    let folder_err = |message: String| CurError::Folder { path: url.to_string().into(), message };
     let store = super::s3::SdkStore::connect(aws, &url.bucket).await;
     let objects = super::s3::list_period(&store, url, year, month).await.map_err(|e| folder_err(e.to_string()))?;
     let bucket_url = datafusion::execution::object_store::ObjectStoreUrl::parse(format!("s3://{}", url.bucket))
@@ -250,7 +249,8 @@ async fn s3_files(ctx: &SessionContext, url: &super::s3::CurUrl, aws: &crate::aw
         .collect())
 }
 
-fn parse_period(period: &str) -> Result<(i32, u32), CurError> {
+/// `YYYY-MM` → (year, month).
+pub fn parse_period(period: &str) -> Result<(i32, u32), CurError> {
     let bad = || CurError::Period(period.to_string());
     let (y, m) = period.split_once('-').ok_or_else(bad)?;
     if y.len() != 4 || m.len() != 2 {
@@ -261,6 +261,11 @@ fn parse_period(period: &str) -> Result<(i32, u32), CurError> {
         return Err(bad());
     }
     Ok((y, m))
+}
+
+/// The month after (year, month).
+pub fn next_month(y: i32, m: u32) -> (i32, u32) {
+    if m == 12 { (y + 1, 1) } else { (y, m + 1) }
 }
 
 /// The Parquet files under `dir` that belong to the period, with their sizes, sorted by path.
@@ -352,7 +357,7 @@ fn file_query(path: &Path, schema: &Schema, table: &str, opts: &LoadOptions) -> 
     let product_name = map_or_column("product", "product_name", "product_product_name");
     let line_type = text("line_item_line_item_type");
     let (y, m) = parse_period(&opts.period)?;
-    let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+    let (ny, nm) = next_month(y, m);
     let period_filter = match has("bill_billing_period_start_date") {
         Some(_) => format!(
             " AND CAST(\"bill_billing_period_start_date\" AS TIMESTAMP) >= TIMESTAMP '{y:04}-{m:02}-01T00:00:00' \

@@ -1,4 +1,4 @@
-//! `--cur s3://bucket/prefix`: the CUR read from S3 by DataFusion, through an object store
+//! `--cur s3://bucket/prefix` (parsed as the log source's `S3Url`): the CUR read from S3 by DataFusion, through an object store
 //! that makes its requests with the official AWS SDK (the `aws` feature).
 //!
 //! DataFusion reads Parquet through the `object_store` trait: it asks for an object's size,
@@ -28,27 +28,9 @@ use datafusion::object_store::{
 use futures::stream::{self, BoxStream, StreamExt};
 
 use crate::aws::AwsSettings;
+use crate::source::s3::S3Url;
 
 const STORE: &str = "S3 (AWS SDK)";
-
-/// `s3://bucket/prefix` as given to `--cur`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CurUrl {
-    pub bucket: String,
-    /// Without a leading `/`; empty for the whole bucket.
-    pub prefix: String,
-}
-
-impl CurUrl {
-    pub fn parse(url: &str) -> Result<CurUrl, String> {
-        let rest = url.strip_prefix("s3://").ok_or_else(|| format!("{url}: an S3 CUR location is s3://bucket[/prefix]"))?;
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        if bucket.is_empty() {
-            return Err(format!("{url}: the bucket name is missing (s3://bucket[/prefix])"));
-        }
-        Ok(CurUrl { bucket: bucket.to_string(), prefix: prefix.trim_start_matches('/').to_string() })
-    }
-}
 
 /// A read-only `ObjectStore` over one bucket, backed by the AWS SDK's S3 client.
 #[derive(Clone)]
@@ -74,9 +56,7 @@ impl SdkStore {
     /// inside a tokio runtime.
     pub async fn connect(settings: &AwsSettings, bucket: &str) -> SdkStore {
         let config = crate::aws::sdk_config(settings).await;
-        // Local endpoints (moto, MinIO) only know path-style bucket addressing.
-        let s3 = aws_sdk_s3::config::Builder::from(&config).force_path_style(settings.endpoint_url.is_some()).build();
-        SdkStore { client: aws_sdk_s3::Client::from_conf(s3), bucket: bucket.to_string() }
+        SdkStore { client: crate::aws::s3_client(&config, settings), bucket: bucket.to_string() }
     }
 
     fn url(&self, key: &str) -> String {
@@ -124,7 +104,7 @@ impl SdkStore {
 }
 
 /// The period's Parquet objects under `url`, sorted by key, with their sizes.
-pub async fn list_period(store: &SdkStore, url: &CurUrl, year: i32, month: u32) -> StoreResult<Vec<ObjectMeta>> {
+pub async fn list_period(store: &SdkStore, url: &S3Url, year: i32, month: u32) -> StoreResult<Vec<ObjectMeta>> {
     let mut objects = store.list_keys(&url.prefix).await?;
     objects.retain(|o| {
         let key = o.location.as_ref();
@@ -294,14 +274,6 @@ impl ObjectStore for SdkStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cur_urls() {
-        assert_eq!(CurUrl::parse("s3://billing/cur/tally").unwrap(), CurUrl { bucket: "billing".into(), prefix: "cur/tally".into() });
-        assert_eq!(CurUrl::parse("s3://billing").unwrap(), CurUrl { bucket: "billing".into(), prefix: String::new() });
-        assert!(CurUrl::parse("s3:///cur").is_err());
-        assert!(CurUrl::parse("/data/cur").is_err());
-    }
 
     #[test]
     fn content_ranges() {

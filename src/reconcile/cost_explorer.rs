@@ -18,7 +18,7 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 
 use super::drift::Thresholds;
-use crate::cur::money;
+use crate::cur::{load, money};
 
 /// One tag value's cost as Cost Explorer reports it; `tag` `None` is the untagged cost.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,13 +130,8 @@ pub fn fetch(settings: &crate::aws::AwsSettings, period: &str, tag: &str) -> Res
 
 /// `YYYY-MM` → the first day of the month and of the next (Cost Explorer's end is exclusive).
 pub fn period_bounds(period: &str) -> Result<(String, String), String> {
-    let bad = || format!("the period must be YYYY-MM, not {period:?}");
-    let (y, m) = period.split_once('-').ok_or_else(bad)?;
-    let (y, m): (i32, u32) = (y.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
-    if !(1..=12).contains(&m) {
-        return Err(bad());
-    }
-    let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+    let (y, m) = load::parse_period(period).map_err(|e| e.to_string())?;
+    let (ny, nm) = load::next_month(y, m);
     Ok((format!("{y:04}-{m:02}-01"), format!("{ny:04}-{nm:02}-01")))
 }
 

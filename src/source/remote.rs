@@ -27,10 +27,7 @@ impl Remote {
     pub fn new(settings: &AwsSettings) -> io::Result<Remote> {
         let rt = crate::aws::runtime()?;
         let config = crate::aws::block_on(&rt, crate::aws::sdk_config(settings));
-        // Local endpoints (moto, MinIO) only know path-style bucket addressing.
-        let s3_config =
-            aws_sdk_s3::config::Builder::from(&config).force_path_style(settings.endpoint_url.is_some()).build();
-        let s3 = aws_sdk_s3::Client::from_conf(s3_config);
+        let s3 = crate::aws::s3_client(&config, settings);
         let logs = aws_sdk_cloudwatchlogs::Client::new(&config);
         Ok(Remote { rt, s3, logs })
     }

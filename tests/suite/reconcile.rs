@@ -4,11 +4,10 @@
 
 use crate::reconcile_support;
 
-use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use reconcile_support::{rows, sql_csv, Fixture, MONTH};
+use reconcile_support::{files, rows, sql_csv, Fixture, MONTH};
 use rust_decimal::Decimal;
 
 fn dec(s: &str) -> Decimal {
@@ -18,10 +17,6 @@ fn dec(s: &str) -> Decimal {
 fn ok(out: &std::process::Output) -> String {
     assert!(out.status.success(), "tally failed ({:?}): {}", out.status.code(), String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout.clone()).unwrap()
-}
-
-fn files(dir: &std::path::Path) -> BTreeMap<String, Vec<u8>> {
-    std::fs::read_dir(dir).unwrap().map(|e| e.unwrap()).map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap())).collect()
 }
 
 #[test]

@@ -5,13 +5,12 @@
 #![cfg(feature = "aws")]
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::str::FromStr;
 
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 
-use crate::reconcile_support::{self, sql_csv, Fixture, MONTH};
+use crate::reconcile_support::{self, files, sql_csv, Fixture, MONTH};
 use crate::support::aws::{self, moto_post, new_bucket, put_object, remote, upload_tree};
 use tally::cur::classify;
 use tally::cur::load::{self, LoadOptions};
@@ -25,16 +24,6 @@ fn fixture_on(endpoint: &str) -> Fixture {
     text.push_str(&format!("\n[sources]\nendpoint_url = \"{endpoint}\"\nregion = \"us-east-1\"\n"));
     std::fs::write(&f.config, text).unwrap();
     f
-}
-
-/// Every file of the period's outputs, by name.
-fn outputs(out: &Path) -> BTreeMap<String, Vec<u8>> {
-    std::fs::read_dir(out.join(MONTH))
-        .unwrap()
-        .map(|e| e.unwrap())
-        .filter(|e| e.file_type().unwrap().is_file())
-        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
-        .collect()
 }
 
 fn report(out: &std::process::Output) -> Value {
@@ -66,7 +55,7 @@ fn a_cur_in_s3_reconciles_exactly_as_the_same_cur_in_a_folder() {
         let usage = Decimal::from_str(s3["usage_cost"].as_str().unwrap()).unwrap();
         assert_eq!(usage, f.cur.usage_cost, "{variant}: the whole bill, exactly");
         assert_eq!(s3["tenants"], local["tenants"], "{variant}");
-        let (a, b) = (outputs(&local_out), outputs(&s3_out));
+        let (a, b) = (files(&local_out.join(MONTH)), files(&s3_out.join(MONTH)));
         assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>(), "{variant}");
         for (name, bytes) in &a {
             assert!(bytes == &b[name], "{variant}: {name} differs between the folder and S3");

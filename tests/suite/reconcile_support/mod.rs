@@ -60,6 +60,11 @@ impl Fixture {
     }
 }
 
+/// Every file in `dir` (a period's outputs), by name, with its bytes.
+pub fn files(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir).unwrap().map(|e| e.unwrap()).map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap())).collect()
+}
+
 /// Runs SQL over reconciled outputs through the library and renders CSV.
 pub fn sql_csv(out: &Path, query: &str) -> String {
     let batches = tally::reconcile::sql::query(out, MONTH, query).unwrap_or_else(|e| panic!("{query}: {e}"));
