@@ -20,22 +20,21 @@
 //! before it is summed (see `cur::money`).
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, Decimal128Array, Float64Array};
-use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Date32Type, Decimal128Type, Int64Type, Schema};
-use datafusion::error::DataFusionError;
-use datafusion::logical_expr::{create_udf, ColumnarValue, ScalarFunctionImplementation, ScalarUDF, Volatility};
-use datafusion::parquet::arrow::parquet_to_arrow_schema;
-use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
-use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
-use futures::StreamExt;
+use datafusion::object_store::local::LocalFileSystem;
+use datafusion::object_store::path::Path as ObjectPath;
+use datafusion::object_store::{ObjectStore, ObjectStoreExt};
+use datafusion::parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+use datafusion::parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuilder};
+use datafusion::parquet::arrow::ProjectionMask;
+use datafusion::parquet::errors::ParquetError;
+use datafusion::parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader, RowGroupMetaData};
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
 
-use crate::cur::money;
+use super::scan::{self, FilePlan, Groups, PlanError};
 use crate::ingest::Progress;
 
 /// A CUR that could not be read, naming the file.
@@ -49,8 +48,8 @@ pub enum CurError {
     MissingColumn { path: PathBuf, column: String },
     #[error("cur file {path}: column `{column}` has type {found}, expected {expected}")]
     WrongType { path: PathBuf, column: String, found: String, expected: String },
-    #[error("cur file {path}: {source}")]
-    Query { path: PathBuf, source: DataFusionError },
+    #[error("cur file {path}: {message}")]
+    Read { path: PathBuf, message: String },
     #[error("the period must be YYYY-MM, not {0:?}")]
     Period(String),
 }
@@ -151,13 +150,21 @@ impl std::fmt::Display for CurInput {
     }
 }
 
-/// One file of the period: where DataFusion reads it and how errors name it.
+/// One file of the period.
 struct CurFile {
-    /// A local path, or `s3://bucket/key`.
-    location: String,
-    /// The name in errors and in `CurSnapshot::files`.
+    /// Where the store has it.
+    location: ObjectPath,
+    /// The name in errors and in `CurSnapshot::files`: a local path, or `s3://bucket/key`.
     name: PathBuf,
     size: u64,
+}
+
+/// A file whose footer has been read, with the plan to read it by.
+struct OpenFile {
+    store: Arc<dyn ObjectStore>,
+    file: CurFile,
+    metadata: ArrowReaderMetadata,
+    plan: Arc<FilePlan>,
 }
 
 /// Reads the period's Bedrock lines under the folder `dir` (or the one file `dir`).
@@ -166,6 +173,11 @@ pub fn load(dir: &Path, opts: &LoadOptions, progress: &dyn Progress) -> Result<C
 }
 
 /// Reads the period's Bedrock lines from a folder or from S3.
+///
+/// Every row group of every file is one task, `threads` (or, from S3, four times as many)
+/// at a time: a CUR file is often a few row groups, and a row group is decoded on one core.
+/// Sums are merged as tasks end, in file and row-group order (integer sums, so the result
+/// does not depend on which task finishes first).
 pub fn load_from(input: &CurInput, opts: &LoadOptions, progress: &dyn Progress) -> Result<CurSnapshot, CurError> {
     let (year, month) = parse_period(&opts.period)?;
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -173,80 +185,167 @@ pub fn load_from(input: &CurInput, opts: &LoadOptions, progress: &dyn Progress) 
         .worker_threads(threads)
         .enable_all()
         .build()
-        .map_err(|e| CurError::Folder { path: input.to_string().into(), message: format!("cannot start the query runtime: {e}") })?;
-    let config = SessionConfig::new().with_information_schema(false);
-    let ctx = SessionContext::new_with_config(config);
-    ctx.register_udf(money_udf());
-    let files = match input {
-        CurInput::Folder(dir) => period_files(dir, year, month)?
-            .into_iter()
-            .map(|(path, size)| CurFile { location: path.to_string_lossy().into_owned(), name: path, size })
-            .collect::<Vec<_>>(),
+        .map_err(|e| CurError::Folder { path: input.to_string().into(), message: format!("cannot start the reader runtime: {e}") })?;
+    let (store, files, in_flight): (Arc<dyn ObjectStore>, Vec<CurFile>, usize) = match input {
+        CurInput::Folder(dir) => (Arc::new(LocalFileSystem::new()), local_files(dir, year, month)?, threads),
         #[cfg(feature = "aws")]
-        CurInput::S3 { url, aws } => runtime.block_on(s3_files(&ctx, url, aws, year, month))?,
+        CurInput::S3 { url, aws } => {
+            let (store, files) = runtime.block_on(s3_files(url, aws, year, month))?;
+            (store, files, threads * 4)
+        }
     };
     let mut snap = CurSnapshot { files: files.iter().map(|f| f.name.clone()).collect(), ..CurSnapshot::default() };
     let total: u64 = files.iter().map(|f| f.size).sum();
     progress.start(total);
-    // Files are queried `threads` at a time: a CUR file is often one row group, which
-    // DataFusion scans on one core. Groups are merged in file order as each file's query ends
-    // (sums of integers, so the result does not depend on which file finishes first).
-    let local = matches!(input, CurInput::Folder(_));
-    let queries = files.iter().enumerate().map(|(i, file)| {
-        let ctx = ctx.clone();
-        async move { file_groups(&ctx, &format!("cur_file_{i}"), file, local, opts).await }
-    });
     runtime.block_on(async {
-        let mut results = futures::stream::iter(queries).buffered(threads);
-        let mut files = files.iter();
-        while let Some(batches) = results.next().await {
-            let (batches, file) = (batches?, files.next().expect("one result per file"));
-            for b in &batches {
-                add_groups(&mut snap.groups, b).map_err(|source| CurError::Query { path: file.name.clone(), source })?;
+        // Footers first (small reads), so a file that is not a CUR fails before any is scanned.
+        let opened: Vec<Arc<OpenFile>> = futures::stream::iter(files.into_iter().map(|file| open(store.clone(), file, year, month, opts)))
+            .buffered(in_flight)
+            .map(|r| r.map(Arc::new))
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()?;
+        let tasks = opened.iter().flat_map(|f| {
+            let groups = f.metadata.metadata().row_groups();
+            let code = code_leaf(f);
+            let share = |rg: &RowGroupMetaData| f.file.size * rg.num_rows().max(0) as u64 / (f.metadata.metadata().file_metadata().num_rows().max(1) as u64);
+            groups.iter().enumerate().map(move |(i, rg)| {
+                let all_bedrock = code.is_some_and(|c| scan::all_bedrock(rg.column(c).statistics()));
+                let (f, bytes) = (f.clone(), share(rg));
+                async move {
+                    let name = f.file.name.clone();
+                    let joined = tokio::spawn(scan_row_group(f, i, all_bedrock)).await;
+                    let groups = joined.map_err(|e| CurError::Read { path: name, message: format!("a reader task failed: {e}") })??;
+                    Ok::<_, CurError>((groups, bytes))
+                }
+            })
+        });
+        let mut results = futures::stream::iter(tasks).buffered(in_flight);
+        let mut lines = 0u64;
+        while let Some(result) = results.next().await {
+            let (groups, bytes) = result?;
+            for (key, sums) in groups {
+                lines += sums.lines;
+                let g = snap.groups.entry(key).or_default();
+                g.quantity += sums.quantity;
+                g.cost += sums.cost;
+                g.lines += sums.lines;
             }
-            snap.bytes += file.size;
-            progress.update(snap.bytes, snap.lines());
+            snap.bytes += bytes;
+            progress.update(snap.bytes, lines);
         }
         Ok::<(), CurError>(())
     })?;
+    snap.bytes = total;
     progress.finish();
     Ok(snap)
 }
 
-/// One file's Bedrock lines, grouped: the query is built from the file's own schema.
-async fn file_groups(ctx: &SessionContext, table: &str, file: &CurFile, local: bool, opts: &LoadOptions) -> Result<Vec<RecordBatch>, CurError> {
-    let query_err = |source| CurError::Query { path: file.name.clone(), source };
-    // A local file's footer is read first, so a file that is not Parquet is named as such.
-    let local_schema = if local { Some(read_schema(&file.name)?) } else { None };
-    ctx.register_parquet(table, &file.location, ParquetReadOptions::default()).await.map_err(query_err)?;
-    let schema = match local_schema {
-        Some(schema) => schema,
-        None => ctx.table_provider(table).await.map_err(query_err)?.schema().as_ref().clone(),
-    };
-    let result = match file_query(&file.name, &schema, table, opts) {
-        Ok(sql) => async { ctx.sql(&sql).await?.collect().await }.await.map_err(query_err),
-        Err(e) => Err(e),
-    };
-    ctx.deregister_table(table).map_err(query_err)?;
-    result
+/// Reads a file's footer and plans how to read it from its schema.
+async fn open(store: Arc<dyn ObjectStore>, file: CurFile, year: i32, month: u32, opts: &LoadOptions) -> Result<OpenFile, CurError> {
+    let not_parquet = |e: ParquetError| CurError::NotParquet { path: file.name.clone(), message: e.to_string() };
+    let mut reader = StoreReader::new(&store, &file);
+    // The schema Parquet's own types give (not an embedded Arrow schema), so every writer's
+    // files are read alike.
+    let metadata = ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new().with_skip_arrow_metadata(true))
+        .await
+        .map_err(not_parquet)?;
+    let plan = FilePlan::new(metadata.schema(), year, month, &opts.tenant_tag).map_err(|e| match e {
+        PlanError::MissingColumn(column) => CurError::MissingColumn { path: file.name.clone(), column },
+        PlanError::WrongType { column, found, expected } => CurError::WrongType { path: file.name.clone(), column, found, expected },
+    })?;
+    let metadata = ArrowReaderMetadata::try_new(metadata.metadata().clone(), ArrowReaderOptions::new().with_schema(plan.reader_schema()))
+        .map_err(|e| CurError::Read { path: file.name.clone(), message: e.to_string() })?;
+    Ok(OpenFile { store, file, metadata, plan: Arc::new(plan) })
 }
 
-/// Lists the period's objects and registers the bucket's store with DataFusion.
+/// The leaf column of the product code, whose statistics can spare reading product names.
+fn code_leaf(f: &OpenFile) -> Option<usize> {
+    f.metadata.parquet_schema().columns().iter().position(|c| c.path().parts() == [scan::REQUIRED[0]])
+}
+
+/// One row group's Bedrock lines, summed.
+async fn scan_row_group(f: Arc<OpenFile>, row_group: usize, all_bedrock: bool) -> Result<Vec<(GroupKey, GroupSums)>, CurError> {
+    let read_err = |message: String| CurError::Read { path: f.file.name.clone(), message };
+    let reader = StoreReader::new(&f.store, &f.file);
+    let mask = ProjectionMask::roots(f.metadata.parquet_schema(), f.plan.projection(all_bedrock));
+    let mut batches = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, f.metadata.clone())
+        .with_projection(mask)
+        .with_row_groups(vec![row_group])
+        .with_batch_size(BATCH_ROWS)
+        .build()
+        .map_err(|e| read_err(e.to_string()))?;
+    let mut groups = Groups::new(f.plan.clone());
+    while let Some(batch) = batches.next().await {
+        let batch = batch.map_err(|e| read_err(e.to_string()))?;
+        groups.add(&batch).map_err(read_err)?;
+    }
+    Ok(groups.into_keys())
+}
+
+/// Parquet's reads of one file (footer, then column chunks), answered by the object store.
+struct StoreReader {
+    store: Arc<dyn ObjectStore>,
+    location: ObjectPath,
+    size: u64,
+}
+
+impl StoreReader {
+    fn new(store: &Arc<dyn ObjectStore>, file: &CurFile) -> StoreReader {
+        StoreReader { store: store.clone(), location: file.location.clone(), size: file.size }
+    }
+}
+
+fn store_err(e: datafusion::object_store::Error) -> ParquetError {
+    ParquetError::External(Box::new(e))
+}
+
+impl AsyncFileReader for StoreReader {
+    fn get_bytes(&mut self, range: std::ops::Range<u64>) -> BoxFuture<'_, Result<bytes::Bytes, ParquetError>> {
+        async move { self.store.get_range(&self.location, range).await.map_err(store_err) }.boxed()
+    }
+
+    fn get_byte_ranges(&mut self, ranges: Vec<std::ops::Range<u64>>) -> BoxFuture<'_, Result<Vec<bytes::Bytes>, ParquetError>> {
+        async move { self.store.get_ranges(&self.location, &ranges).await.map_err(store_err) }.boxed()
+    }
+
+    fn get_metadata<'a>(&'a mut self, options: Option<&'a ArrowReaderOptions>) -> BoxFuture<'a, Result<Arc<ParquetMetaData>, ParquetError>> {
+        async move {
+            let size = self.size;
+            let reader = ParquetMetaDataReader::new().with_metadata_options(options.map(|o| o.metadata_options().clone()));
+            Ok(Arc::new(reader.load_and_finish(self, size).await?))
+        }
+        .boxed()
+    }
+}
+
+/// Rows per decoded batch.
+const BATCH_ROWS: usize = 8192;
+
+/// The period's files under a local folder (or the one file), as the local store names them.
+fn local_files(dir: &Path, year: i32, month: u32) -> Result<Vec<CurFile>, CurError> {
+    period_files(dir, year, month)?
+        .into_iter()
+        .map(|(path, size)| {
+            let absolute = std::path::absolute(&path).map_err(|e| CurError::Folder { path: path.clone(), message: e.to_string() })?;
+            let location = ObjectPath::from_absolute_path(&absolute).map_err(|e| CurError::Folder { path: path.clone(), message: e.to_string() })?;
+            Ok(CurFile { location, name: path, size })
+        })
+        .collect()
+}
+
+/// Lists the period's objects.
 #[cfg(feature = "aws")]
-async fn s3_files(ctx: &SessionContext, url: &crate::source::s3::S3Url, aws: &crate::aws::AwsSettings, year: i32, month: u32) -> Result<Vec<CurFile>, CurError> {
+async fn s3_files(url: &crate::source::s3::S3Url, aws: &crate::aws::AwsSettings, year: i32, month: u32) -> Result<(Arc<dyn ObjectStore>, Vec<CurFile>), CurError> {
     let folder_err = |message: String| CurError::Folder { path: url.to_string().into(), message };
     let store = super::s3::SdkStore::connect(aws, &url.bucket).await;
     let objects = super::s3::list_period(&store, url, year, month).await.map_err(|e| folder_err(e.to_string()))?;
-    let bucket_url = datafusion::execution::object_store::ObjectStoreUrl::parse(format!("s3://{}", url.bucket))
-        .map_err(|e| folder_err(e.to_string()))?;
-    ctx.register_object_store(bucket_url.as_ref(), Arc::new(store));
-    Ok(objects
+    let files = objects
         .into_iter()
-        .map(|o| {
-            let location = format!("s3://{}/{}", url.bucket, o.location.as_ref());
-            CurFile { name: PathBuf::from(&location), location, size: o.size }
-        })
-        .collect())
+        .map(|o| CurFile { name: PathBuf::from(format!("s3://{}/{}", url.bucket, o.location.as_ref())), location: o.location, size: o.size })
+        .collect();
+    Ok((Arc::new(store), files))
 }
 
 /// `YYYY-MM` → (year, month).
@@ -317,133 +416,6 @@ pub fn partition_matches(name: &str, year: i32, month: u32) -> bool {
         return name[..6] == format!("{year:04}{month:02}");
     }
     true
-}
-
-/// The per-file query, built from the file's schema.
-fn file_query(path: &Path, schema: &Schema, table: &str, opts: &LoadOptions) -> Result<String, CurError> {
-    let has = |c: &str| schema.field_with_name(c).ok().map(|f| f.data_type().clone());
-    let missing = |c: &str| CurError::MissingColumn { path: path.to_owned(), column: c.to_string() };
-    let text = |c: &str| -> String {
-        match has(c) {
-            Some(_) => format!("CAST(\"{c}\" AS VARCHAR)"),
-            None => "CAST(NULL AS VARCHAR)".into(),
-        }
-    };
-    let required = |c: &str| has(c).map(|_| ()).ok_or_else(|| missing(c));
-    for c in ["line_item_product_code", "line_item_usage_type", "line_item_unblended_cost", "line_item_usage_start_date", "line_item_line_item_type"] {
-        required(c)?;
-    }
-    let number = |c: &str| -> Result<String, CurError> {
-        Ok(match has(c) {
-            None => format!("CAST(NULL AS DECIMAL(38, {}))", money::SCALE),
-            Some(DataType::Float64 | DataType::Float32 | DataType::Float16) => format!("tally_money(CAST(\"{c}\" AS DOUBLE))"),
-            Some(t) if t.is_numeric() || matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) => {
-                format!("CAST(\"{c}\" AS DECIMAL(38, {}))", money::SCALE)
-            }
-            Some(t) => {
-                return Err(CurError::WrongType { path: path.to_owned(), column: c.into(), found: t.to_string(), expected: "a number".into() })
-            }
-        })
-    };
-    let map_or_column = |map: &str, key: &str, flat: &str| -> String {
-        match (has(map), has(flat)) {
-            (Some(DataType::Map(..)), _) => format!("CAST(\"{map}\"['{key}'] AS VARCHAR)"),
-            (_, Some(_)) => format!("CAST(\"{flat}\" AS VARCHAR)"),
-            _ => "CAST(NULL AS VARCHAR)".into(),
-        }
-    };
-    let tag = opts.tenant_tag.replace('\'', "''");
-    let tag_expr = map_or_column("resource_tags", &format!("user_{tag}"), &format!("resource_tags_user_{tag}"));
-    let product_name = map_or_column("product", "product_name", "product_product_name");
-    let line_type = text("line_item_line_item_type");
-    let (y, m) = parse_period(&opts.period)?;
-    let (ny, nm) = next_month(y, m);
-    let period_filter = match has("bill_billing_period_start_date") {
-        Some(_) => format!(
-            " AND CAST(\"bill_billing_period_start_date\" AS TIMESTAMP) >= TIMESTAMP '{y:04}-{m:02}-01T00:00:00' \
-             AND CAST(\"bill_billing_period_start_date\" AS TIMESTAMP) < TIMESTAMP '{ny:04}-{nm:02}-01T00:00:00'"
-        ),
-        None => String::new(),
-    };
-    Ok(format!(
-        "SELECT CAST(CAST(\"line_item_usage_start_date\" AS TIMESTAMP) AS DATE) AS day, \
-         COALESCE({line_type}, '') AS line_item_type, \
-         COALESCE({code}, '') AS product_code, \
-         COALESCE({usage}, '') AS usage_type, \
-         COALESCE({resource}, '') AS resource, \
-         NULLIF(TRIM({tag_expr}), '') AS tag, \
-         COALESCE({unit}, '') AS pricing_unit, \
-         CASE WHEN {line_type} = 'Usage' THEN '' ELSE COALESCE({description}, '') END AS description, \
-         SUM({quantity}) AS quantity, SUM({cost}) AS cost, COUNT(*) AS lines \
-         FROM {table} \
-         WHERE ({code} = 'AmazonBedrock' OR {product_name} LIKE '%Amazon Bedrock%'){period_filter} \
-         GROUP BY 1, 2, 3, 4, 5, 6, 7, 8",
-        code = text("line_item_product_code"),
-        usage = text("line_item_usage_type"),
-        resource = text("line_item_resource_id"),
-        unit = text("pricing_unit"),
-        description = text("line_item_line_item_description"),
-        quantity = number("line_item_usage_amount")?,
-        cost = number("line_item_unblended_cost")?,
-    ))
-}
-
-fn read_schema(path: &Path) -> Result<Schema, CurError> {
-    let not_parquet = |message: String| CurError::NotParquet { path: path.to_owned(), message };
-    let file = File::open(path).map_err(|e| not_parquet(e.to_string()))?;
-    let reader = SerializedFileReader::new(file).map_err(|e| not_parquet(e.to_string()))?;
-    let meta = reader.metadata().file_metadata();
-    parquet_to_arrow_schema(meta.schema_descr(), meta.key_value_metadata()).map_err(|e| not_parquet(e.to_string()))
-}
-
-/// `tally_money(double) → decimal(38, 10)`: a CUR double read back as the decimal it was
-/// written from (see `cur::money`).
-fn money_udf() -> ScalarUDF {
-    let f: ScalarFunctionImplementation = Arc::new(|args: &[ColumnarValue]| {
-        let arrays = ColumnarValue::values_to_arrays(args)?;
-        let values = arrays[0]
-            .as_any()
-            .downcast_ref::<Float64Array>()
-            .ok_or_else(|| DataFusionError::Internal("tally_money takes a double".into()))?;
-        let out: Decimal128Array = values.iter().map(|v| v.and_then(money::to_units_f64)).collect();
-        let out = out.with_precision_and_scale(38, money::SCALE as i8)?;
-        Ok(ColumnarValue::Array(Arc::new(out)))
-    });
-    create_udf("tally_money", vec![DataType::Float64], money::arrow_type(), Volatility::Immutable, f)
-}
-
-fn strings(col: &ArrayRef) -> Result<ArrayRef, DataFusionError> {
-    Ok(cast(col, &DataType::Utf8)?)
-}
-
-fn add_groups(groups: &mut BTreeMap<GroupKey, GroupSums>, b: &datafusion::arrow::record_batch::RecordBatch) -> Result<(), DataFusionError> {
-    let day = b.column(0).as_primitive::<Date32Type>();
-    let text: Vec<ArrayRef> = (1..8).map(|i| strings(b.column(i))).collect::<Result<_, _>>()?;
-    let text: Vec<&datafusion::arrow::array::StringArray> = text.iter().map(|a| a.as_string::<i32>()).collect();
-    let quantity = b.column(8).as_primitive::<Decimal128Type>();
-    let cost = b.column(9).as_primitive::<Decimal128Type>();
-    let lines = b.column(10).as_primitive::<Int64Type>();
-    let s = |i: usize, row: usize| -> String { if text[i].is_null(row) { String::new() } else { text[i].value(row).to_string() } };
-    for row in 0..b.num_rows() {
-        if day.is_null(row) {
-            return Err(DataFusionError::Execution("a Bedrock line has no line_item_usage_start_date".into()));
-        }
-        let key = GroupKey {
-            day: crate::reconcile::tables::date32_label(day.value(row)),
-            line_item_type: s(0, row),
-            product_code: s(1, row),
-            usage_type: s(2, row),
-            resource: s(3, row),
-            tag: (!text[4].is_null(row)).then(|| text[4].value(row).to_string()),
-            pricing_unit: s(5, row),
-            description: s(6, row),
-        };
-        let g = groups.entry(key).or_default();
-        g.quantity += if quantity.is_null(row) { 0 } else { quantity.value(row) };
-        g.cost += if cost.is_null(row) { 0 } else { cost.value(row) };
-        g.lines += lines.value(row) as u64;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

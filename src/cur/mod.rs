@@ -8,5 +8,6 @@ pub mod classify;
 pub mod generate;
 pub mod load;
 pub mod money;
+mod scan;
 #[cfg(feature = "aws")]
 pub mod s3;

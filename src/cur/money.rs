@@ -51,7 +51,8 @@ pub fn to_units_f64(v: f64) -> Option<i128> {
         return None;
     }
     if v.abs() < 1e4 {
-        return Some((v * 1e10).round() as i128);
+        // |v · 10¹⁰| < 10¹⁴: exact in an i64, and a hardware conversion (an i128 one is not).
+        return Some((v * 1e10).round() as i64 as i128);
     }
     Decimal::from_str(&format!("{v}")).ok().map(to_units)
 }

@@ -193,15 +193,25 @@ pub fn run(req: &Request, config: &crate::config::Config, pipeline: &Pipeline, s
         return Err(ReconcileError::CostExplorer(NEEDS_AWS.into()));
     }
     let opts = LoadOptions { period: req.period.clone(), tenant_tag: config.reconcile.tenant_tag.clone() };
-    let cur = load::load_from(&req.cur, &opts, progress)?;
-    let hours = store.hours(&req.period)?;
+    let started = std::time::Instant::now();
+    // The counters are read while the CUR loads (the store stays on this thread).
+    let (cur, hours) = std::thread::scope(|scope| {
+        let cur = scope.spawn(|| load::load_from(&req.cur, &opts, progress));
+        let hours = store.hours(&req.period);
+        tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "counters loaded");
+        (cur.join().expect("the CUR loader panicked"), hours)
+    });
+    let (cur, hours) = (cur?, hours?);
+    tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, groups = cur.groups.len(), hours = hours.len(), "CUR loaded");
     let mut t = reconcile(&req.period, &cur, &hours, pipeline, config.reconcile.thresholds())?;
+    tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "allocated");
     if req.cost_explorer {
         let groups = fetch_cost_explorer(config, &req.period)?;
         cross_check(&mut t, &cur, &groups, config.reconcile.thresholds())?;
     }
     t.report.output = req.out.join(&req.period);
     t.report.files_written = write(&t, &req.out, &req.period, req.csv)?;
+    tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "written");
     Ok(t.report)
 }
 
@@ -210,10 +220,18 @@ pub fn reconcile(period: &str, cur: &CurSnapshot, hours: &[(CounterKey, Usage)],
     let mut prices: HashMap<&str, Option<TokenPrices>> = HashMap::new();
     let mut weights = Weights::new();
     let mut metered: BTreeMap<DriftKey, Metered> = BTreeMap::new();
+    // Hours summed into days first: everything below is per day, and a month has 24× fewer
+    // tenant × day × resource keys than hourly ones.
+    let mut days: HashMap<(&TenantId, i64, &str), Usage> = HashMap::new();
     for (k, u) in hours {
-        let resource = k.resource.as_str();
+        *days.entry((&k.tenant, k.hour.div_euclid(86_400), k.resource.as_str())).or_default() += u;
+    }
+    let mut days: Vec<((&TenantId, i64, &str), Usage)> = days.into_iter().collect();
+    days.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    for ((tenant, day_no, resource), u) in &days {
+        let (tenant, resource): (&TenantId, &str) = (tenant, resource);
         let p = *prices.entry(resource).or_insert_with(|| token_prices(pipeline, resource));
-        let day = ids::day_of(k.hour);
+        let day = ids::day_of(day_no * 86_400);
         let key = allocate::resource_key(resource);
         for tt in TokenType::TOKENS {
             let n = token_count(u, tt);
@@ -226,12 +244,12 @@ pub fn reconcile(period: &str, cur: &CurSnapshot, hours: &[(CounterKey, Usage)],
             m.tokens += n;
             m.estimated += est;
             if let Some(key) = &key {
-                *weights.entry((day.clone(), key.clone(), tt)).or_default().entry(k.tenant.clone()).or_default() += n;
+                *weights.entry((day.clone(), key.clone(), tt)).or_default().entry(tenant.clone()).or_default() += n;
             }
         }
         if let Some(key) = key {
             if u.requests > 0 {
-                *weights.entry((day, key, TokenType::Other)).or_default().entry(k.tenant.clone()).or_default() += u.requests;
+                *weights.entry((day, key, TokenType::Other)).or_default().entry(tenant.clone()).or_default() += u.requests;
             }
         }
     }
@@ -505,10 +523,11 @@ pub fn usage_table(hours: &[(CounterKey, Usage)]) -> Result<RecordBatch, ArrowEr
     let mut rows: Vec<&(CounterKey, Usage)> = hours.iter().collect();
     rows.sort_by(|a, b| a.0.cmp(&b.0));
     let int = |f: fn(&Usage) -> u64| Col::Int(rows.iter().map(|(_, u)| Some(f(u) as i64)).collect());
+    let mut labels = HashMap::new();
     tables::batch(vec![
         ("tenant", text(rows.iter().map(|(k, _)| k.tenant.as_str()))),
         ("hour", Col::Time(rows.iter().map(|(k, _)| k.hour).collect())),
-        ("day", text(rows.iter().map(|(k, _)| ids::day_of(k.hour)))),
+        ("day", text(rows.iter().map(|(k, _)| day_label(&mut labels, k.hour)))),
         ("resource", text(rows.iter().map(|(k, _)| k.resource.as_str()))),
         ("input", int(|u| u.input)),
         ("output", int(|u| u.output)),
@@ -519,6 +538,11 @@ pub fn usage_table(hours: &[(CounterKey, Usage)]) -> Result<RecordBatch, ArrowEr
         ("no_usage", int(|u| u.no_usage)),
         ("est_cost", Col::Money(rows.iter().map(|(_, u)| Some(money::to_units(u.est_cost))).collect())),
     ])
+}
+
+/// `YYYY-MM-DD` of an hour, formatted once per day.
+fn day_label(labels: &mut HashMap<i64, String>, hour: i64) -> String {
+    labels.entry(hour.div_euclid(86_400)).or_insert_with(|| ids::day_of(hour)).clone()
 }
 
 fn summary_table(r: &Report) -> Result<RecordBatch, ArrowError> {
