@@ -16,8 +16,9 @@
 #   RUNS        timed runs of each case, the median is reported (default: 3)
 #   RECORDS     invocation-log records behind the counters (default: 300000)
 #   SKIP_BUILD=1 use the existing binary;  REGEN=1 regenerate the data
+#   SUMMARY     a file to append the figures to as KEY=VALUE lines (tests/bench/compare.sh)
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+source "$(dirname "$0")/lib.sh"   # helpers; the shell is now in the repo root
 
 TENANTS=${1:-100000}
 PROFILE=${PROFILE:-dev}
@@ -26,20 +27,12 @@ RUNS=${RUNS:-3}
 RECORDS=${RECORDS:-300000}
 MONTH=2025-11
 
-say() { echo "bench: $*" >&2; }
-die() { echo "bench: FAIL: $*" >&2; exit 1; }
-
-[[ -x /usr/bin/time ]] || die "/usr/bin/time missing: apt-get install time"
-if [[ ${SKIP_BUILD:-0} != 1 ]]; then
-  if [[ $PROFILE == release ]]; then cargo build --release -q; else cargo build -q; fi
-fi
-TALLY=${CARGO_TARGET_DIR:-target}/$([[ $PROFILE == release ]] && echo release || echo debug)/tally
-[[ -x $TALLY ]] || die "no binary at $TALLY"
+need_time
+build_tally
 CONFIG="$BENCH_DIR/tally.toml"
 
 # --- data -------------------------------------------------------------------
-if [[ ${REGEN:-0} == 1 || ! -f $BENCH_DIR/.ready ]]; then
-  rm -rf "$BENCH_DIR"
+if stale "$BENCH_DIR"; then
   say "generating $RECORDS log records for $TENANTS tenants, a plan for each, ingesting, billing them in CUR"
   "$TALLY" -q generate --out "$BENCH_DIR" --tenants "$TENANTS" --records "$RECORDS" --month $MONTH >&2
   cat fixtures/invoice/demo-plans.toml >> "$CONFIG"
@@ -65,14 +58,11 @@ run() {
   local name=$1 out=$2 prepare=$3 results=()
   for i in $(seq "$RUNS"); do
     eval "$prepare"
-    /usr/bin/time -v "$TALLY" -q --config "$CONFIG" invoice --period $MONTH --out "$out" \
-      > "$BENCH_DIR/$name.txt" 2> "$BENCH_DIR/$name.time"
-    local wall rss written
-    wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {n = split($2, t, ":"); s = 0; for (j = 1; j <= n; j++) s = s * 60 + t[j]; print s}' "$BENCH_DIR/$name.time")
-    rss=$(awk -F': ' '/Maximum resident set size/ {printf "%.1f", $2 / 1024}' "$BENCH_DIR/$name.time")
+    timed "$BENCH_DIR/$name.txt" "$TALLY" -q --config "$CONFIG" invoice --period $MONTH --out "$out" || die "tally invoice failed ($name)"
+    local written
     written=$(grep -o -m1 '^[0-9]* documents written' "$BENCH_DIR/$name.txt" | cut -d' ' -f1)
-    say "$name run $i: ${wall}s, ${rss} MB, $written documents written"
-    results+=("$wall $rss $written")
+    say "$name run $i: ${WALL}s, ${RSS} MB, $written documents written"
+    results+=("$WALL $RSS $written")
   done
   printf '%s\n' "${results[@]}" | sort -n | sed -n "$(( (RUNS + 1) / 2 ))p"
 }
@@ -83,6 +73,8 @@ read -r F_WALL F_RSS F_DOCS < <(run final-first "$BENCH_DIR/final" "rm -rf '$BEN
 read -r R_WALL R_RSS R_DOCS < <(run final-rerun "$BENCH_DIR/final" ":")
 [[ $P_DOCS == "$TENANTS" && $F_DOCS == "$TENANTS" && $R_DOCS == 0 ]] \
   || die "expected $TENANTS, $TENANTS and 0 documents written, got $P_DOCS, $F_DOCS, $R_DOCS"
+
+for v in P_WALL P_RSS P_DOCS F_WALL F_RSS F_DOCS R_WALL R_RSS R_DOCS USED; do summary "$v" "${!v}"; done
 
 echo "Invoices for $TENANTS tenants ($USED with usage; $RECORDS log records), $(nproc) cores, $PROFILE build, median of $RUNS:"
 echo

@@ -15,8 +15,9 @@
 #   RECORDS     invocation-log records behind the counters (default: 300000)
 #   TENANTS     (default: 200)
 #   SKIP_BUILD=1 use the existing binary;  REGEN=1 regenerate the data
+#   SUMMARY     a file to append the figures to as KEY=VALUE lines (tests/bench/compare.sh)
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+source "$(dirname "$0")/lib.sh"   # helpers; the shell is now in the repo root
 
 LINES=${1:-10000000}
 PROFILE=${PROFILE:-release}
@@ -26,23 +27,13 @@ RECORDS=${RECORDS:-300000}
 TENANTS=${TENANTS:-200}
 MONTH=2025-11
 
-say() { echo "bench: $*" >&2; }
-die() { echo "bench: FAIL: $*" >&2; exit 1; }
-
-[[ -x /usr/bin/time ]] || die "/usr/bin/time missing: apt-get install time"
-if [[ ${SKIP_BUILD:-0} != 1 ]]; then
-  if [[ $PROFILE == release ]]; then cargo build --release -q; else cargo build -q; fi
-fi
-TALLY=${CARGO_TARGET_DIR:-target}/$([[ $PROFILE == release ]] && echo release || echo debug)/tally
-[[ -x $TALLY ]] || die "no binary at $TALLY"
-if [[ ! -x .venv/bin/python ]]; then python3 -m venv .venv; fi
-.venv/bin/python -c 'import duckdb' 2>/dev/null || .venv/bin/pip install -q duckdb
-DUCKDB_VERSION=$(.venv/bin/python -c 'import duckdb; print(duckdb.__version__)')
+need_time
+build_tally
+need_duckdb
 
 # --- data -------------------------------------------------------------------
 CUR="$BENCH_DIR/cur/cur2/tally-export"
-if [[ ${REGEN:-0} == 1 || ! -f $BENCH_DIR/.ready ]]; then
-  rm -rf "$BENCH_DIR"
+if stale "$BENCH_DIR"; then
   say "generating $RECORDS log records for $TENANTS tenants, ingesting them, billing them in >= $LINES CUR lines"
   "$TALLY" -q generate --out "$BENCH_DIR" --tenants "$TENANTS" --records "$RECORDS" --month $MONTH >&2
   "$TALLY" -q --config "$BENCH_DIR/tally.toml" ingest "$BENCH_DIR/logs" >&2
@@ -108,31 +99,22 @@ if len(sys.argv) > 1:
 PY
 
 # --- timing -----------------------------------------------------------------
-# Runs a command under /usr/bin/time -v; prints "wall_seconds peak_rss_mb".
-timed() {
-  local log; log=$(mktemp)
-  /usr/bin/time -v "$@" >/dev/null 2>"$log" || { cat "$log" >&2; die "$* failed"; }
-  awk -F': ' '/Elapsed \(wall clock\)/ {n = split($2, t, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + t[i]; w = s}
-              /Maximum resident set size/ {r = $2 / 1024}
-              END {printf "%.2f %.1f\n", w, r}' "$log"
-  rm -f "$log"
-}
-median() { sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
-
-declare -A WALL RSS
+declare -A MED_WALL MAX_RSS ALL_WALLS
 for engine in tally duckdb; do
   walls=(); rsss=()
   for ((i = 1; i <= RUNS; i++)); do
     if [[ $engine == tally ]]; then
-      read -r w r < <(timed "$TALLY" -q --config "$BENCH_DIR/tally.toml" reconcile --period $MONTH --cur "$CUR" --out "$BENCH_DIR/out-tally")
+      timed /dev/null "$TALLY" -q --config "$BENCH_DIR/tally.toml" reconcile --period $MONTH --cur "$CUR" --out "$BENCH_DIR/out-tally" \
+        || die "tally reconcile failed"
     else
-      read -r w r < <(timed .venv/bin/python "$BENCH_DIR/duckdb_reconcile.py")
+      timed /dev/null .venv/bin/python "$BENCH_DIR/duckdb_reconcile.py" || die "the DuckDB query failed"
     fi
-    say "$engine run $i: ${w}s, ${r} MB (load $(cut -d' ' -f1 /proc/loadavg))"
-    walls+=("$w"); rsss+=("$r")
+    say "$engine run $i: ${WALL}s, ${RSS} MB (load $(cut -d' ' -f1 /proc/loadavg))"
+    walls+=("$WALL"); rsss+=("$RSS")
   done
-  WALL[$engine]=$(printf '%s\n' "${walls[@]}" | median)
-  RSS[$engine]=$(printf '%s\n' "${rsss[@]}" | sort -n | tail -1)
+  MED_WALL[$engine]=$(med "${walls[@]}")
+  MAX_RSS[$engine]=$(mx "${rsss[@]}")
+  ALL_WALLS[$engine]="${walls[*]}"
 done
 
 # Both engines must have read the same bill.
@@ -141,9 +123,16 @@ DUCK_TOTAL=$(.venv/bin/python "$BENCH_DIR/duckdb_reconcile.py" check)
 [[ $TALLY_TOTAL == "$DUCK_TOTAL" ]] || die "the engines read different bills: tally $TALLY_TOTAL, duckdb $DUCK_TOTAL"
 say "both engines read Bedrock usage cost $TALLY_TOTAL"
 
-echo "Reconcile of $MONTH: $(printf "%'d" "$(.venv/bin/python -c "import json; print(json.load(open('$BENCH_DIR/tally-report.json'))['cur_lines'])")") Bedrock CUR lines in $FILES Parquet files ($(awk "BEGIN {printf \"%.0f\", $BYTES / 1e6}") MB), counters of $RECORDS records; $(nproc) cores; tally $PROFILE build; DuckDB $DUCKDB_VERSION; median of $RUNS runs, max RSS."
+CUR_LINES=$(.venv/bin/python -c "import json; print(json.load(open('$BENCH_DIR/tally-report.json'))['cur_lines'])")
+for engine in tally duckdb; do
+  summary "${engine}_wall" "${MED_WALL[$engine]}"; summary "${engine}_rss" "${MAX_RSS[$engine]}"
+  summary "${engine}_walls" "'${ALL_WALLS[$engine]}'"
+done
+summary cur_lines "$CUR_LINES"; summary files "$FILES"; summary bytes "$BYTES"; summary duckdb_version "$DUCKDB_VERSION"
+
+echo "Reconcile of $MONTH: $(printf "%'d" "$CUR_LINES") Bedrock CUR lines in $FILES Parquet files ($(awk "BEGIN {printf \"%.0f\", $BYTES / 1e6}") MB), counters of $RECORDS records; $(nproc) cores; tally $PROFILE build; DuckDB $DUCKDB_VERSION; median of $RUNS runs, max RSS."
 echo
 echo "| engine | wall s | peak RSS MB |"
 echo "|---|---:|---:|"
-echo "| \`tally reconcile\` (load, allocate, drift, check, write 6 tables) | ${WALL[tally]} | ${RSS[tally]} |"
-echo "| DuckDB, equivalent SQL (aggregate, join counters, split, write Parquet) | ${WALL[duckdb]} | ${RSS[duckdb]} |"
+echo "| \`tally reconcile\` (load, allocate, drift, check, write 6 tables) | ${MED_WALL[tally]} | ${MAX_RSS[tally]} |"
+echo "| DuckDB, equivalent SQL (aggregate, join counters, split, write Parquet) | ${MED_WALL[duckdb]} | ${MAX_RSS[duckdb]} |"

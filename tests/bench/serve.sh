@@ -18,8 +18,9 @@
 #               and AWS_KEYS tenant keys in rotation (default: 1; moto answers a Query in 100+
 #               of ms under one lock, so cache misses, not tally, bound the rate there)
 #   SKIP_BUILD=1 use the existing binary
+#   SUMMARY     a file to append the figures to as KEY=VALUE lines (tests/bench/compare.sh)
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+source "$(dirname "$0")/lib.sh"   # helpers; the shell is now in the repo root
 
 PROFILE=${PROFILE:-release}
 TENANTS=${TENANTS:-200}
@@ -30,17 +31,11 @@ THREADS=${THREADS:-1}
 BENCH_DIR=${BENCH_DIR:-out/bench/serve}
 MONTH=$(date -u +%Y-%m)
 
-say() { echo "bench: $*" >&2; }
-die() { echo "bench: FAIL: $*" >&2; exit 1; }
 command -v wrk >/dev/null || die "wrk missing: apt-get install wrk"
 
 # The dev build is built as tests/run-all.sh builds it (all targets, `aws`), so the two share
 # one build instead of replacing each other's binary.
-if [[ ${SKIP_BUILD:-0} != 1 ]]; then
-  if [[ $PROFILE == release ]]; then cargo build --release -q --features aws --bin tally; else cargo build -q --all-targets --features aws; fi
-fi
-TALLY=${CARGO_TARGET_DIR:-target}/$([[ $PROFILE == release ]] && echo release || echo debug)/tally
-[[ -x $TALLY ]] || die "no binary at $TALLY"
+if [[ $PROFILE == release ]]; then build_tally --features aws --bin tally; else build_tally --all-targets --features aws; fi
 
 rm -rf "$BENCH_DIR" && mkdir -p "$BENCH_DIR"
 say "generating $RECORDS records for $TENANTS tenants in $MONTH"
@@ -83,6 +78,7 @@ ROWS=()
 bench() {
   local backend=$1 config=$2 nkeys=$3
   head -n "$nkeys" "$BENCH_DIR/keys.txt" > "$BENCH_DIR/keys-$backend.txt"
+  : > "$BENCH_DIR/serve-$backend.out"   # before the background job opens it: the loop below reads it at once
   "$TALLY" -q --config "$config" serve --listen 127.0.0.1:0 > "$BENCH_DIR/serve-$backend.out" 2> "$BENCH_DIR/serve-$backend.log" &
   local pid=$!
   local addr=""
@@ -104,10 +100,12 @@ bench() {
     read -r rps p50 p90 p99 bad errs < <(sed -n 's/^RESULT //p' "$BENCH_DIR/wrk-$backend-$c.txt")
     [[ $bad == 0 && $errs == 0 ]] || { kill $pid; die "$backend -c$c: $bad non-2xx answers, $errs socket errors"; }
     ROWS+=("| $backend | $nkeys | $c | $rps | $p50 | $p90 | $p99 |")
+    summary "${backend//-/_}_c${c}" "'$rps $p50 $p90 $p99'"
   done
   local rss
   rss=$(awk '/VmHWM/ {printf "%.0f", $2 / 1024}' /proc/$pid/status)
   ROWS+=("| $backend: serve peak RSS $rss MB | | | | | | |")
+  summary "${backend//-/_}_rss" "$rss"
   kill -TERM $pid && wait $pid || true
 }
 
