@@ -433,4 +433,75 @@ mod tests {
         assert!(!partition_matches("20241001-20241101", 2024, 11));
         assert!(partition_matches("data", 2024, 11));
     }
+
+    use datafusion::arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray};
+    use datafusion::parquet::arrow::ArrowWriter;
+    use datafusion::parquet::file::properties::WriterProperties;
+    use crate::cur::money;
+
+    /// Legacy-CUR rows: (code, product name, tag, billing period start, cost).
+    fn legacy_batch(rows: &[(&str, &str, Option<&str>, &str, f64)]) -> RecordBatch {
+        let text = |f: &dyn Fn(&(&str, &str, Option<&str>, &str, f64)) -> Option<String>| -> ArrayRef {
+            Arc::new(rows.iter().map(f).collect::<StringArray>())
+        };
+        RecordBatch::try_from_iter(vec![
+            ("line_item_product_code", text(&|r| Some(r.0.to_string()))),
+            ("product_product_name", text(&|r| Some(r.1.to_string()))),
+            ("resource_tags_user_tenant", text(&|r| r.2.map(str::to_string))),
+            ("bill_billing_period_start_date", text(&|r| Some(r.3.to_string()))),
+            ("line_item_usage_start_date", text(&|_| Some("2025-11-03T05:00:00Z".into()))),
+            ("line_item_line_item_type", text(&|_| Some("Usage".into()))),
+            ("line_item_usage_type", text(&|_| Some("USE1-Claude3Haiku-input-tokens".into()))),
+            ("line_item_resource_id", text(&|_| None)),
+            ("line_item_unblended_cost", Arc::new(rows.iter().map(|r| Some(r.4)).collect::<Float64Array>()) as ArrayRef),
+        ])
+        .unwrap()
+    }
+
+    fn write(path: &Path, dictionary: bool, row_groups: &[RecordBatch]) {
+        let props = WriterProperties::builder().set_dictionary_enabled(dictionary).build();
+        let mut w = ArrowWriter::try_new(std::fs::File::create(path).unwrap(), row_groups[0].schema(), Some(props)).unwrap();
+        for rg in row_groups {
+            w.write(rg).unwrap();
+            w.flush().unwrap();
+        }
+        w.close().unwrap();
+    }
+
+    /// A row group of Bedrock lines only (its statistics spare the product names) and one of
+    /// mixed services: a Marketplace-billed Bedrock model counts, another service and another
+    /// period do not; tags are trimmed and a blank one is none. Dictionary-encoded and plain
+    /// text read alike.
+    #[test]
+    fn bedrock_lines_are_picked_by_code_or_product_name_in_every_row_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let groups = [
+            legacy_batch(&[
+                ("AmazonBedrock", "Amazon Bedrock", Some(" acme "), "2025-11-01T00:00:00Z", 0.1),
+                ("AmazonBedrock", "Amazon Bedrock", Some("  "), "2025-11-01T00:00:00Z", 0.2),
+            ]),
+            legacy_batch(&[
+                ("7g37zhparap7eesm9k78jrzqc", "Claude 3 Haiku (Amazon Bedrock Edition)", Some("acme"), "2025-11-01T00:00:00Z", 0.3),
+                ("AmazonEC2", "Amazon Elastic Compute Cloud", Some("acme"), "2025-11-01T00:00:00Z", 5.0),
+                ("AmazonBedrock", "Amazon Bedrock", Some("acme"), "2025-10-01T00:00:00Z", 7.0),
+            ]),
+        ];
+        let opts = LoadOptions { period: "2025-11".into(), tenant_tag: "tenant".into() };
+        let mut results = Vec::new();
+        for dictionary in [true, false] {
+            let path = dir.path().join(format!("cur-{dictionary}.parquet"));
+            write(&path, dictionary, &groups);
+            let snap = load(&path, &opts, &crate::ingest::NoProgress).unwrap();
+            assert_eq!(snap.lines(), 3, "dictionary {dictionary}");
+            let by_code = |code: &str, tag: Option<&str>| {
+                snap.groups.iter().filter(|(k, _)| k.product_code == code && k.tag.as_deref() == tag).map(|(_, s)| (s.lines, s.cost)).collect::<Vec<_>>()
+            };
+            assert_eq!(by_code("AmazonBedrock", Some("acme")), vec![(1, money::to_units_text("0.1").unwrap())]);
+            assert_eq!(by_code("AmazonBedrock", None), vec![(1, money::to_units_text("0.2").unwrap())]);
+            assert_eq!(by_code("7g37zhparap7eesm9k78jrzqc", Some("acme")), vec![(1, money::to_units_text("0.3").unwrap())]);
+            assert!(snap.groups.keys().all(|k| k.day == "2025-11-03" && k.resource.is_empty()));
+            results.push(snap.groups);
+        }
+        assert_eq!(results[0], results[1]);
+    }
 }
