@@ -353,8 +353,9 @@ pub fn run_pass(
     }
     drop(job_tx);
     let workers = settings.workers.max(1);
-    // Room for a whole batch of pieces, so workers keep decoding while the committer writes.
-    let in_flight = settings.batch_records.div_ceil(settings.read.piece_records.max(1)) + workers;
+    // A few pieces per worker: the merger drains them into the next batch while the committer
+    // writes the previous one, so a longer queue would only hold memory.
+    let in_flight = workers * 2;
     let (tx, rx) = crossbeam_channel::bounded::<Message>(in_flight);
 
     #[cfg(feature = "aws")]
@@ -462,17 +463,26 @@ const LOGGED_REJECTS: u64 = 50;
 /// The longest a piece waits for others to share its batch.
 const BATCH_WAIT: Duration = Duration::from_millis(250);
 
-/// Merges pieces into batches and applies them.
+/// Merges pieces into batches and applies them: a merger thread gathers the workers' pieces
+/// into the next batch while this thread applies the previous one.
 struct Committer<'a> {
     store: &'a mut dyn CounterStore,
     quarantine: &'a mut Quarantine,
     settings: &'a Settings,
     report: &'a mut RunReport,
-    /// The newest hour counted so far; the dedup window is measured back from it.
+    /// The newest hour in the store before this pass.
     max_hour: Option<EpochSeconds>,
-    stats: DecodeStats,
     /// Quarantined records logged so far this run.
     logged: u64,
+}
+
+/// One batch, merged and ready to apply, with what goes beside it.
+struct Merged {
+    batch: Batch,
+    /// Records to quarantine, with the source they came from.
+    rejected: Vec<(String, Rejected)>,
+    /// Inputs that could not be read.
+    failed: Vec<String>,
 }
 
 impl<'a> Committer<'a> {
@@ -483,7 +493,7 @@ impl<'a> Committer<'a> {
         report: &'a mut RunReport,
     ) -> Result<Self, StoreError> {
         let max_hour = store.max_hour()?;
-        Ok(Committer { store, quarantine, settings, report, max_hour, stats: DecodeStats::default(), logged: 0 })
+        Ok(Committer { store, quarantine, settings, report, max_hour, logged: 0 })
     }
 
     fn run(
@@ -492,91 +502,35 @@ impl<'a> Committer<'a> {
         bytes_read: &AtomicU64,
         progress: &dyn Progress,
     ) -> Result<(), IngestError> {
-        while let Ok(first) = rx.recv() {
-            // Gather pieces into one batch until it is full or has waited long enough, so
-            // counter writes scale with distinct keys rather than with files.
-            let deadline = Instant::now() + BATCH_WAIT;
-            let mut group = vec![first];
-            let mut records = 0usize;
-            loop {
-                if let Some(Message::Piece(p)) = group.last() {
-                    records += p.entries.len() + p.rejects.len();
-                }
-                if records >= self.settings.batch_records {
+        // A rendezvous channel: the merger holds at most one finished batch while one applies.
+        let (batch_tx, batch_rx) = crossbeam_channel::bounded::<Merged>(0);
+        let (settings, max_hour) = (self.settings, self.max_hour);
+        let (result, stats) = std::thread::scope(|scope| {
+            let merger = scope.spawn(move || merge_batches(rx, &batch_tx, settings, max_hour));
+            let mut result = Ok(());
+            for merged in batch_rx.iter() {
+                if let Err(e) = self.commit(merged) {
+                    result = Err(e);
                     break;
                 }
-                match rx.recv_deadline(deadline) {
-                    Ok(m) => group.push(m),
-                    Err(_) => break,
-                }
+                progress.update(bytes_read.load(Ordering::Relaxed), self.report.received);
             }
-            self.commit(group)?;
-            progress.update(bytes_read.load(Ordering::Relaxed), self.report.received);
-        }
-        let stats = std::mem::take(&mut self.stats);
+            // Once this end is gone the merger's next send fails and it stops.
+            drop(batch_rx);
+            (result, merger.join().expect("the batch merger panicked"))
+        });
         self.report.conflicts = stats.conflicts;
         self.report.unattributed = stats.unattributed;
         self.report.unexpected_schema = stats.unexpected_schema;
         self.report.unknown_models = stats.unknown_models;
-        Ok(())
+        result
     }
 
-    fn commit(&mut self, group: Vec<Message>) -> Result<(), IngestError> {
-        let window = self.settings.dedup_window;
-        let horizon = self.max_hour.map(|h| h - window);
-        let mut batch = Batch { prune_before: horizon, ..Batch::default() };
-        let mut checkpoints: Vec<CheckpointUpdate> = Vec::new();
-        let mut index: HashMap<String, usize> = HashMap::new();
-        let mut rejected: Vec<(String, Rejected)> = Vec::new();
-        for m in group {
-            let mut piece = match m {
-                Message::Piece(p) => p,
-                Message::Failed(msg) => {
-                    self.report.files_failed += 1;
-                    self.report.errors.push(msg);
-                    continue;
-                }
-            };
-            let display = match piece.name.take() {
-                Some(name) => name,
-                None => piece.source.strip_prefix("file://").unwrap_or(&piece.source).to_string(),
-            };
-            batch.received += piece.received;
-            self.stats.merge(&piece.stats);
-            // Entries are sorted by hour, so the ones too old to check for duplicates are a prefix.
-            let too_old = horizon.map_or(0, |h| piece.entries.partition_point(|e| e.key.hour < h));
-            let mut sums = piece.sums;
-            for (entry, origin) in piece.entries.drain(..too_old).zip(piece.origins.drain(..too_old)) {
-                if let Some(u) = sums.get_mut(&entry.key) {
-                    *u -= &entry.usage;
-                    if u.requests == 0 {
-                        sums.remove(&entry.key);
-                    }
-                }
-                let detail = format!(
-                    "record hour {} is more than {} days before the newest counted hour; it can no longer be checked for duplicates",
-                    crate::ids::hour_label(entry.key.hour),
-                    window / 86_400
-                );
-                rejected.push((display.clone(), Rejected::new(Reason::OutsideDedupWindow, detail, origin.line, origin.offset, b"")));
-            }
-            batch.entries.append(&mut piece.entries);
-            let all = batch.sums.get_or_insert_with(Default::default);
-            for (k, u) in sums {
-                *all.entry(k).or_default() += &u;
-            }
-            rejected.extend(piece.rejects.into_iter().map(|r| (display.clone(), r)));
-            match index.get(&piece.source) {
-                Some(&i) => checkpoints[i].position = piece.position,
-                None => {
-                    index.insert(piece.source.clone(), checkpoints.len());
-                    checkpoints.push(CheckpointUpdate { source: piece.source, expected: piece.expected, position: piece.position });
-                }
-            }
-        }
-        batch.checkpoints = checkpoints;
+    fn commit(&mut self, merged: Merged) -> Result<(), IngestError> {
+        let Merged { batch, rejected, failed } = merged;
+        self.report.files_failed += failed.len() as u64;
+        self.report.errors.extend(failed);
         for (source, r) in &rejected {
-            *batch.skipped.entry(r.reason).or_default() += 1;
             if !r.reason.is_benign() {
                 self.logged += 1;
                 if self.logged <= LOGGED_REJECTS {
@@ -599,9 +553,6 @@ impl<'a> Committer<'a> {
                 "store counted {} and found {} duplicates of {offered} records",
                 applied.counted, applied.duplicates
             )));
-        }
-        if let Some(max) = batch.entries.iter().map(|e| e.key.hour).max() {
-            self.max_hour = Some(self.max_hour.map_or(max, |h| h.max(max)));
         }
         let r = &mut *self.report;
         r.received += batch.received;
@@ -637,4 +588,104 @@ impl<'a> Committer<'a> {
             }
         }
     }
+}
+
+/// The merger: gathers pieces into batches until the workers are done (or the committer
+/// stops taking batches); returns the decode statistics of everything it merged.
+fn merge_batches(
+    rx: &crossbeam_channel::Receiver<Message>,
+    batches: &crossbeam_channel::Sender<Merged>,
+    settings: &Settings,
+    mut max_hour: Option<EpochSeconds>,
+) -> DecodeStats {
+    let mut stats = DecodeStats::default();
+    while let Ok(first) = rx.recv() {
+        // Gather pieces into one batch until it is full or has waited long enough, so
+        // counter writes scale with distinct keys rather than with files.
+        let deadline = Instant::now() + BATCH_WAIT;
+        let mut group = vec![first];
+        let mut records = 0usize;
+        loop {
+            if let Some(Message::Piece(p)) = group.last() {
+                records += p.entries.len() + p.rejects.len();
+            }
+            if records >= settings.batch_records {
+                break;
+            }
+            match rx.recv_deadline(deadline) {
+                Ok(m) => group.push(m),
+                Err(_) => break,
+            }
+        }
+        let merged = merge(group, settings, &mut max_hour, &mut stats);
+        if batches.send(merged).is_err() {
+            break;
+        }
+    }
+    stats
+}
+
+/// Merges pieces into one batch. Records too old to check for duplicates (before the dedup
+/// window, measured back from the newest hour merged so far) are set aside for quarantine.
+fn merge(group: Vec<Message>, settings: &Settings, max_hour: &mut Option<EpochSeconds>, stats: &mut DecodeStats) -> Merged {
+    let window = settings.dedup_window;
+    let horizon = max_hour.map(|h| h - window);
+    let mut batch = Batch { prune_before: horizon, ..Batch::default() };
+    let mut checkpoints: Vec<CheckpointUpdate> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut rejected: Vec<(String, Rejected)> = Vec::new();
+    let mut failed = Vec::new();
+    for m in group {
+        let mut piece = match m {
+            Message::Piece(p) => p,
+            Message::Failed(msg) => {
+                failed.push(msg);
+                continue;
+            }
+        };
+        let display = match piece.name.take() {
+            Some(name) => name,
+            None => piece.source.strip_prefix("file://").unwrap_or(&piece.source).to_string(),
+        };
+        batch.received += piece.received;
+        stats.merge(&piece.stats);
+        // Entries are sorted by hour, so the ones too old to check for duplicates are a prefix.
+        let too_old = horizon.map_or(0, |h| piece.entries.partition_point(|e| e.key.hour < h));
+        let mut sums = piece.sums;
+        for (entry, origin) in piece.entries.drain(..too_old).zip(piece.origins.drain(..too_old)) {
+            if let Some(u) = sums.get_mut(&entry.key) {
+                *u -= &entry.usage;
+                if u.requests == 0 {
+                    sums.remove(&entry.key);
+                }
+            }
+            let detail = format!(
+                "record hour {} is more than {} days before the newest counted hour; it can no longer be checked for duplicates",
+                crate::ids::hour_label(entry.key.hour),
+                window / 86_400
+            );
+            rejected.push((display.clone(), Rejected::new(Reason::OutsideDedupWindow, detail, origin.line, origin.offset, b"")));
+        }
+        batch.entries.append(&mut piece.entries);
+        let all = batch.sums.get_or_insert_with(Default::default);
+        for (k, u) in sums {
+            *all.entry(k).or_default() += &u;
+        }
+        rejected.extend(piece.rejects.into_iter().map(|r| (display.clone(), r)));
+        match index.get(&piece.source) {
+            Some(&i) => checkpoints[i].position = piece.position,
+            None => {
+                index.insert(piece.source.clone(), checkpoints.len());
+                checkpoints.push(CheckpointUpdate { source: piece.source, expected: piece.expected, position: piece.position });
+            }
+        }
+    }
+    batch.checkpoints = checkpoints;
+    for (_, r) in &rejected {
+        *batch.skipped.entry(r.reason).or_default() += 1;
+    }
+    if let Some(max) = batch.entries.iter().map(|e| e.key.hour).max() {
+        *max_hour = Some(max_hour.map_or(max, |h| h.max(max)));
+    }
+    Merged { batch, rejected, failed }
 }
