@@ -180,6 +180,19 @@ impl<'a> Scanner<'a> {
         }
         let mut i = self.pos + 1;
         let mut escaped = false;
+        // Keys and most values are short: look at the first bytes one by one before handing
+        // the rest to memchr, whose set-up costs more than a short string.
+        let short_end = (i + 24).min(self.buf.len());
+        while i < short_end {
+            match self.buf[i] {
+                b'"' => {
+                    self.pos = i + 1;
+                    return Ok((self.pos, false));
+                }
+                b'\\' => break,
+                _ => i += 1,
+            }
+        }
         loop {
             match memchr::memchr2(b'"', b'\\', &self.buf[i..]) {
                 Some(off) => {
@@ -282,7 +295,11 @@ impl<'a> Scanner<'a> {
 
     /// Skips a whole object or array by matching brackets outside strings.
     fn skip_container(&mut self) -> Result<(), SyntaxError> {
-        let mut stack: Vec<u8> = Vec::new();
+        // The closing bracket each open container expects, innermost last; on the stack up to
+        // 64 deep (bodies rarely nest further), so skipping allocates nothing.
+        let mut inline = [0u8; 64];
+        let mut deeper: Vec<u8> = Vec::new();
+        let mut depth = 0usize;
         while let Some(&b) = self.buf.get(self.pos) {
             match b {
                 b'"' => {
@@ -290,16 +307,27 @@ impl<'a> Scanner<'a> {
                     continue;
                 }
                 b'{' | b'[' => {
-                    if stack.len() >= MAX_DEPTH {
+                    if depth >= MAX_DEPTH {
                         return self.err("nesting too deep");
                     }
-                    stack.push(if b == b'{' { b'}' } else { b']' });
+                    let close = if b == b'{' { b'}' } else { b']' };
+                    match inline.get_mut(depth) {
+                        Some(slot) => *slot = close,
+                        None => deeper.push(close),
+                    }
+                    depth += 1;
                 }
                 b'}' | b']' => {
-                    if stack.pop() != Some(b) {
+                    let expected = match depth {
+                        0 => None,
+                        d if d <= inline.len() => Some(inline[d - 1]),
+                        _ => deeper.pop(),
+                    };
+                    if expected != Some(b) {
                         return self.err("mismatched bracket");
                     }
-                    if stack.is_empty() {
+                    depth -= 1;
+                    if depth == 0 {
                         self.pos += 1;
                         return Ok(());
                     }
@@ -390,5 +418,43 @@ mod tests {
         assert!(Scanner::new(b"[[[[").skip_value().is_err());
         let deep = "[".repeat(MAX_DEPTH + 10);
         assert!(Scanner::new(deep.as_bytes()).skip_value().is_err());
+    }
+
+    /// Nesting past the 64 levels kept on the stack is matched just as strictly.
+    #[test]
+    fn brackets_are_matched_at_every_depth() {
+        for depth in [1, 63, 64, 65, 200, MAX_DEPTH] {
+            let open: String = (0..depth).map(|i| if i % 2 == 0 { "{\"k\":" } else { "[" }).collect();
+            let close: String = (0..depth).rev().map(|i| if i % 2 == 0 { "}" } else { "]" }).collect();
+            let ok = format!("{open}\"x\\\"]}}\"{close},");
+            let mut s = Scanner::new(ok.as_bytes());
+            assert!(s.skip_value().is_ok(), "depth {depth}");
+            assert_eq!(&ok[s.pos()..], ",", "depth {depth}");
+            for wrong in [0, depth / 2, depth - 1] {
+                let mut bad = close.clone().into_bytes();
+                bad[wrong] = if bad[wrong] == b'}' { b']' } else { b'}' };
+                let bad = format!("{open}1{}", String::from_utf8(bad).unwrap());
+                assert!(Scanner::new(bad.as_bytes()).skip_value().is_err(), "depth {depth}, wrong bracket {wrong}");
+            }
+        }
+        let too_deep = format!("{}{}", "[".repeat(MAX_DEPTH + 1), "]".repeat(MAX_DEPTH + 1));
+        assert!(Scanner::new(too_deep.as_bytes()).skip_value().is_err());
+    }
+
+    #[test]
+    fn short_and_long_strings_end_at_their_closing_quote() {
+        for len in [0, 1, 23, 24, 25, 100] {
+            for escape_at in [None, Some(0), Some(len / 2)] {
+                let mut body = "a".repeat(len);
+                if let Some(at) = escape_at.filter(|&at| at < len.max(1)) {
+                    body.insert_str(at.min(body.len()), "\\\"");
+                }
+                let text = format!("\"{body}\":1");
+                let mut s = Scanner::new(text.as_bytes());
+                let got = s.string().unwrap();
+                assert_eq!(&text[s.pos()..], ":1", "len {len}, escape {escape_at:?}");
+                assert_eq!(got, body.replace("\\\"", "\""));
+            }
+        }
     }
 }
