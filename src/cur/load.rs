@@ -1,7 +1,9 @@
-//! Loading one billing period of CUR Parquet with DataFusion: the period's files, read by
-//! column name, Bedrock lines only, summed per day × line type × usage type × resource × tag.
+//! Loading one billing period of CUR Parquet with Arrow's Parquet reader (the one DataFusion
+//! runs on): the period's files, read by column name, Bedrock lines only, summed per day × line
+//! type × usage type × resource × tag (`scan` does the summing; its docs give the SQL it is
+//! equivalent to).
 //!
-//! Both CUR shapes are read by the same query, built per file from that file's own schema:
+//! Both CUR shapes are read by the same plan, built per file from that file's own schema:
 //! CUR 2.0 data exports (`resource_tags` is a `map<string,string>` keyed `user_<tag>`,
 //! `product` a map) and legacy CUR (one `resource_tags_user_<tag>` column per tag, flat
 //! `product_*` columns, the set of columns varying between files). A column a file lacks is

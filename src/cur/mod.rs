@@ -1,7 +1,8 @@
 //! The Cost and Usage Report side of reconcile: what a line is (`classify`), money read
-//! exactly (`money`), loading a period with DataFusion (`load`) and a fixture generator
-//! consistent with the log fixtures (`generate`).
-//! `--cur s3://…` (the `aws` feature) is read by the same query through an object store that
+//! exactly (`money`), loading a period's Parquet (`load`: files and row-group tasks; `scan`:
+//! one row group's Bedrock lines summed) and a fixture generator consistent with the log
+//! fixtures (`generate`).
+//! `--cur s3://…` (the `aws` feature) is read the same way through an object store that
 //! makes its requests with the AWS SDK (`s3`).
 
 pub mod classify;

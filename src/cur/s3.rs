@@ -1,8 +1,9 @@
-//! `--cur s3://bucket/prefix` (parsed as the log source's `S3Url`): the CUR read from S3 by DataFusion, through an object store
-//! that makes its requests with the official AWS SDK (the `aws` feature).
+//! `--cur s3://bucket/prefix` (parsed as the log source's `S3Url`): the CUR read from S3
+//! through an object store that makes its requests with the official AWS SDK (the `aws`
+//! feature).
 //!
-//! DataFusion reads Parquet through the `object_store` trait: it asks for an object's size,
-//! then for byte ranges (the footer, then only the column chunks the query needs). [`SdkStore`]
+//! `cur::load` reads Parquet through the `object_store` trait (as DataFusion does): it asks for
+//! byte ranges of an object (the footer, then only the column chunks it needs). [`SdkStore`]
 //! answers those with `HeadObject`, ranged `GetObject` and `ListObjectsV2`, so a CUR in S3 is
 //! read with the same credentials chain, endpoint (`[sources] endpoint_url`, e.g. moto), retries
 //! and timeouts as every other AWS call tally makes (see `crate::aws`). It is read-only: writes,
@@ -127,7 +128,7 @@ fn to_chrono(t: &aws_sdk_s3::primitives::DateTime) -> DateTime<Utc> {
     DateTime::from_timestamp(t.secs(), t.subsec_nanos()).unwrap_or_default()
 }
 
-/// An SDK failure as the store error DataFusion expects (not found and denied kept apart).
+/// An SDK failure as the store error the Parquet reader expects (not found and denied kept apart).
 fn sdk_error<E>(what: &str, e: SdkError<E, HttpResponse>) -> StoreError
 where
     E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,

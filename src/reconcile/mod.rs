@@ -1,7 +1,7 @@
 //! Reconcile (SPEC §3): the period's CUR Bedrock lines and the period's counters in, the
 //! reconciled tables out, under `<out>/<period>/`.
 //!
-//! `run` is the thin I/O shell: it loads the CUR (`cur::load`, DataFusion) and the counters
+//! `run` is the thin I/O shell: it loads the CUR (`cur::load`, Arrow's Parquet reader) and the counters
 //! (any `CounterStore`), hands them to the pure stages — `allocate` (tag → dedicated profile →
 //! split by usage → unallocated) and `drift` — builds the tables (`tables`), checks the
 //! invariant Σ allocated + Σ unallocated = Σ CUR Bedrock usage cost on the very arrays that are
