@@ -222,7 +222,7 @@ pub fn reconcile(period: &str, cur: &CurSnapshot, hours: &[(CounterKey, Usage)],
     let mut metered: BTreeMap<DriftKey, Metered> = BTreeMap::new();
     // Hours summed into days first: everything below is per day, and a month has 24× fewer
     // tenant × day × resource keys than hourly ones.
-    let mut days: HashMap<(&TenantId, i64, &str), Usage> = HashMap::new();
+    let mut days: rustc_hash::FxHashMap<(&TenantId, i64, &str), Usage> = Default::default();
     for (k, u) in hours {
         *days.entry((&k.tenant, k.hour.div_euclid(86_400), k.resource.as_str())).or_default() += u;
     }
