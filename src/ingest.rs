@@ -635,6 +635,9 @@ fn merge(group: Vec<Message>, settings: &Settings, max_hour: &mut Option<EpochSe
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut rejected: Vec<(String, Rejected)> = Vec::new();
     let mut failed = Vec::new();
+    // Sized once: grown by doubling, the batch could hold twice its records' memory.
+    let records: usize = group.iter().map(|m| if let Message::Piece(p) = m { p.entries.len() } else { 0 }).sum();
+    batch.entries.reserve_exact(records);
     for m in group {
         let mut piece = match m {
             Message::Piece(p) => p,
