@@ -55,22 +55,6 @@ keys_toml() {
   done
 }
 
-cat > "$BENCH_DIR/rotate.lua" <<'EOF'
--- Each request carries the next tenant's key; the keys file is the script's argument.
-local keys, i = {}, 0
-init = function(args)
-  for line in io.lines(args[1]) do keys[#keys + 1] = line end
-end
-request = function()
-  i = i % #keys + 1
-  return wrk.format("GET", "/v1/quota", { ["Authorization"] = "Bearer " .. keys[i] })
-end
-done = function(summary, latency, requests)
-  io.write(string.format("RESULT %.0f %.3f %.3f %.3f %d %d\n", summary.requests / (summary.duration / 1e6),
-    latency:percentile(50) / 1000, latency:percentile(90) / 1000, latency:percentile(99) / 1000,
-    summary.errors.status, summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
-end
-EOF
 
 ROWS=()
 # bench BACKEND CONFIG KEYS: starts serve, checks one answer, runs wrk for each connection
@@ -96,8 +80,8 @@ bench() {
   sleep "${SETTLE:-5}"
   for c in $CONNS; do
     say "$backend: wrk -t$THREADS -c$c -d${DURATION}s"
-    wrk -t"$THREADS" -c"$c" -d"${DURATION}s" --latency -s "$BENCH_DIR/rotate.lua" "http://$addr/v1/quota" -- "$BENCH_DIR/keys-$backend.txt" > "$BENCH_DIR/wrk-$backend-$c.txt"
-    read -r rps p50 p90 p99 bad errs < <(sed -n 's/^RESULT //p' "$BENCH_DIR/wrk-$backend-$c.txt")
+    wrk -t"$THREADS" -c"$c" -d"${DURATION}s" --latency -s tests/bench/rotate.lua "http://$addr/v1/quota" -- "$BENCH_DIR/keys-$backend.txt" > "$BENCH_DIR/wrk-$backend-$c.txt"
+    read -r rps p50 p90 p99 _ bad errs < <(sed -n 's/^RESULT //p' "$BENCH_DIR/wrk-$backend-$c.txt")
     [[ $bad == 0 && $errs == 0 ]] || { kill $pid; die "$backend -c$c: $bad non-2xx answers, $errs socket errors"; }
     ROWS+=("| $backend | $nkeys | $c | $rps | $p50 | $p90 | $p99 |")
     summary "${backend//-/_}_c${c}" "'$rps $p50 $p90 $p99'"

@@ -92,22 +92,6 @@ ADMIN_KEY=tly_soak_admin
   done
 } >> "$B/tally.toml"
 
-cat > "$B/rotate.lua" <<'EOF'
--- Each request carries the next tenant's key; the keys file is the script's argument.
-local keys, i = {}, 0
-init = function(args)
-  for line in io.lines(args[1]) do keys[#keys + 1] = line end
-end
-request = function()
-  i = i % #keys + 1
-  return wrk.format("GET", "/v1/quota", { ["Authorization"] = "Bearer " .. keys[i] })
-end
-done = function(summary, latency, requests)
-  io.write(string.format("RESULT %.0f %.3f %.3f %d %d %d\n", summary.requests / (summary.duration / 1e6),
-    latency:percentile(50) / 1000, latency:percentile(99) / 1000, summary.requests,
-    summary.errors.status, summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
-end
-EOF
 
 T=("$TALLY" -q --config "$B/tally.toml")
 "${T[@]}" init >&2
@@ -152,7 +136,7 @@ sample() {
 
 python3 tests/bench/soak.py deliver "$B/gen/logs" "$B/watched" "$DURATION" "$B/progress" 2> "$B/deliver.log" &
 DELIVER_PID=$!
-wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --timeout 5s --latency -s "$B/rotate.lua" "http://$ADDR/v1/quota" -- "$B/keys.txt" > "$B/wrk.txt" 2>&1 &
+wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --timeout 5s --latency -s tests/bench/rotate.lua "http://$ADDR/v1/quota" -- "$B/keys.txt" > "$B/wrk.txt" 2>&1 &
 WRK_PID=$!
 
 # Steady state: sample every SAMPLE s until delivery has ended and DURATION has passed.
@@ -203,7 +187,7 @@ fi
 # wrk ends on its own after DURATION.
 wait "$WRK_PID" || FAILS+=("wrk exited non-zero: $(tail -3 "$B/wrk.txt")")
 WRK_PID=""
-read -r RPS P50 P99 REQS NON2XX SOCKERR < <(sed -n 's/^RESULT //p' "$B/wrk.txt") || true
+read -r RPS P50 _ P99 REQS NON2XX SOCKERR < <(sed -n 's/^RESULT //p' "$B/wrk.txt") || true
 [[ -n ${RPS:-} ]] || { RPS=? P50=? P99=? REQS=? NON2XX=? SOCKERR=?; FAILS+=("no wrk result"); }
 
 # What serve answers now (past its cache), then stop follow, then serve.
