@@ -336,6 +336,16 @@ fn open_store(config: &Config) -> anyhow::Result<Box<dyn CounterStore>> {
     Ok(Box::new(SqliteStore::open(&path, config.store.synchronous == "full")?))
 }
 
+/// A store connection for `tally serve`'s reader pool: SQLite with a small page cache each
+/// (several readers share one file, and their caches would otherwise grow with it).
+fn open_reader(config: &Config) -> anyhow::Result<Box<dyn CounterStore>> {
+    if config.store.backend == "dynamodb" {
+        return open_dynamodb(config);
+    }
+    let path = config.resolve(&config.store.path);
+    Ok(Box::new(SqliteStore::open(&path, config.store.synchronous == "full")?.with_page_cache(2_048)?))
+}
+
 #[cfg(feature = "aws")]
 fn open_dynamodb(config: &Config) -> anyhow::Result<Box<dyn CounterStore>> {
     Ok(Box::new(dynamodb_store(config)?))
@@ -541,7 +551,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             };
             let shared = Arc::new(config.clone());
             let options = tally::serve::Options {
-                open: Arc::new(move || open_store(&shared)),
+                open: Arc::new(move || open_reader(&shared)),
                 as_of,
                 webhook_backoff: Duration::from_millis(std::env::var("TALLY_WEBHOOK_BACKOFF_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(500)),
                 backend: config.store.backend.clone(),

@@ -33,7 +33,8 @@ const INITIAL: usize = 256 * 1024;
 impl<R: Read> LineReader<R> {
     /// `pos` is the stream offset the reader starts at; `max` the longest line kept.
     pub fn new(inner: R, pos: u64, max: usize) -> Self {
-        LineReader { inner, buf: vec![0; INITIAL.min(max + 1).max(4096)], start: 0, end: 0, scanned: 0, eof: false, max, pos }
+        // At most `max + 1` bytes, never more: a line found whole in the buffer is then at most `max`.
+        LineReader { inner, buf: vec![0; INITIAL.min(max + 1)], start: 0, end: 0, scanned: 0, eof: false, max, pos }
     }
 
     /// The stream offset of the next unread byte.
@@ -153,6 +154,17 @@ mod tests {
     fn splits_with_offsets_and_unterminated_tail() {
         let got = lines(b"ab\r\n\ncd\nef", 1024);
         assert_eq!(got, vec![("ab".into(), 0, true), ("".into(), 4, true), ("cd".into(), 5, true), ("ef".into(), 8, false)]);
+    }
+
+    /// Fuzz finding (cloudwatch_export, 2026-11-23): with a limit below 4096 a longer line that
+    /// fit the 4096-byte minimum buffer was returned whole instead of as too long.
+    #[test]
+    fn a_line_just_over_a_small_limit_is_too_long() {
+        let input = include_bytes!("../../fixtures/fuzz/cloudwatch_export/regress-line-1025-bytes.jsonl");
+        assert_eq!(input.len(), 1026);
+        assert_eq!(lines(input, 1024), vec![("<too long: 1025>".into(), 0, true)]);
+        let mut r = LineReader::new(&input[..], 0, 1025);
+        assert!(matches!(r.next_line().unwrap(), Some(Line::Data { bytes, .. }) if bytes.len() == 1025));
     }
 
     #[test]

@@ -97,6 +97,13 @@ impl SqliteStore {
         Self::init(conn, full_sync)
     }
 
+    /// Caps this connection's page cache at `kib` KiB (a reader of `tally serve` needs only
+    /// the pages of the tenants it is asked about; the default is sized for ingest's writes).
+    pub fn with_page_cache(self, kib: u32) -> Result<SqliteStore, StoreError> {
+        self.conn.pragma_update(None, "cache_size", -i64::from(kib)).map_err(backend)?;
+        Ok(self)
+    }
+
     /// A private in-memory store, for tests.
     pub fn in_memory() -> Result<SqliteStore, StoreError> {
         Self::init(Connection::open_in_memory().map_err(backend)?, false)
