@@ -345,8 +345,8 @@ impl Config {
         if i.max_record_bytes < 1024 {
             return bad("ingest.max_record_bytes", "must be at least 1024");
         }
-        if !(i.poll_seconds > 0.0 && i.poll_seconds.is_finite()) {
-            return bad("ingest.poll_seconds", "must be a positive number");
+        if !(i.poll_seconds > 0.0 && i.poll_seconds <= 86_400.0) {
+            return bad("ingest.poll_seconds", "must be above 0 and at most 86400");
         }
         let t = &self.tenancy;
         if t.order.is_empty() {
@@ -485,6 +485,15 @@ mod tests {
         assert_eq!(field_of("[sources]\nregion = ' '"), "sources.region");
         let unknown = load("[ingest]\nbatch_record = 5").unwrap_err().to_string();
         assert!(unknown.contains("batch_record"), "{unknown}");
+    }
+
+    /// Found with the config fuzz target (2026-11-23): a huge `poll_seconds` validated, then
+    /// `Duration::from_secs_f64` panicked in `tally ingest --follow`.
+    #[test]
+    fn a_poll_interval_beyond_a_duration_is_refused() {
+        assert_eq!(field_of("[ingest]\npoll_seconds = 1e20\n"), "ingest.poll_seconds");
+        assert_eq!(field_of("[ingest]\npoll_seconds = 86400.5"), "ingest.poll_seconds");
+        assert_eq!(load("[ingest]\npoll_seconds = 86400.0").unwrap().ingest.poll_seconds, 86_400.0);
     }
 
     #[test]
