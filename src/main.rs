@@ -332,8 +332,12 @@ fn open_store(config: &Config) -> anyhow::Result<Box<dyn CounterStore>> {
     if config.store.backend == "dynamodb" {
         return open_dynamodb(config);
     }
+    Ok(Box::new(open_sqlite(config)?))
+}
+
+fn open_sqlite(config: &Config) -> anyhow::Result<SqliteStore> {
     let path = config.resolve(&config.store.path);
-    Ok(Box::new(SqliteStore::open(&path, config.store.synchronous == "full")?))
+    Ok(SqliteStore::open(&path, config.store.synchronous == "full")?)
 }
 
 /// A store connection for `tally serve`'s reader pool: SQLite with a small page cache each
@@ -342,8 +346,7 @@ fn open_reader(config: &Config) -> anyhow::Result<Box<dyn CounterStore>> {
     if config.store.backend == "dynamodb" {
         return open_dynamodb(config);
     }
-    let path = config.resolve(&config.store.path);
-    Ok(Box::new(SqliteStore::open(&path, config.store.synchronous == "full")?.with_page_cache(2_048)?))
+    Ok(Box::new(open_sqlite(config)?.with_page_cache(2_048)?))
 }
 
 #[cfg(feature = "aws")]
