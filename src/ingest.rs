@@ -601,59 +601,81 @@ fn merge_batches(
     let mut stats = DecodeStats::default();
     while let Ok(first) = rx.recv() {
         // Gather pieces into one batch until it is full or has waited long enough, so
-        // counter writes scale with distinct keys rather than with files.
+        // counter writes scale with distinct keys rather than with files. Each piece is
+        // merged as it arrives, so its memory is given back before the next comes.
         let deadline = Instant::now() + BATCH_WAIT;
-        let mut group = vec![first];
-        let mut records = 0usize;
-        loop {
-            if let Some(Message::Piece(p)) = group.last() {
-                records += p.entries.len() + p.rejects.len();
-            }
-            if records >= settings.batch_records {
+        let mut merging = Merging::new(settings, max_hour);
+        let mut next = Some(first);
+        while let Some(m) = next.take() {
+            merging.add(m, &mut stats);
+            if merging.records >= settings.batch_records {
                 break;
             }
-            match rx.recv_deadline(deadline) {
-                Ok(m) => group.push(m),
-                Err(_) => break,
-            }
+            next = rx.recv_deadline(deadline).ok();
         }
-        let merged = merge(group, settings, &mut max_hour, &mut stats);
-        if batches.send(merged).is_err() {
+        if batches.send(merging.finish(&mut max_hour)).is_err() {
             break;
         }
     }
     stats
 }
 
-/// Merges pieces into one batch. Records too old to check for duplicates (before the dedup
-/// window, measured back from the newest hour merged so far) are set aside for quarantine.
-fn merge(group: Vec<Message>, settings: &Settings, max_hour: &mut Option<EpochSeconds>, stats: &mut DecodeStats) -> Merged {
-    let window = settings.dedup_window;
-    let horizon = max_hour.map(|h| h - window);
-    let mut batch = Batch { prune_before: horizon, ..Batch::default() };
-    let mut checkpoints: Vec<CheckpointUpdate> = Vec::new();
-    let mut index: HashMap<String, usize> = HashMap::new();
-    let mut rejected: Vec<(String, Rejected)> = Vec::new();
-    let mut failed = Vec::new();
-    // Sized once: grown by doubling, the batch could hold twice its records' memory.
-    let records: usize = group.iter().map(|m| if let Message::Piece(p) = m { p.entries.len() } else { 0 }).sum();
-    batch.entries.reserve_exact(records);
-    for m in group {
+/// A batch being merged from pieces. Records too old to check for duplicates (before the
+/// dedup window, measured back from the newest hour merged before this batch) are set aside
+/// for quarantine.
+struct Merging {
+    batch: Batch,
+    window: EpochSeconds,
+    horizon: Option<EpochSeconds>,
+    /// Records offered so far (entries and rejects), to know when the batch is full.
+    records: usize,
+    checkpoints: Vec<CheckpointUpdate>,
+    index: HashMap<String, usize>,
+    rejected: Vec<(String, Rejected)>,
+    failed: Vec<String>,
+}
+
+/// The most entries a batch allocates room for up front; a larger `batch_records` grows it.
+const MAX_RESERVED_ENTRIES: usize = 1 << 20;
+
+impl Merging {
+    fn new(settings: &Settings, max_hour: Option<EpochSeconds>) -> Self {
+        let window = settings.dedup_window;
+        let horizon = max_hour.map(|h| h - window);
+        let mut batch = Batch { prune_before: horizon, ..Batch::default() };
+        // Sized once for a full batch and the piece that fills it: grown by doubling, it could
+        // hold twice its records' memory. Pages never written are not resident.
+        batch.entries.reserve_exact((settings.batch_records + settings.read.piece_records).min(MAX_RESERVED_ENTRIES));
+        Merging {
+            batch,
+            window,
+            horizon,
+            records: 0,
+            checkpoints: Vec::new(),
+            index: HashMap::new(),
+            rejected: Vec::new(),
+            failed: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, m: Message, stats: &mut DecodeStats) {
         let mut piece = match m {
             Message::Piece(p) => p,
             Message::Failed(msg) => {
-                failed.push(msg);
-                continue;
+                self.failed.push(msg);
+                return;
             }
         };
+        self.records += piece.entries.len() + piece.rejects.len();
         let display = match piece.name.take() {
             Some(name) => name,
             None => piece.source.strip_prefix("file://").unwrap_or(&piece.source).to_string(),
         };
+        let batch = &mut self.batch;
         batch.received += piece.received;
         stats.merge(&piece.stats);
         // Entries are sorted by hour, so the ones too old to check for duplicates are a prefix.
-        let too_old = horizon.map_or(0, |h| piece.entries.partition_point(|e| e.key.hour < h));
+        let too_old = self.horizon.map_or(0, |h| piece.entries.partition_point(|e| e.key.hour < h));
         let mut sums = piece.sums;
         for (entry, origin) in piece.entries.drain(..too_old).zip(piece.origins.drain(..too_old)) {
             if let Some(u) = sums.get_mut(&entry.key) {
@@ -665,30 +687,34 @@ fn merge(group: Vec<Message>, settings: &Settings, max_hour: &mut Option<EpochSe
             let detail = format!(
                 "record hour {} is more than {} days before the newest counted hour; it can no longer be checked for duplicates",
                 crate::ids::hour_label(entry.key.hour),
-                window / 86_400
+                self.window / 86_400
             );
-            rejected.push((display.clone(), Rejected::new(Reason::OutsideDedupWindow, detail, origin.line, origin.offset, b"")));
+            self.rejected.push((display.clone(), Rejected::new(Reason::OutsideDedupWindow, detail, origin.line, origin.offset, b"")));
         }
         batch.entries.append(&mut piece.entries);
         let all = batch.sums.get_or_insert_with(Default::default);
         for (k, u) in sums {
             *all.entry(k).or_default() += &u;
         }
-        rejected.extend(piece.rejects.into_iter().map(|r| (display.clone(), r)));
-        match index.get(&piece.source) {
-            Some(&i) => checkpoints[i].position = piece.position,
+        self.rejected.extend(piece.rejects.into_iter().map(|r| (display.clone(), r)));
+        match self.index.get(&piece.source) {
+            Some(&i) => self.checkpoints[i].position = piece.position,
             None => {
-                index.insert(piece.source.clone(), checkpoints.len());
-                checkpoints.push(CheckpointUpdate { source: piece.source, expected: piece.expected, position: piece.position });
+                self.index.insert(piece.source.clone(), self.checkpoints.len());
+                self.checkpoints.push(CheckpointUpdate { source: piece.source, expected: piece.expected, position: piece.position });
             }
         }
     }
-    batch.checkpoints = checkpoints;
-    for (_, r) in &rejected {
-        *batch.skipped.entry(r.reason).or_default() += 1;
+
+    fn finish(self, max_hour: &mut Option<EpochSeconds>) -> Merged {
+        let Merging { mut batch, checkpoints, rejected, failed, .. } = self;
+        batch.checkpoints = checkpoints;
+        for (_, r) in &rejected {
+            *batch.skipped.entry(r.reason).or_default() += 1;
+        }
+        if let Some(max) = batch.entries.iter().map(|e| e.key.hour).max() {
+            *max_hour = Some(max_hour.map_or(max, |h| h.max(max)));
+        }
+        Merged { batch, rejected, failed }
     }
-    if let Some(max) = batch.entries.iter().map(|e| e.key.hour).max() {
-        *max_hour = Some(max_hour.map_or(max, |h| h.max(max)));
-    }
-    Merged { batch, rejected, failed }
 }

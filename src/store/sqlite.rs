@@ -1,9 +1,9 @@
 //! The embedded SQLite counter store.
 //!
 //! Tables: `counters_hour` (tenant, hour, resource), `counters_day` and `counters_month`
-//! (tenant, bucket, resource) with the same sums; `seen` (hour and request-id key packed in
-//! two integers, see [`seen_key`]) for deduplication; `checkpoints` (source → position); `skipped` and `totals` for the ingest
-//! accounting; `meta`. Costs are decimal text, summed exactly by the `dec_add` function this
+//! (tenant, bucket, resource) with the same sums; `seen_runs` (per UTC hour, sorted runs of
+//! request-id keys, see [`seen_key`]) for deduplication; `checkpoints` (source → position);
+//! `skipped` and `totals` for the ingest accounting; `meta`. Costs are decimal text, summed exactly by the `dec_add` function this
 //! module registers, never as floats. Each [`Batch`] is one `BEGIN IMMEDIATE` transaction.
 
 use std::collections::{BTreeMap, HashMap};
@@ -14,20 +14,24 @@ use rusqlite::functions::FunctionFlags;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use rust_decimal::Decimal;
 
-use super::{Applied, Batch, CounterStore, IngestTotals, PeriodUsage, StoreError};
+use super::{Applied, Batch, CounterStore, Entry, IngestTotals, PeriodUsage, StoreError};
 use crate::ids::{DedupKey, EpochSeconds, TenantId};
 use crate::usage::{rollup, CounterKey, Granularity, Resource, Usage};
 
-const SCHEMA_VERSION: &str = "2";
+/// 3: the dedup index is `seen_runs` (one row per key in `seen` before; [`migrate_seen`]).
+const SCHEMA_VERSION: &str = "3";
 
 /// The tables that are not counters.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS seen (k1 INTEGER NOT NULL, k2 INTEGER NOT NULL, PRIMARY KEY (k1, k2)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS seen_runs (id INTEGER PRIMARY KEY, hour INTEGER NOT NULL, keys BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS seen_runs_by_hour ON seen_runs (hour);
 CREATE TABLE IF NOT EXISTS checkpoints (source TEXT PRIMARY KEY, position TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS skipped (reason TEXT PRIMARY KEY, count INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS totals (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS counters_hour_by_hour ON counters_hour (hour);
+-- Stores before 0.1 had an index by hour that no reader uses any more; it doubled the cost of
+-- every new hourly key.
+DROP INDEX IF EXISTS counters_hour_by_hour;
 ";
 
 /// The three counter tables: (table, bucket column, bucket type).
@@ -47,18 +51,163 @@ fn counter_table_sql(table: &str, bucket: &str, ty: &str) -> String {
 
 const COLUMNS: &str = "input, output, cache_read, cache_write, requests, errors, no_usage, est_cost";
 
-/// The dedup index key of a record: two integers, because SQLite compares integers much faster
-/// than blobs. `k1` is the hour number (hours since the epoch, 21 bits, good until 2209) over
-/// the top 42 bits of the request id key, `k2` the next 63 bits. A UUID has 122 random bits;
-/// the 104 of them kept here make a collision between two ids in the dedup window a
-/// ~n²/2¹⁰⁵ event (below 10⁻¹³ for a billion ids). Ordered by (hour, key), so pruning old
-/// hours is a range delete.
+/// The dedup key of a record as two integers: `k1` is the hour number (hours since the epoch,
+/// 21 bits, good until 2209) over the top 42 bits of the request id key, `k2` the next 63
+/// bits. A UUID has 122 random bits; the 104 of them kept here make a collision between two ids
+/// in the dedup window a ~n²/2¹⁰⁵ event (below 10⁻¹³ for a billion ids). Stored big-endian as
+/// 16 bytes in the runs of `seen_runs` (see [`RunKey`]), so byte order is (hour, key) order.
 pub fn seen_key(hour: EpochSeconds, dedup: DedupKey) -> (i64, i64) {
     let v = dedup.as_u128();
     let hi = (v >> 64) as u64;
     let lo = v as u64;
     let hour_no = hour.div_euclid(3600).clamp(0, (1 << 21) - 1);
     ((hour_no << 42) | (hi >> 22) as i64, (lo & (i64::MAX as u64)) as i64)
+}
+
+/// A record's key in a run of `seen_runs`: [`seen_key`]'s two integers, big-endian.
+pub type RunKey = [u8; 16];
+
+fn run_key(k1: i64, k2: i64) -> RunKey {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&k1.to_be_bytes());
+    key[8..].copy_from_slice(&k2.to_be_bytes());
+    key
+}
+
+/// The hour number `seen_runs` files a [`seen_key`] under.
+fn run_hour(k1: i64) -> i64 {
+    k1 >> 42
+}
+
+/// A run is merged with the one before it once it holds at least 1/`RUN_FANOUT` as many keys,
+/// so an hour has O(log n) runs and a key is rewritten O(log n) times, however small the
+/// batches that bring them (`--follow`).
+const RUN_FANOUT: usize = 4;
+
+/// Whether the sorted run `run` (16-byte keys) holds `key`.
+fn run_contains(run: &[u8], key: &RunKey) -> bool {
+    let (mut lo, mut hi) = (0, run.len() / 16);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        match run[mid * 16..mid * 16 + 16].cmp(&key[..]) {
+            std::cmp::Ordering::Less => lo = mid + 1,
+            std::cmp::Ordering::Greater => hi = mid,
+            std::cmp::Ordering::Equal => return true,
+        }
+    }
+    false
+}
+
+/// Two sorted runs with no key in common, as one.
+fn merge_runs(a: &[u8], b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut a, mut b) = (a.chunks_exact(16).peekable(), b.chunks_exact(16).peekable());
+    while let (Some(x), Some(y)) = (a.peek(), b.peek()) {
+        if x <= y {
+            out.extend_from_slice(a.next().expect("peeked"));
+        } else {
+            out.extend_from_slice(b.next().expect("peeked"));
+        }
+    }
+    a.for_each(|x| out.extend_from_slice(x));
+    b.for_each(|y| out.extend_from_slice(y));
+    out
+}
+
+/// Checks a batch's request ids against the dedup index and adds the new ones; returns the
+/// indices of the entries that are duplicates. Of two entries with one request id in the batch,
+/// the first is counted.
+///
+/// The index holds, per UTC hour, sorted runs of keys (one row each). A batch reads the runs
+/// of the hours it touches, finds its duplicates by binary search and writes its new keys of
+/// each hour as one run, merging it into the runs before it while they are not much larger
+/// (see [`RUN_FANOUT`]). That is a few statements per hour instead of one B-tree insert per
+/// record, the ingest's largest write cost before.
+fn dedup(tx: &Transaction<'_>, entries: &[Entry]) -> Result<Vec<usize>, StoreError> {
+    let mut keyed: Vec<(RunKey, usize)> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let (k1, k2) = seen_key(e.key.hour, e.dedup);
+            (run_key(k1, k2), i)
+        })
+        .collect();
+    // Stable: equal keys stay in batch order, so the first is the one counted.
+    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut runs_of = tx.prepare_cached("SELECT id, keys FROM seen_runs WHERE hour = ?1 ORDER BY id").map_err(backend)?;
+    let mut insert = tx.prepare_cached("INSERT INTO seen_runs (hour, keys) VALUES (?1, ?2)").map_err(backend)?;
+    let mut delete = tx.prepare_cached("DELETE FROM seen_runs WHERE id = ?1").map_err(backend)?;
+    let mut duplicates = Vec::new();
+    let hour_of = |k: &RunKey| run_hour(i64::from_be_bytes(k[..8].try_into().expect("8 bytes")));
+    for group in keyed.chunk_by(|a, b| hour_of(&a.0) == hour_of(&b.0)) {
+        let hour = hour_of(&group[0].0);
+        let runs: Vec<(i64, Vec<u8>)> = runs_of
+            .query_map([hour], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(backend)?
+            .collect::<Result<_, _>>()
+            .map_err(backend)?;
+        if let Some((id, _)) = runs.iter().find(|(_, keys)| keys.len() % 16 != 0) {
+            return Err(StoreError::Invalid(format!("seen_runs row {id} is not a run of 16-byte keys")));
+        }
+        let mut fresh: Vec<u8> = Vec::with_capacity(group.len() * 16);
+        let mut previous: Option<&RunKey> = None;
+        for (key, i) in group {
+            if previous == Some(key) || runs.iter().any(|(_, run)| run_contains(run, key)) {
+                duplicates.push(*i);
+            } else {
+                fresh.extend_from_slice(key);
+            }
+            previous = Some(key);
+        }
+        if fresh.is_empty() {
+            continue;
+        }
+        let mut run = fresh;
+        let mut older = runs;
+        while older.last().is_some_and(|(_, below)| run.len() * RUN_FANOUT >= below.len()) {
+            let (id, below) = older.pop().expect("checked");
+            run = merge_runs(&below, &run);
+            delete.execute([id]).map_err(backend)?;
+        }
+        insert.execute(params![hour, run]).map_err(backend)?;
+    }
+    Ok(duplicates)
+}
+
+/// Schema 2 → 3: the one-row-per-key `seen` table becomes one run per hour in `seen_runs`.
+/// In one transaction, so a store is either migrated or left as it was.
+fn migrate_seen(conn: &Connection) -> Result<(), StoreError> {
+    let tx = Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate).map_err(backend)?;
+    let version: Option<String> =
+        tx.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).optional().map_err(backend)?;
+    let has_seen: bool = tx
+        .query_row("SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'seen'", [], |r| r.get(0))
+        .map_err(backend)?;
+    if version.as_deref() == Some("2") && has_seen {
+        let mut read = tx.prepare("SELECT k1, k2 FROM seen ORDER BY k1, k2").map_err(backend)?;
+        let mut insert = tx.prepare("INSERT INTO seen_runs (hour, keys) VALUES (?1, ?2)").map_err(backend)?;
+        let mut rows = read.query([]).map_err(backend)?;
+        let mut current: Option<(i64, Vec<u8>)> = None;
+        while let Some(row) = rows.next().map_err(backend)? {
+            let (k1, k2): (i64, i64) = (row.get(0).map_err(backend)?, row.get(1).map_err(backend)?);
+            let hour = run_hour(k1);
+            if current.as_ref().is_some_and(|(h, _)| *h != hour) {
+                let (h, keys) = current.take().expect("checked");
+                insert.execute(params![h, keys]).map_err(backend)?;
+            }
+            current.get_or_insert_with(|| (hour, Vec::new())).1.extend_from_slice(&run_key(k1, k2));
+        }
+        if let Some((h, keys)) = current {
+            insert.execute(params![h, keys]).map_err(backend)?;
+        }
+        drop(rows);
+        drop((read, insert));
+        tx.execute_batch("DROP TABLE seen").map_err(backend)?;
+    }
+    if version.as_deref() == Some("2") {
+        tx.execute("UPDATE meta SET value = ?1 WHERE key = 'schema_version'", [SCHEMA_VERSION]).map_err(backend)?;
+    }
+    tx.commit().map_err(backend)
 }
 
 /// The SQLite backend.
@@ -132,6 +281,7 @@ impl SqliteStore {
                     .map_err(backend)?;
             }
             Some(SCHEMA_VERSION) => {}
+            Some("2") => migrate_seen(&conn)?,
             Some(other) => {
                 return Err(StoreError::Unavailable(format!(
                     "store schema version {other} is not {SCHEMA_VERSION}; this tally cannot read it"
@@ -190,21 +340,9 @@ impl SqliteStore {
             .map_err(backend)?;
         }
 
-        let mut duplicates = Vec::new();
-        {
-            // Inserting in key order keeps the dedup index's pages hot. The sort is stable, so
-            // of two entries with one request id the first in the batch is the one counted.
-            let e = &batch.entries;
-            let mut order: Vec<usize> = (0..e.len()).collect();
-            order.sort_by_key(|&i| seen_key(e[i].key.hour, e[i].dedup));
-            let mut seen = tx.prepare_cached("INSERT OR IGNORE INTO seen (k1, k2) VALUES (?1, ?2)").map_err(backend)?;
-            for i in order {
-                let (k1, k2) = seen_key(e[i].key.hour, e[i].dedup);
-                if seen.execute(params![k1, k2]).map_err(backend)? == 0 {
-                    duplicates.push(i);
-                }
-            }
-        }
+        let started = std::time::Instant::now();
+        let duplicates = dedup(tx, &batch.entries)?;
+        let dedup_done = started.elapsed();
         let duplicates_n = duplicates.len() as u64;
         let counted = batch.entries.len() as u64 - duplicates_n;
         let hours = batch.counted_sums(&duplicates);
@@ -214,6 +352,7 @@ impl SqliteStore {
                 Self::upsert(&mut up, k.tenant.as_str(), &k.hour, k.resource.as_str(), u)?;
             }
         }
+        let hours_done = started.elapsed();
         for (table, bucket, g) in [("counters_day", "day", Granularity::Day), ("counters_month", "month", Granularity::Month)] {
             let mut up = tx.prepare_cached(&Self::upsert_sql(table, bucket)).map_err(backend)?;
             for ((tenant, b, resource), u) in rollup(&hours, g) {
@@ -230,7 +369,7 @@ impl SqliteStore {
             .map_err(backend)?;
         }
         if let Some(before) = batch.prune_before {
-            tx.execute("DELETE FROM seen WHERE k1 < ?1", [seen_key(before, DedupKey::from_u128(0)).0]).map_err(backend)?;
+            tx.execute("DELETE FROM seen_runs WHERE hour < ?1", [seen_key(before, DedupKey::from_u128(0)).0 >> 42]).map_err(backend)?;
         }
         {
             let mut add = tx
@@ -252,6 +391,8 @@ impl SqliteStore {
                 total.execute(params![name, n as i64]).map_err(backend)?;
             }
         }
+        tracing::debug!(entries = batch.entries.len(), hour_keys = hours.len(), dedup = ?dedup_done, hours = ?hours_done - dedup_done,
+            total = ?started.elapsed(), "batch written");
         Ok(Applied { counted, duplicates: duplicates_n, keys_written: hours.len() as u64 })
     }
 

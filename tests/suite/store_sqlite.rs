@@ -112,3 +112,67 @@ fn data_survives_closing_and_reopening() {
     c::assert_rollups_match_hours(&s, "2025-11");
     c::assert_rollups_match_hours(&s, "2025-12");
 }
+
+/// How many runs `seen_runs` holds for `hour` and how many keys in all.
+fn runs_of_hour(path: &std::path::Path, hour: i64) -> (i64, i64) {
+    let db = rusqlite::Connection::open(path).unwrap();
+    db.query_row("SELECT count(*), coalesce(sum(length(keys)), 0) / 16 FROM seen_runs WHERE hour = ?1", [hour / 3600], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })
+    .unwrap()
+}
+
+#[test]
+fn small_batches_in_one_hour_keep_few_dedup_runs_and_every_key() {
+    // `--follow` commits a few records at a time: the hour's runs are merged as they come,
+    // so a batch reads O(log n) runs, and no key is lost in a merge.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tally.db");
+    let mut s = SqliteStore::open(&path, false).unwrap();
+    let id = |n: usize| format!("req-{n}");
+    for b in 0..300 {
+        let entries = (0..5).map(|i| entry("acme", "2025-11-03T10:20:00Z", "m", &id(b * 5 + i), 1, 0, "0.01")).collect();
+        assert_eq!(apply_ok(&mut s, &batch(entries, vec![])).counted, 5);
+        let (runs, _) = runs_of_hour(&path, c::hour("2025-11-03T10:00:00Z"));
+        assert!(runs <= 8, "after batch {b} the hour has {runs} runs");
+    }
+    assert_eq!(runs_of_hour(&path, c::hour("2025-11-03T10:00:00Z")).1, 1500);
+    // Every id is still known, whichever run it ended up in; one new id is not.
+    let mut replay: Vec<_> = (0..1500).step_by(7).map(|n| entry("acme", "2025-11-03T10:59:00Z", "m", &id(n), 1, 0, "0.01")).collect();
+    let old = replay.len() as u64;
+    replay.push(entry("acme", "2025-11-03T10:59:00Z", "m", "req-new", 1, 0, "0.01"));
+    assert_eq!(apply_ok(&mut s, &batch(replay, vec![])), Applied { counted: 1, duplicates: old, keys_written: 1 });
+    assert_eq!(s.period_usage(&c::tenant("acme"), "2025-11").unwrap().total.requests, 1501);
+}
+
+#[test]
+fn a_schema_2_store_is_migrated_with_its_dedup_index() {
+    // Stores written before the dedup runs kept one `seen` row per request id: opening one
+    // converts them, and every id counted before is still a duplicate.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tally.db");
+    let counted = [("r1", "2025-11-03T10:20:00Z"), ("r2", "2025-11-03T10:40:00Z"), ("r3", "2025-11-04T07:00:00Z")];
+    drop(SqliteStore::open(&path, false).unwrap());
+    {
+        let db = rusqlite::Connection::open(&path).unwrap();
+        db.execute_batch(
+            "DROP TABLE seen_runs;
+             CREATE TABLE seen (k1 INTEGER NOT NULL, k2 INTEGER NOT NULL, PRIMARY KEY (k1, k2)) WITHOUT ROWID;
+             UPDATE meta SET value = '2' WHERE key = 'schema_version';",
+        )
+        .unwrap();
+        for (request, at) in counted {
+            let (k1, k2) = tally::store::sqlite::seen_key(c::hour(at), tally::ids::DedupKey::from_request_id(request));
+            db.execute("INSERT INTO seen (k1, k2) VALUES (?1, ?2)", [k1, k2]).unwrap();
+        }
+    }
+    let mut s = SqliteStore::open(&path, false).unwrap();
+    let mut replay: Vec<_> = counted.iter().map(|(r, at)| entry("acme", at, "m", r, 1, 0, "0.01")).collect();
+    replay.push(entry("acme", "2025-11-03T10:00:00Z", "m", "r4", 1, 0, "0.01"));
+    assert_eq!(apply_ok(&mut s, &batch(replay, vec![])), Applied { counted: 1, duplicates: 3, keys_written: 1 });
+    let db = rusqlite::Connection::open(&path).unwrap();
+    let version: String = db.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).unwrap();
+    assert_eq!(version, "3");
+    let old_table: i64 = db.query_row("SELECT count(*) FROM sqlite_master WHERE name = 'seen'", [], |r| r.get(0)).unwrap();
+    assert_eq!(old_table, 0, "the old table is dropped once converted");
+}
