@@ -123,9 +123,10 @@ impl Default for StoreConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IngestConfig {
-    /// Records per committed batch (one store transaction each).
-    #[serde(default = "IngestConfig::default_batch_records")]
-    pub batch_records: usize,
+    /// Records per committed batch (one store transaction each); unset, it depends on the
+    /// store (see [`IngestConfig::batch_records_for`]).
+    #[serde(default)]
+    pub batch_records: Option<usize>,
     /// How long a `requestId` is remembered for deduplication, in days.
     #[serde(default = "IngestConfig::default_dedup_window_days")]
     pub dedup_window_days: u32,
@@ -147,8 +148,11 @@ pub struct IngestConfig {
 }
 
 impl IngestConfig {
-    fn default_batch_records() -> usize {
-        50_000
+    /// Records per batch: as configured, else 20,000 on SQLite (a batch's memory is most of
+    /// an ingest's; more transactions cost little) and 50,000 on DynamoDB (each batch rewrites
+    /// the day, month and dedup items it touches, and writes are billed).
+    pub fn batch_records_for(&self, backend: &str) -> usize {
+        self.batch_records.unwrap_or(if backend == "dynamodb" { 50_000 } else { 20_000 })
     }
     fn default_dedup_window_days() -> u32 {
         35
@@ -170,7 +174,7 @@ impl IngestConfig {
 impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
-            batch_records: Self::default_batch_records(),
+            batch_records: None,
             dedup_window_days: Self::default_dedup_window_days(),
             max_record_bytes: Self::default_max_record_bytes(),
             max_token_count: Self::default_max_token_count(),
@@ -336,7 +340,7 @@ impl Config {
             return bad("store.synchronous", "must be \"normal\" or \"full\"");
         }
         let i = &self.ingest;
-        if i.batch_records == 0 {
+        if i.batch_records == Some(0) {
             return bad("ingest.batch_records", "must be at least 1");
         }
         if i.dedup_window_days == 0 {

@@ -93,9 +93,10 @@ impl Settings {
     pub fn from_config(config: &Config, follow: bool) -> Settings {
         let i = &config.ingest;
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let batch_records = i.batch_records_for(&config.store.backend);
         Settings {
-            read: ReadSettings { max_record_bytes: i.max_record_bytes, piece_records: i.batch_records.min(PIECE_RECORDS), follow },
-            batch_records: i.batch_records,
+            read: ReadSettings { max_record_bytes: i.max_record_bytes, piece_records: batch_records.min(PIECE_RECORDS), follow },
+            batch_records,
             workers: if i.workers == 0 { cores } else { i.workers },
             dedup_window: i64::from(i.dedup_window_days) * 86_400,
             parse: ParseOptions { max_token_count: i.max_token_count },
