@@ -3,8 +3,9 @@
 //! Tables: `counters_hour` (tenant, hour, resource), `counters_day` and `counters_month`
 //! (tenant, bucket, resource) with the same sums; `seen_runs` (per UTC hour, sorted runs of
 //! request-id keys, see [`seen_key`]) for deduplication; `checkpoints` (source → position);
-//! `skipped` and `totals` for the ingest accounting; `meta`. Costs are decimal text, summed exactly by the `dec_add` function this
-//! module registers, never as floats. Each [`Batch`] is one `BEGIN IMMEDIATE` transaction.
+//! `skipped` and `totals` for the ingest accounting; `meta`. Costs are decimal text, summed
+//! exactly by the `dec_add` function this module registers, never as floats. Each [`Batch`] is
+//! one `BEGIN IMMEDIATE` transaction.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -29,8 +30,8 @@ CREATE INDEX IF NOT EXISTS seen_runs_by_hour ON seen_runs (hour);
 CREATE TABLE IF NOT EXISTS checkpoints (source TEXT PRIMARY KEY, position TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS skipped (reason TEXT PRIMARY KEY, count INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS totals (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
--- Stores before 0.1 had an index by hour that no reader uses any more; it doubled the cost of
--- every new hourly key.
+-- Stores of schema 2 had an index by hour that no reader uses any more; it doubled the cost
+-- of every new hourly key.
 DROP INDEX IF EXISTS counters_hour_by_hour;
 ";
 
