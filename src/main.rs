@@ -811,8 +811,8 @@ fn print_invoice(r: &invoice::Report, top: usize) {
     };
     println!("invoices {} · {label}", r.period);
     println!(
-        "{} documents written ({} delta versions), {} final invoices unchanged, {} unbilled tenants (usage but no plan)\n",
-        r.written, r.deltas, r.unchanged, r.unbilled
+        "{} documents written ({} delta versions), {} drafts and {} final invoices unchanged, {} unbilled tenants (usage but no plan)\n",
+        r.written, r.deltas, r.drafts_unchanged, r.unchanged, r.unbilled
     );
     print!("{}", invoice::export::margin_table(&r.margin, top));
     println!("\ninvoices: {}", r.folder.display());

@@ -79,6 +79,8 @@ pub struct Report {
     pub folder: PathBuf,
     /// Documents written by this run (provisional drafts or new final versions).
     pub written: usize,
+    /// Drafts this run issued that were already on disk with the same bytes, left as they are.
+    pub drafts_unchanged: usize,
     /// Final versions written by this run that are deltas (version ≥ 2).
     pub deltas: usize,
     /// Final invoices already issued and still right.
@@ -111,12 +113,13 @@ pub fn run(req: &Request, config: &crate::config::Config, store: &dyn CounterSto
     let billing = issue::bill(&issue::Period { period: &req.period, plans: &plans, usage: &usage, reconciled: reconciled.as_ref(), issued: &issued });
 
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-    let written = write_documents(&dir, &billing.invoices)?;
-    // Drafts are replaced as a whole: by this run's drafts, or by the final versions.
-    let written: std::collections::HashSet<PathBuf> = written.into_iter().collect();
-    for p in provisional_files.iter().filter(|p| !written.contains(*p)) {
-        std::fs::remove_file(p).map_err(io(p))?;
-    }
+    let documents = write_documents(&dir, &billing.invoices)?;
+    let drafts_unchanged = documents.iter().filter(|(_, wrote)| !wrote).count();
+    // Drafts are replaced as a whole: by this run's drafts, or by the final versions. (By file
+    // name: hashing a whole path walks its components, which a profile saw.)
+    let issued: std::collections::HashSet<&std::ffi::OsStr> = documents.iter().filter_map(|(path, _)| path.file_name()).collect();
+    let stale: Vec<&PathBuf> = provisional_files.iter().filter(|p| p.file_name().is_some_and(|n| !issued.contains(n))).collect();
+    on_every_core(&stale, |p| std::fs::remove_file(p).map_err(io(p)))?;
     let mut docs: Vec<InvoiceV1> = finals.into_iter().map(|(_, d)| d).chain(billing.invoices.iter().map(InvoiceV1::from)).collect();
     docs.sort_by(|a, b| (a.tenant.as_str(), a.version).cmp(&(b.tenant.as_str(), b.version)));
     let lines_csv = dir.join("invoice_lines.csv");
@@ -132,7 +135,8 @@ pub fn run(req: &Request, config: &crate::config::Config, store: &dyn CounterSto
         period: req.period.clone(),
         status: billing.status,
         folder: dir.clone(),
-        written: billing.invoices.len(),
+        written: billing.invoices.len() - drafts_unchanged,
+        drafts_unchanged,
         deltas: billing.invoices.iter().filter(|i| i.version >= 2).count(),
         unchanged: billing.unchanged,
         unbilled: billing.margin.iter().filter(|r| r.plan.is_none()).count(),
@@ -149,8 +153,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InvoiceError {
 }
 
 /// Renders and writes the documents, on every core (rendering and the file writes are most of
-/// a large run's time); returns their paths.
-fn write_documents(dir: &Path, invoices: &[issue::Invoice]) -> Result<Vec<PathBuf>, InvoiceError> {
+/// a large run's time); returns their paths, each with whether it was written (false: a draft
+/// already on disk with the same bytes).
+fn write_documents(dir: &Path, invoices: &[issue::Invoice]) -> Result<Vec<(PathBuf, bool)>, InvoiceError> {
     on_every_core(invoices, |inv| {
         let path = dir.join(document_name(&inv.tenant, inv.status, inv.version));
         if inv.status == Status::Final && path.exists() {
@@ -159,8 +164,15 @@ fn write_documents(dir: &Path, invoices: &[issue::Invoice]) -> Result<Vec<PathBu
             let source = std::io::Error::new(std::io::ErrorKind::AlreadyExists, "a final invoice is never rewritten");
             return Err(InvoiceError::Io { path, source });
         }
-        write_atomically(&path, export::to_json(inv).as_bytes())?;
-        Ok(path)
+        let json = export::to_json(inv);
+        if inv.status == Status::Provisional && std::fs::read(&path).is_ok_and(|on_disk| on_disk == json.as_bytes()) {
+            // An unchanged draft is left as it is: same bytes, and no new inode. Replacing
+            // 100,000 drafts with themselves made ext4 without a journal skip past 100,000
+            // recently freed inodes on the next run's every create.
+            return Ok((path, false));
+        }
+        write_atomically(&path, json.as_bytes())?;
+        Ok((path, true))
     })
 }
 
@@ -211,7 +223,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), InvoiceError> {
 /// The final documents of a folder, each with its path, in no particular order.
 pub type FinalDocuments = Vec<(PathBuf, InvoiceV1)>;
 
-/// The final documents in the folder and the paths of the provisional ones.
+/// The final documents in the folder and the paths of the provisional ones (in no order).
 pub fn read_folder(dir: &Path) -> Result<(FinalDocuments, Vec<PathBuf>), InvoiceError> {
     let mut provisional = Vec::new();
     if !dir.exists() {
@@ -236,7 +248,6 @@ pub fn read_folder(dir: &Path) -> Result<(FinalDocuments, Vec<PathBuf>), Invoice
         let doc = serde_json::from_slice::<InvoiceV1>(&bytes).map_err(|e| InvoiceError::BadDocument { path: path.clone(), message: e.to_string() })?;
         Ok((path.clone(), doc))
     })?;
-    provisional.sort_unstable();
     Ok((finals, provisional))
 }
 

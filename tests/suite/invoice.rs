@@ -172,10 +172,18 @@ fn provisional_then_final_then_a_delta_after_the_cur_is_restated() {
         assert_eq!((doc.status, doc.version, doc.internal.cost_source.as_str()), (Status::Provisional, 0, "estimate"), "{name}");
         assert_eq!(doc.total, doc.lines.iter().map(|l| l.amount).sum::<Decimal>(), "{name}");
     }
-    // A second provisional run replaces the drafts with the same bytes.
+    // A second provisional run gives the drafts the same bytes. An unchanged draft is left
+    // as it is (same inode, so the run creates no file); one that differs is replaced.
     let before = f.file("tenant-0000.provisional.json");
-    f.invoice();
+    let inode = |name: &str| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(f.invoices().join(name)).unwrap());
+    let inode_before = inode("tenant-0000.provisional.json");
+    let tampered = f.file("tenant-0001.provisional.json");
+    std::fs::write(f.invoices().join("tenant-0001.provisional.json"), tampered.replace("\"provisional\"", "\"tampered\"")).unwrap();
+    let text = f.invoice();
+    assert!(text.contains("1 documents written (0 delta versions), 7 drafts and 0 final invoices unchanged"), "{text}");
     assert_eq!(f.file("tenant-0000.provisional.json"), before);
+    assert_eq!(inode("tenant-0000.provisional.json"), inode_before, "an unchanged draft was rewritten");
+    assert_eq!(f.file("tenant-0001.provisional.json"), tampered, "a draft that differs was not replaced");
 
     // Reconciled: final version 1 from the allocation; the drafts are gone.
     let cur = f.cur("cur-a", "0.3");
