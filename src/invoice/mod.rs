@@ -13,7 +13,8 @@
 //!   removed once the period is final;
 //! - `<tenant>.v<N>.json` — final version N, written once, never rewritten;
 //! - `invoice_lines.csv` and `invoice_lines.parquet` — every line of every document present;
-//! - `margin.csv` — charge, cost and margin per tenant, unbilled tenants included.
+//! - `margin.csv` — charge, cost and margin per tenant, unbilled tenants included;
+//! - `.in-flight` — while a run writes documents, their names (see [`IN_FLIGHT`]).
 //!
 //! A re-run on unchanged inputs writes no new version and the same bytes.
 
@@ -105,6 +106,7 @@ pub fn run(req: &Request, config: &crate::config::Config, store: &dyn CounterSto
     let usage: BTreeMap<TenantId, Usage> = store.tenants(&req.period)?.into_iter().collect();
     let allocation = period_dir.join("allocation.parquet");
     let reconciled = if allocation.exists() { Some(reconciled_costs(&allocation)?) } else { None };
+    recover_in_flight(&dir)?;
     let (finals, provisional_files) = read_folder(&dir)?;
     let issued = issued_by_tenant(&finals)?;
     if reconciled.is_none() && !issued.is_empty() {
@@ -152,20 +154,49 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InvoiceError {
     move |source| InvoiceError::Io { path, source }
 }
 
+/// The record, inside the invoice folder, of the documents a run is creating in place: their
+/// file names, one per line. Written (through a temporary file and a rename) before the first
+/// document and removed after the last, so it is only found after a run that did not finish.
+pub const IN_FLIGHT: &str = ".in-flight";
+
 /// Renders and writes the documents, on every core (rendering and the file writes are most of
 /// a large run's time); returns their paths, each with whether it was written (false: a draft
 /// already on disk with the same bytes).
+///
+/// A document whose name is free is created in place (`O_EXCL`), not through a temporary file
+/// and a rename: on ext4 the rename doubles the cost of each of 100,000 new files. Such a file
+/// is incomplete for the instant between its creation and its one write; [`IN_FLIGHT`] names
+/// every document of the run so that the next run removes the ones a crash left incomplete
+/// ([`recover_in_flight`]). A draft that exists and differs is replaced through a temporary
+/// file and a rename, so a reader never sees a good draft turn into half of a new one.
 fn write_documents(dir: &Path, invoices: &[issue::Invoice]) -> Result<Vec<(PathBuf, bool)>, InvoiceError> {
-    on_every_core(invoices, |inv| {
-        let path = dir.join(document_name(&inv.tenant, inv.status, inv.version));
-        if inv.status == Status::Final && path.exists() {
+    if invoices.is_empty() {
+        return Ok(Vec::new());
+    }
+    let names: Vec<String> = invoices.iter().map(|inv| document_name(&inv.tenant, inv.status, inv.version)).collect();
+    let record = dir.join(IN_FLIGHT);
+    let mut listing = String::with_capacity(names.iter().map(|n| n.len() + 1).sum());
+    for name in &names {
+        listing.push_str(name);
+        listing.push('\n');
+    }
+    write_atomically(&record, listing.as_bytes())?;
+    let pairs: Vec<(&issue::Invoice, &String)> = invoices.iter().zip(&names).collect();
+    let written = on_every_core(&pairs, |(inv, name)| {
+        let path = dir.join(name);
+        let json = export::to_json(inv);
+        match create_new(&path, json.as_bytes()) {
+            Ok(()) => return Ok((path, true)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(source) => return Err(InvoiceError::Io { path, source }),
+        }
+        if inv.status == Status::Final {
             // Never reached while only tally writes the folder: the version number comes from
             // the documents read before.
             let source = std::io::Error::new(std::io::ErrorKind::AlreadyExists, "a final invoice is never rewritten");
             return Err(InvoiceError::Io { path, source });
         }
-        let json = export::to_json(inv);
-        if inv.status == Status::Provisional && std::fs::read(&path).is_ok_and(|on_disk| on_disk == json.as_bytes()) {
+        if std::fs::read(&path).is_ok_and(|on_disk| on_disk == json.as_bytes()) {
             // An unchanged draft is left as it is: same bytes, and no new inode. Replacing
             // 100,000 drafts with themselves made ext4 without a journal skip past 100,000
             // recently freed inodes on the next run's every create.
@@ -173,7 +204,54 @@ fn write_documents(dir: &Path, invoices: &[issue::Invoice]) -> Result<Vec<(PathB
         }
         write_atomically(&path, json.as_bytes())?;
         Ok((path, true))
-    })
+    })?;
+    std::fs::remove_file(&record).map_err(io(&record))?;
+    Ok(written)
+}
+
+/// Creates `path`, which must not exist, with `bytes` in one write.
+fn create_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(path)?;
+    file.write_all(bytes)
+}
+
+/// After a run that stopped while creating documents ([`IN_FLIGHT`] is still there): each
+/// document it names that is incomplete (not a whole rendering: a JSON object and the final
+/// newline) is removed, to be issued again by this run; complete ones, which a billing system
+/// may already have imported, stay. Then the record goes.
+fn recover_in_flight(dir: &Path) -> Result<(), InvoiceError> {
+    let record = dir.join(IN_FLIGHT);
+    let listing = match std::fs::read_to_string(&record) {
+        Ok(listing) => listing,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => return Err(InvoiceError::Io { path: record, source }),
+    };
+    let names: Vec<&str> = listing.lines().filter(|n| !n.is_empty() && !n.contains('/') && n.ends_with(".json")).collect();
+    let removed = on_every_core(&names, |name| {
+        let path = dir.join(name);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(source) => return Err(InvoiceError::Io { path, source }),
+        };
+        if is_whole_document(&bytes) {
+            return Ok(false);
+        }
+        std::fs::remove_file(&path).map_err(io(&path))?;
+        Ok(true)
+    })?;
+    let removed = removed.into_iter().filter(|r| *r).count();
+    if removed > 0 {
+        tracing::warn!(folder = %dir.display(), removed, "an earlier invoice run stopped while writing; its incomplete documents were removed and are issued again");
+    }
+    std::fs::remove_file(&record).map_err(io(&record))
+}
+
+/// Whether `bytes` are a whole rendered document: a JSON object followed by the one newline
+/// [`export::to_json`] ends with. Any cut of a rendering fails one or the other.
+fn is_whole_document(bytes: &[u8]) -> bool {
+    bytes.ends_with(b"}\n") && serde_json::from_slice::<serde_json::Value>(bytes).is_ok_and(|v| v.is_object())
 }
 
 /// `f` over `items` in as many contiguous chunks as there are cores (up to 8), results in the
