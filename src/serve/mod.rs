@@ -432,8 +432,25 @@ async fn check_alerts_once(app: &App, ledger: &mut alerts::Ledger, webhook: Opti
     Ok(())
 }
 
+/// At most two glibc malloc arenas for the process. Requests run on tokio's worker threads and
+/// its blocking threads, which come and go; each new thread may take an arena of its own (up to
+/// 8 per core), and memory freed into one is not reused by another. In the 10-minute soak
+/// (`tests/bench/soak.sh`, 24 million requests) serve's RSS rose from 29.5 to 48.7 MB with the
+/// default and from 28.6 to 37.7 MB with two arenas, at the same request rate. Called before the
+/// runtime starts its threads; `MALLOC_ARENA_MAX` in the environment still wins when set.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter; M_ARENA_MAX takes any positive count.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
+
 /// Runs the server until SIGTERM or Ctrl-C. `ready` is called with the bound address.
 pub fn run(config: &Config, options: Options, ready: impl FnOnce(std::net::SocketAddr)) -> anyhow::Result<()> {
+    limit_malloc_arenas();
     let s = &config.serve;
     let keys = s.keys().map_err(|(f, m)| anyhow::anyhow!("config field `{f}`: {m}"))?;
     if keys.is_empty() {
