@@ -77,11 +77,18 @@ struct Fixture {
 impl Fixture {
     /// A month of logs for 10 tenants, with plans, ingested.
     fn new() -> Fixture {
+        Fixture::generated(10, 4000, 11, PLANS)
+    }
+
+    /// A generated month of logs for `tenants` tenants, `plans` (config text) appended to the
+    /// generated config, ingested.
+    fn generated(tenants: usize, records: u64, seed: u64, plans: &str) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let f = Fixture { config: dir.path().join("tally.toml"), dir };
-        ok(&f.tally(&["generate", "--tenants", "10", "--records", "4000", "--seed", "11", "--month", MONTH, "--out"], &[f.dir.path()]));
+        let (tenants, records, seed) = (tenants.to_string(), records.to_string(), seed.to_string());
+        ok(&f.tally(&["generate", "--tenants", &tenants, "--records", &records, "--seed", &seed, "--month", MONTH, "--out"], &[f.dir.path()]));
         let mut text = std::fs::read_to_string(&f.config).unwrap();
-        text.push_str(PLANS);
+        text.push_str(plans);
         std::fs::write(&f.config, text).unwrap();
         ok(&f.tally(&["ingest"], &[&f.path("logs")]));
         f
@@ -91,8 +98,14 @@ impl Fixture {
         self.dir.path().join(rel)
     }
 
+    fn command(&self, args: &[&str], paths: &[&Path]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_tally"));
+        c.arg("--config").arg(&self.config).arg("--quiet").args(args).args(paths);
+        c
+    }
+
     fn tally(&self, args: &[&str], paths: &[&Path]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_tally")).arg("--config").arg(&self.config).arg("--quiet").args(args).args(paths).output().unwrap()
+        self.command(args, paths).output().unwrap()
     }
 
     fn invoice(&self) -> String {
@@ -332,23 +345,17 @@ fn sigkill_at_random_points_of_an_invoice_run_then_rerun_gives_the_same_invoices
     use crate::support::kill::Lcg;
     const TENANTS: usize = 3_000;
     // Every tenant of a bigger month on a plan: thousands of documents per run.
-    let dir = tempfile::tempdir().unwrap();
-    let big = Fixture { config: dir.path().join("tally.toml"), dir };
-    ok(&big.tally(&["generate", "--tenants", &TENANTS.to_string(), "--records", "20000", "--seed", "12", "--month", MONTH, "--out"], &[big.dir.path()]));
-    let mut config = std::fs::read_to_string(&big.config).unwrap();
-    config.push_str(PLANS.split("[tenants.").next().unwrap());
-    let plans = ["payg", "pro", "team", "credits", "starter"];
+    let mut plans = PLANS.split("[tenants.").next().unwrap().to_string();
+    let kinds = ["payg", "pro", "team", "credits", "starter"];
     for k in 0..TENANTS {
-        let plan = plans[k % plans.len()];
+        let plan = kinds[k % kinds.len()];
         let seats = if plan == "team" { "seats = 2\n" } else { "" };
-        config.push_str(&format!("[tenants.tenant-{k:04}]\nplan = \"{plan}\"\n{seats}"));
+        plans.push_str(&format!("[tenants.tenant-{k:04}]\nplan = \"{plan}\"\n{seats}"));
     }
-    std::fs::write(&big.config, config).unwrap();
-    ok(&big.tally(&["ingest"], &[&big.path("logs")]));
+    let big = Fixture::generated(TENANTS, 20_000, 12, &plans);
 
     let invoice = |out: &Path| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_tally"));
-        c.arg("--config").arg(&big.config).arg("--quiet").args(["invoice", "--period", MONTH, "--out"]).arg(out);
+        let mut c = big.command(&["invoice", "--period", MONTH, "--out"], &[out]);
         c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
         c
     };
