@@ -305,8 +305,16 @@ pub struct Billing {
     pub margin: Vec<MarginRow>,
 }
 
-/// Invoices a period (see the module docs): provisional when `reconciled` is `None`.
+/// Invoices a period (see the module docs): provisional when `reconciled` is `None`. A large
+/// period is billed on every core (up to 8).
 pub fn bill(p: &Period<'_>) -> Billing {
+    let tenants = p.plans.tenants.len().max(p.usage.len());
+    let threads = if tenants < 4096 { 1 } else { std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8) };
+    bill_on(p, threads)
+}
+
+/// [`bill`] on `threads` threads: the same billing whatever their number.
+pub fn bill_on(p: &Period<'_>, threads: usize) -> Billing {
     let status = if p.reconciled.is_some() { Status::Final } else { Status::Provisional };
     let mut tenants: Vec<&TenantId> = p.plans.tenants.keys().chain(p.usage.keys()).chain(p.issued.keys()).collect();
     if let Some(r) = p.reconciled {
@@ -314,9 +322,27 @@ pub fn bill(p: &Period<'_>) -> Billing {
     }
     tenants.sort_unstable();
     tenants.dedup();
+    // Each tenant's invoice depends on nothing but its own inputs: a large period is billed in
+    // one contiguous run of tenants per core, put back together in tenant order.
+    let chunk = tenants.len().div_ceil(threads.max(1)).max(1);
+    let mut parts: Vec<Billing> = std::thread::scope(|scope| {
+        let handles: Vec<_> = tenants.chunks(chunk).map(|part| scope.spawn(move || bill_tenants(p, status, part))).collect();
+        handles.into_iter().map(|h| h.join().expect("a billing worker panicked")).collect()
+    });
+    let mut out = Billing { status, invoices: Vec::new(), unchanged: 0, margin: Vec::with_capacity(tenants.len()) };
+    for part in &mut parts {
+        out.invoices.append(&mut part.invoices);
+        out.unchanged += part.unchanged;
+        out.margin.append(&mut part.margin);
+    }
+    out
+}
+
+/// [`bill`] for a run of tenants, in their order.
+fn bill_tenants(p: &Period<'_>, status: Status, tenants: &[&TenantId]) -> Billing {
     let mut out = Billing { status, invoices: Vec::new(), unchanged: 0, margin: Vec::with_capacity(tenants.len()) };
     let none = Vec::new();
-    for tenant in tenants {
+    for &tenant in tenants {
         let usage = p.usage.get(tenant).copied().unwrap_or_default();
         let reconciled = p.reconciled.map(|r| r.get(tenant).copied().unwrap_or_default());
         let basis = Basis { usage: TokenUsage::from(&usage), estimated_cost: usage.est_cost, reconciled_cost: reconciled };

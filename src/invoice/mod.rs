@@ -115,23 +115,33 @@ pub fn run(req: &Request, config: &crate::config::Config, store: &dyn CounterSto
     let billing = issue::bill(&issue::Period { period: &req.period, plans: &plans, usage: &usage, reconciled: reconciled.as_ref(), issued: &issued });
 
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-    let documents = write_documents(&dir, &billing.invoices)?;
+    // The tables depend on what is issued, not on the files: one thread builds them while the
+    // others write the documents, and they are published after the last document.
+    let finals: Vec<InvoiceV1> = finals.into_iter().map(|(_, d)| d).collect();
+    let (documents, tables) = std::thread::scope(|scope| {
+        let tables = scope.spawn(|| Tables::stage(&dir, finals, &billing));
+        let documents = write_documents(&dir, &billing.invoices);
+        (documents, tables.join().expect("the invoice tables thread panicked"))
+    });
+    let (documents, tables) = match (documents, tables) {
+        (Ok(documents), Ok(tables)) => (documents, tables),
+        (documents, tables) => {
+            if let Ok(tables) = &tables {
+                tables.discard();
+            }
+            return Err(documents.err().or(tables.err()).expect("one of the two failed"));
+        }
+    };
     let drafts_unchanged = documents.iter().filter(|(_, wrote)| !wrote).count();
     // Drafts are replaced as a whole: by this run's drafts, or by the final versions. (By file
     // name: hashing a whole path walks its components, which a profile saw.)
     let issued: std::collections::HashSet<&std::ffi::OsStr> = documents.iter().filter_map(|(path, _)| path.file_name()).collect();
     let stale: Vec<&PathBuf> = provisional_files.iter().filter(|p| p.file_name().is_some_and(|n| !issued.contains(n))).collect();
-    on_every_core(&stale, |p| std::fs::remove_file(p).map_err(io(p)))?;
-    let mut docs: Vec<InvoiceV1> = finals.into_iter().map(|(_, d)| d).chain(billing.invoices.iter().map(InvoiceV1::from)).collect();
-    docs.sort_by(|a, b| (a.tenant.as_str(), a.version).cmp(&(b.tenant.as_str(), b.version)));
-    let lines_csv = dir.join("invoice_lines.csv");
-    write_atomically(&lines_csv, export::lines_csv(&docs).as_bytes())?;
-    let lines_parquet = dir.join("invoice_lines.parquet");
-    let tmp = dir.join(".invoice_lines.parquet.tmp");
-    crate::reconcile::tables::write_parquet(&tmp, &export::lines_table(&docs)?).map_err(|source| InvoiceError::Parquet { path: tmp.clone(), source })?;
-    std::fs::rename(&tmp, &lines_parquet).map_err(io(&lines_parquet))?;
-    let margin_csv = dir.join("margin.csv");
-    write_atomically(&margin_csv, export::margin_csv(&billing.margin).as_bytes())?;
+    if let Err(e) = on_every_core(&stale, |p| std::fs::remove_file(p).map_err(io(p))) {
+        tables.discard();
+        return Err(e);
+    }
+    let files = tables.publish()?;
 
     Ok(Report {
         period: req.period.clone(),
@@ -145,13 +155,79 @@ pub fn run(req: &Request, config: &crate::config::Config, store: &dyn CounterSto
         charge: charge::sum_cents(billing.margin.iter().map(|r| &r.charge)),
         cost: billing.margin.iter().map(|r| r.cost).sum(),
         margin: billing.margin,
-        files: vec![lines_csv, lines_parquet, margin_csv],
+        files,
     })
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InvoiceError {
     let path = path.to_owned();
     move |source| InvoiceError::Io { path, source }
+}
+
+/// The folder's tables (`invoice_lines.csv`, `invoice_lines.parquet`, `margin.csv`), written
+/// under temporary names beside their final ones until [`Tables::publish`] renames them.
+struct Tables {
+    /// (temporary, final) per table.
+    staged: Vec<(PathBuf, PathBuf)>,
+}
+
+impl Tables {
+    /// Builds and writes the tables of every document present after this run — the final
+    /// versions read from the folder and the ones `billing` issues — in (tenant, version) order.
+    fn stage(dir: &Path, finals: Vec<InvoiceV1>, billing: &issue::Billing) -> Result<Tables, InvoiceError> {
+        let mut docs = finals;
+        docs.extend(billing.invoices.iter().map(InvoiceV1::from));
+        docs.sort_by(|a, b| (a.tenant.as_str(), a.version).cmp(&(b.tenant.as_str(), b.version)));
+        let mut tables = Tables { staged: Vec::with_capacity(3) };
+        let result = tables.write_all(dir, &docs, &billing.margin);
+        match result {
+            Ok(()) => Ok(tables),
+            Err(e) => {
+                tables.discard();
+                Err(e)
+            }
+        }
+    }
+
+    /// The Parquet table on one thread, the two CSVs on this one.
+    fn write_all(&mut self, dir: &Path, docs: &[InvoiceV1], margin: &[MarginRow]) -> Result<(), InvoiceError> {
+        let names = ["invoice_lines.csv", "invoice_lines.parquet", "margin.csv"].map(|name| Self::names(dir, name));
+        self.staged.extend(names.iter().cloned());
+        let [(csv, _), (parquet, _), (margin_csv, _)] = &names;
+        std::thread::scope(|scope| {
+            let table = scope.spawn(|| {
+                let batch = export::lines_table(docs)?;
+                crate::reconcile::tables::write_parquet(parquet, &batch).map_err(|source| InvoiceError::Parquet { path: parquet.clone(), source })
+            });
+            let csvs = std::fs::write(csv, export::lines_csv(docs))
+                .map_err(io(csv))
+                .and_then(|()| std::fs::write(margin_csv, export::margin_csv(margin)).map_err(io(margin_csv)));
+            let table = table.join().expect("the invoice_lines.parquet thread panicked");
+            csvs.and(table)
+        })
+    }
+
+    /// A table's temporary name (hidden, so no reader takes it for the table) and its own.
+    fn names(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        (dir.join(format!(".{name}.tmp")), dir.join(name))
+    }
+
+    /// Renames every table into place; returns their paths.
+    fn publish(self) -> Result<Vec<PathBuf>, InvoiceError> {
+        let mut files = Vec::with_capacity(self.staged.len());
+        for (tmp, path) in &self.staged {
+            std::fs::rename(tmp, path).map_err(io(path))?;
+            files.push(path.clone());
+        }
+        Ok(files)
+    }
+
+    /// Removes the temporary files of a run that fails (what is already in place stays).
+    fn discard(&self) {
+        for (tmp, _) in &self.staged {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
 }
 
 /// The record, inside the invoice folder, of the documents a run is creating in place: their

@@ -138,3 +138,76 @@ proptest! {
         prop_assert!(issue::next_final("2025-11", &t, &plans, last, &issued).is_none());
     }
 }
+
+/// A large period: every plan kind, tenants with usage and none, tenants with usage and no plan,
+/// and (for a final run) tenants with versions already issued — some still right, some not.
+fn large_period(tenants: usize) -> (Plans, BTreeMap<TenantId, tally::usage::Usage>, BTreeMap<TenantId, Decimal>) {
+    let mut plans = Plans::default();
+    let kinds = [
+        Pricing::Bundled { monthly_fee: Decimal::new(4900, 2) },
+        Pricing::Quota { monthly_fee: Decimal::new(1900, 2), allowance: Allowance::Tokens { included: 50_000 }, overage_rate: Decimal::new(2, 5) },
+        Pricing::Quota {
+            monthly_fee: Decimal::new(1000, 2),
+            allowance: Allowance::Credits { included: Decimal::new(1000, 0), credit_usd: Decimal::new(1, 3) },
+            overage_rate: Decimal::new(15, 4),
+        },
+        Pricing::Metered { markup: Decimal::new(1250, 3), minimum: Decimal::new(500, 2) },
+        Pricing::AddOn { seat_price: Decimal::new(1200, 2), overage: Some((10_000, Decimal::new(3, 5))) },
+    ];
+    for (k, pricing) in kinds.into_iter().enumerate() {
+        let name = format!("plan{k}");
+        plans.plans.insert(name.clone(), Plan { name, pricing, requests_per_day: None, alerts: Default::default() });
+    }
+    let mut usage = BTreeMap::new();
+    let mut reconciled = BTreeMap::new();
+    for i in 0..tenants {
+        let t = TenantId::new(&format!("tenant-{i:06}")).unwrap();
+        if i % 11 != 0 {
+            let plan = format!("plan{}", i % 5);
+            plans.tenants.insert(t.clone(), Subscription { plan, seats: (i % 7) as u64 });
+        }
+        if i % 3 != 0 {
+            let n = (i as u64 * 7919) % 200_000;
+            let u = tally::usage::Usage { input: n, output: n / 3, cache_read: n / 5, cache_write: n / 50, requests: 1 + n / 1000, est_cost: Decimal::new(n as i64 * 37, 8), ..Default::default() };
+            usage.insert(t.clone(), u);
+            reconciled.insert(t, Decimal::new(n as i64 * 41, 8));
+        }
+    }
+    (plans, usage, reconciled)
+}
+
+/// Billing a large period on several threads gives exactly the billing of one thread: the same
+/// invoices and margin rows in the same (tenant) order, provisional and final, with versions
+/// already issued.
+#[test]
+fn billing_on_every_core_is_billing_tenant_by_tenant() {
+    let (plans, usage, reconciled) = large_period(20_000);
+    let no_issued = BTreeMap::new();
+    let period = |reconciled, issued| issue::Period { period: "2025-11", plans: &plans, usage: &usage, reconciled, issued };
+
+    let provisional = issue::bill_on(&period(None, &no_issued), 1);
+    assert_eq!(provisional.invoices.len(), plans.tenants.len());
+    for threads in [2, 3, 8] {
+        assert_eq!(issue::bill_on(&period(None, &no_issued), threads), provisional, "provisional on {threads} threads");
+    }
+    assert_eq!(issue::bill(&period(None, &no_issued)), provisional);
+
+    // Version 1 for everyone, then a restatement that changes every fifth tenant's cost.
+    let first = issue::bill_on(&period(Some(&reconciled), &no_issued), 1);
+    let issued: BTreeMap<TenantId, Vec<Issued>> = first.invoices.iter().map(|i| (i.tenant.clone(), vec![Issued::from(i)])).collect();
+    let mut restated = reconciled.clone();
+    for (k, cost) in restated.iter_mut().enumerate() {
+        if k % 5 == 0 {
+            *cost.1 += Decimal::new(123_456, 6);
+        }
+    }
+    let second = issue::bill_on(&period(Some(&restated), &issued), 1);
+    assert!(second.invoices.iter().all(|i| i.version == 2) && !second.invoices.is_empty());
+    assert!(second.unchanged > 0);
+    for threads in [2, 3, 8] {
+        assert_eq!(issue::bill_on(&period(Some(&reconciled), &no_issued), threads), first, "final v1 on {threads} threads");
+        assert_eq!(issue::bill_on(&period(Some(&restated), &issued), threads), second, "final v2 on {threads} threads");
+    }
+    let tenants: Vec<&TenantId> = second.margin.iter().map(|r| &r.tenant).collect();
+    assert!(tenants.windows(2).all(|w| w[0] < w[1]), "margin rows in tenant order, each once");
+}
