@@ -19,6 +19,8 @@
 #   RECORDS     invocation-log records behind the counters (default: 300000)
 #   SKIP_BUILD=1 use the existing binary;  REGEN=1 regenerate the data
 #   SUMMARY     a file to append the figures to as KEY=VALUE lines (tests/bench/compare.sh)
+#   FREED_WAIT  seconds to leave between the last invocation's clean-up and this one's first
+#               run (default 360; see the README on ext4's recently freed inodes)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"   # helpers; the shell is now in the repo root
 
@@ -75,8 +77,18 @@ run() {
 # right after an `rm -rf` take 50 s instead of 4 s. What is timed is then tally, not the
 # aftermath of the benchmark's own clean-up.
 TRASH="$BENCH_DIR/.trash"
+# On ext4 without a journal, inodes freed in the last few minutes slow every create (see the
+# README): a run that follows the last invocation's clean-up too closely waits for it to age.
+DELETED="$BENCH_DIR/.trash-deleted"
+if [[ -e $DELETED ]]; then
+  age=$(( $(date +%s) - $(stat -c %Y "$DELETED") ))
+  if (( age < ${FREED_WAIT:-360} )); then
+    say "waiting $(( ${FREED_WAIT:-360} - age )) s for the last run's freed inodes to age (FREED_WAIT=0 skips)"
+    sleep $(( ${FREED_WAIT:-360} - age ))
+  fi
+fi
 rm -rf "$TRASH"; mkdir -p "$TRASH"
-trap 'rm -rf "$TRASH"' EXIT
+trap 'rm -rf "$TRASH"; touch "$DELETED"' EXIT
 retire() { if [[ -e $1 ]]; then mv "$1" "$(mktemp -d "$TRASH/XXXXXX")/"; fi; }
 
 mkdir -p "$BENCH_DIR/provisional"
