@@ -301,21 +301,21 @@ pub fn lines_csv(docs: &[InvoiceV1]) -> String {
 /// Every line of `docs` as the `invoice_lines` table (money columns `Decimal128(38, 10)`).
 pub fn lines_table(docs: &[InvoiceV1]) -> Result<RecordBatch, ArrowError> {
     let lines: Vec<(&InvoiceV1, &LineV1)> = docs.iter().flat_map(|d| d.lines.iter().map(move |l| (d, l))).collect();
-    let text = |f: &dyn Fn(&InvoiceV1, &LineV1) -> String| Col::Text(lines.iter().map(|(d, l)| Some(f(d, l))).collect());
+    let text = |f: &dyn for<'a> Fn(&'a InvoiceV1, &'a LineV1) -> &'a str| Col::Strings(lines.iter().map(|(d, l)| Some(f(d, l))).collect());
     let dec = |f: &dyn Fn(&LineV1) -> Option<Decimal>| Col::Money(lines.iter().map(|(_, l)| f(l).map(money::to_units)).collect());
     tables::batch(vec![
-        ("invoice_id", text(&|d, _| d.id.clone())),
-        ("line_id", text(&|_, l| l.id.clone())),
-        ("tenant", text(&|d, _| d.tenant.clone())),
-        ("period", text(&|d, _| d.period.clone())),
-        ("status", text(&|d, _| d.status.as_str().to_string())),
+        ("invoice_id", text(&|d, _| d.id.as_str())),
+        ("line_id", text(&|_, l| l.id.as_str())),
+        ("tenant", text(&|d, _| d.tenant.as_str())),
+        ("period", text(&|d, _| d.period.as_str())),
+        ("status", text(&|d, _| d.status.as_str())),
         ("version", Col::Int(lines.iter().map(|(d, _)| Some(i64::from(d.version))).collect())),
-        ("plan", text(&|_, l| l.plan.clone())),
-        ("plan_kind", text(&|d, _| d.plan.kind.clone())),
-        ("kind", text(&|_, l| l.kind.as_str().to_string())),
-        ("description", text(&|_, l| l.description.clone())),
+        ("plan", text(&|_, l| l.plan.as_str())),
+        ("plan_kind", text(&|d, _| d.plan.kind.as_str())),
+        ("kind", text(&|_, l| l.kind.as_str())),
+        ("description", text(&|_, l| l.description.as_str())),
         ("quantity", dec(&|l| Some(l.quantity))),
-        ("unit", text(&|_, l| l.unit.clone())),
+        ("unit", text(&|_, l| l.unit.as_str())),
         ("unit_price", dec(&|l| Some(l.unit_price))),
         ("amount", dec(&|l| Some(l.amount))),
         ("previous_amount", dec(&|l| l.previous_amount)),

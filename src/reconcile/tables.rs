@@ -27,6 +27,8 @@ pub fn date32_label(days: i32) -> String {
 /// A column of a table being built.
 pub enum Col {
     Text(Vec<Option<String>>),
+    /// Text already built as an array (from borrowed strings, without a copy of each).
+    Strings(StringArray),
     Int(Vec<Option<i64>>),
     Money(Vec<Option<i128>>),
     Bool(Vec<bool>),
@@ -37,7 +39,7 @@ pub enum Col {
 impl Col {
     fn field(&self, name: &str) -> Field {
         let (t, nullable) = match self {
-            Col::Text(_) => (DataType::Utf8, true),
+            Col::Text(_) | Col::Strings(_) => (DataType::Utf8, true),
             Col::Int(_) => (DataType::Int64, true),
             Col::Money(_) => (money::arrow_type(), true),
             Col::Bool(_) => (DataType::Boolean, false),
@@ -49,6 +51,7 @@ impl Col {
     fn array(self) -> Result<ArrayRef, ArrowError> {
         Ok(match self {
             Col::Text(v) => Arc::new(StringArray::from(v)),
+            Col::Strings(v) => Arc::new(v),
             Col::Int(v) => Arc::new(Int64Array::from(v)),
             Col::Money(v) => Arc::new(Decimal128Array::from(v).with_precision_and_scale(38, money::SCALE as i8)?),
             Col::Bool(v) => Arc::new(BooleanArray::from(v)),
