@@ -309,7 +309,7 @@ pub struct Billing {
 /// period is billed on every core (up to 8).
 pub fn bill(p: &Period<'_>) -> Billing {
     let tenants = p.plans.tenants.len().max(p.usage.len());
-    let threads = if tenants < 4096 { 1 } else { std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8) };
+    let threads = if tenants < 4096 { 1 } else { super::cores() };
     bill_on(p, threads)
 }
 
@@ -324,11 +324,7 @@ pub fn bill_on(p: &Period<'_>, threads: usize) -> Billing {
     tenants.dedup();
     // Each tenant's invoice depends on nothing but its own inputs: a large period is billed in
     // one contiguous run of tenants per core, put back together in tenant order.
-    let chunk = tenants.len().div_ceil(threads.max(1)).max(1);
-    let mut parts: Vec<Billing> = std::thread::scope(|scope| {
-        let handles: Vec<_> = tenants.chunks(chunk).map(|part| scope.spawn(move || bill_tenants(p, status, part))).collect();
-        handles.into_iter().map(|h| h.join().expect("a billing worker panicked")).collect()
-    });
+    let mut parts = super::in_runs(&tenants, threads, |part| bill_tenants(p, status, part));
     let mut out = Billing { status, invoices: Vec::new(), unchanged: 0, margin: Vec::with_capacity(tenants.len()) };
     for part in &mut parts {
         out.invoices.append(&mut part.invoices);

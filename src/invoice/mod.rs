@@ -330,16 +330,26 @@ fn is_whole_document(bytes: &[u8]) -> bool {
     bytes.ends_with(b"}\n") && serde_json::from_slice::<serde_json::Value>(bytes).is_ok_and(|v| v.is_object())
 }
 
-/// `f` over `items` in as many contiguous chunks as there are cores (up to 8), results in the
-/// order of `items`; the first error wins.
-fn on_every_core<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> Result<R, InvoiceError> + Sync) -> Result<Vec<R>, InvoiceError> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
-    let chunk = items.len().div_ceil(threads).max(1);
+/// The threads a large invoice run works on: every core, up to 8.
+pub(crate) fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8)
+}
+
+/// `f` over `items` cut into at most `threads` contiguous runs, a thread each; the runs'
+/// results in the order of `items`.
+pub(crate) fn in_runs<T: Sync, R: Send>(items: &[T], threads: usize, f: impl Fn(&[T]) -> R + Sync) -> Vec<R> {
+    let chunk = items.len().div_ceil(threads.max(1)).max(1);
     let f = &f;
-    let parts: Vec<Result<Vec<R>, InvoiceError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = items.chunks(chunk).map(|part| scope.spawn(move || part.iter().map(f).collect())).collect();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items.chunks(chunk).map(|part| scope.spawn(move || f(part))).collect();
         handles.into_iter().map(|h| h.join().expect("an invoice worker panicked")).collect()
-    });
+    })
+}
+
+/// `f` over `items` on every core ([`in_runs`]), results in the order of `items`; the first
+/// error wins.
+fn on_every_core<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> Result<R, InvoiceError> + Sync) -> Result<Vec<R>, InvoiceError> {
+    let parts = in_runs(items, cores(), |part| part.iter().map(&f).collect::<Result<Vec<R>, InvoiceError>>());
     let mut all = Vec::with_capacity(items.len());
     for part in parts {
         all.extend(part?);

@@ -80,11 +80,12 @@ TRASH="$BENCH_DIR/.trash"
 # On ext4 without a journal, inodes freed in the last few minutes slow every create (see the
 # README): a run that follows the last invocation's clean-up too closely waits for it to age.
 DELETED="$BENCH_DIR/.trash-deleted"
+FREED_WAIT=${FREED_WAIT:-360}
 if [[ -e $DELETED ]]; then
-  age=$(( $(date +%s) - $(stat -c %Y "$DELETED") ))
-  if (( age < ${FREED_WAIT:-360} )); then
-    say "waiting $(( ${FREED_WAIT:-360} - age )) s for the last run's freed inodes to age (FREED_WAIT=0 skips)"
-    sleep $(( ${FREED_WAIT:-360} - age ))
+  left=$(( FREED_WAIT - ($(date +%s) - $(stat -c %Y "$DELETED")) ))
+  if (( left > 0 )); then
+    say "waiting $left s for the last run's freed inodes to age (FREED_WAIT=0 skips)"
+    sleep "$left"
   fi
 fi
 rm -rf "$TRASH"; mkdir -p "$TRASH"
