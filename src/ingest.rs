@@ -675,22 +675,30 @@ impl Merging {
         let batch = &mut self.batch;
         batch.received += piece.received;
         stats.merge(&piece.stats);
-        // Entries are sorted by hour, so the ones too old to check for duplicates are a prefix.
-        let too_old = self.horizon.map_or(0, |h| piece.entries.partition_point(|e| e.key.hour < h));
         let mut sums = piece.sums;
-        for (entry, origin) in piece.entries.drain(..too_old).zip(piece.origins.drain(..too_old)) {
-            if let Some(u) = sums.get_mut(&entry.key) {
-                *u -= &entry.usage;
-                if u.requests == 0 {
-                    sums.remove(&entry.key);
+        // Records too old to check for duplicates (rare: a late file, a clock far behind).
+        if let Some(h) = self.horizon.filter(|&h| piece.entries.iter().any(|e| e.key.hour < h)) {
+            let entries = std::mem::take(&mut piece.entries);
+            let origins = std::mem::take(&mut piece.origins);
+            for (entry, origin) in entries.into_iter().zip(origins) {
+                if entry.key.hour >= h {
+                    piece.entries.push(entry);
+                    piece.origins.push(origin);
+                    continue;
                 }
+                if let Some(u) = sums.get_mut(&entry.key) {
+                    *u -= &entry.usage;
+                    if u.requests == 0 {
+                        sums.remove(&entry.key);
+                    }
+                }
+                let detail = format!(
+                    "record hour {} is more than {} days before the newest counted hour; it can no longer be checked for duplicates",
+                    crate::ids::hour_label(entry.key.hour),
+                    self.window / 86_400
+                );
+                self.rejected.push((display.clone(), Rejected::new(Reason::OutsideDedupWindow, detail, origin.line, origin.offset, b"")));
             }
-            let detail = format!(
-                "record hour {} is more than {} days before the newest counted hour; it can no longer be checked for duplicates",
-                crate::ids::hour_label(entry.key.hour),
-                self.window / 86_400
-            );
-            self.rejected.push((display.clone(), Rejected::new(Reason::OutsideDedupWindow, detail, origin.line, origin.offset, b"")));
         }
         batch.entries.append(&mut piece.entries);
         let all = batch.sums.get_or_insert_with(Default::default);

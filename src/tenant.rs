@@ -6,6 +6,8 @@
 
 use std::collections::HashMap;
 
+use rustc_hash::FxHashMap;
+
 use regex::Regex;
 
 use crate::config::{Rule, TenancyConfig};
@@ -13,6 +15,47 @@ use crate::ids::{Target, TenantId};
 use crate::json;
 use crate::pricing::Tier;
 use crate::record::LogRecord;
+
+/// A thread's memory of the strings it has turned into tenants: request-metadata values and
+/// identity ARNs repeat on nearly every record, so each is trimmed, allocated and (for ARNs)
+/// matched against the identity pattern once, not per record. Equal names share one
+/// [`TenantId`]. Bounded: past [`Names::MAX`] entries of a kind it starts over.
+#[derive(Debug, Default)]
+pub struct Names {
+    values: FxHashMap<Box<str>, Option<TenantId>>,
+    identities: FxHashMap<Box<str>, Option<TenantId>>,
+    unattributed: Option<TenantId>,
+}
+
+impl Names {
+    /// Entries kept per kind; inputs with more distinct names than this only lose the cache.
+    const MAX: usize = 1 << 16;
+
+    fn remember(
+        map: &mut FxHashMap<Box<str>, Option<TenantId>>,
+        key: &str,
+        make: impl FnOnce(&str) -> Option<TenantId>,
+    ) -> Option<TenantId> {
+        if let Some(found) = map.get(key) {
+            return found.clone();
+        }
+        if map.len() >= Self::MAX {
+            map.clear();
+        }
+        let made = make(key);
+        map.insert(key.into(), made.clone());
+        made
+    }
+
+    /// The tenant a request-metadata value names (`None` when blank).
+    fn value(&mut self, v: &str) -> Option<TenantId> {
+        Self::remember(&mut self.values, v, TenantId::new)
+    }
+
+    fn unattributed(&mut self) -> TenantId {
+        self.unattributed.get_or_insert_with(TenantId::unattributed).clone()
+    }
+}
 
 /// What the registry knows about one inference profile.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,26 +124,28 @@ impl Resolver {
         })
     }
 
-    fn by_rule(&self, rule: Rule, rec: &LogRecord<'_>, profile: Option<&ProfileInfo>) -> Option<TenantId> {
+    fn by_rule(&self, rule: Rule, rec: &LogRecord<'_>, profile: Option<&ProfileInfo>, names: &mut Names) -> Option<TenantId> {
         match rule {
             Rule::RequestMetadata => {
                 let meta = rec.request_metadata?;
-                json::lookup_string(meta, &self.metadata_key).and_then(|v| TenantId::new(&v))
+                json::lookup_string(meta, &self.metadata_key).and_then(|v| names.value(&v))
             }
             Rule::Profile => profile.and_then(|p| p.owner.clone()),
             Rule::Identity => {
-                let caps = self.identity.as_ref()?.captures(rec.identity_arn.as_deref()?)?;
-                TenantId::new(caps.name("tenant")?.as_str())
+                let pattern = self.identity.as_ref()?;
+                Names::remember(&mut names.identities, rec.identity_arn.as_deref()?, |arn| {
+                    TenantId::new(pattern.captures(arn)?.name("tenant")?.as_str())
+                })
             }
         }
     }
 
-    /// Applies the rules to one record.
-    pub fn resolve(&self, rec: &LogRecord<'_>, profile: Option<&ProfileInfo>) -> Resolution {
+    /// The tenant of `rec`; `names` is the calling thread's cache (see [`Names`]).
+    pub fn resolve(&self, rec: &LogRecord<'_>, profile: Option<&ProfileInfo>, names: &mut Names) -> Resolution {
         let mut found: Option<(Rule, TenantId)> = None;
         let mut conflict = false;
         for &rule in &self.order {
-            let Some(tenant) = self.by_rule(rule, rec, profile) else { continue };
+            let Some(tenant) = self.by_rule(rule, rec, profile, names) else { continue };
             match &found {
                 None => found = Some((rule, tenant)),
                 Some((_, first)) if *first != tenant => conflict = true,
@@ -109,7 +154,7 @@ impl Resolver {
         }
         match found {
             Some((rule, tenant)) => Resolution { tenant, rule: Some(rule), conflict },
-            None => Resolution { tenant: TenantId::unattributed(), rule: None, conflict: false },
+            None => Resolution { tenant: names.unattributed(), rule: None, conflict: false },
         }
     }
 }
@@ -145,7 +190,7 @@ mod tests {
             ..LogRecord::default()
         };
         let target = Target::parse(model_id);
-        let got = r.resolve(&rec, r.profile(model_id, &target));
+        let got = r.resolve(&rec, r.profile(model_id, &target), &mut Names::default());
         assert_eq!((got.tenant.as_str(), got.conflict), (want, conflict), "{meta:?} {model_id} {arn:?}");
     }
 

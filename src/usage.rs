@@ -10,13 +10,14 @@ use std::ops::{AddAssign, SubAssign};
 use std::sync::Arc;
 
 use rust_decimal::Decimal;
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 use crate::ids::{self, DedupKey, EpochSeconds, Target, TenantId};
 use crate::pricing::{Catalog, TokenPrices, Tokens};
 use crate::quarantine::Reason;
 use crate::record::{LogRecord, Reject};
-use crate::tenant::{ProfileInfo, Resolver};
+use crate::tenant::{Names, ProfileInfo, Resolver};
 
 /// A cost resource: the `modelId` exactly as logged.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -131,20 +132,19 @@ where
     sums.into_iter().map(|(k, u)| (k.clone(), u)).collect()
 }
 
-/// Rolls hourly counters up to days or months.
+/// Rolls hourly counters up to days or months. Sums per (tenant, UTC day number, resource)
+/// in a hash map first and names each bucket once at the end: a batch has thousands of hourly
+/// keys but a few hundred roll-up keys, so no bucket label is built or compared per hour.
 pub fn rollup(hours: &BTreeMap<CounterKey, Usage>, g: Granularity) -> BTreeMap<RollupKey, Usage> {
-    let mut out: BTreeMap<RollupKey, Usage> = BTreeMap::new();
-    let mut last: Option<(EpochSeconds, String)> = None;
+    let mut by_day: HashMap<(&TenantId, i64, &Resource), Usage, rustc_hash::FxBuildHasher> = HashMap::default();
     for (k, u) in hours {
-        let bucket = match &last {
-            Some((h, b)) if *h == k.hour => b.clone(),
-            _ => {
-                let b = g.bucket(k.hour);
-                last = Some((k.hour, b.clone()));
-                b
-            }
-        };
-        *out.entry((k.tenant.clone(), bucket, k.resource.clone())).or_default() += u;
+        *by_day.entry((&k.tenant, k.hour.div_euclid(86_400), &k.resource)).or_default() += u;
+    }
+    let mut labels: HashMap<i64, String, rustc_hash::FxBuildHasher> = HashMap::default();
+    let mut out: BTreeMap<RollupKey, Usage> = BTreeMap::new();
+    for ((tenant, day, resource), u) in by_day {
+        let label = labels.entry(day).or_insert_with(|| g.bucket(day * 86_400)).clone();
+        *out.entry((tenant.clone(), label, resource.clone())).or_default() += &u;
     }
     out
 }
@@ -173,13 +173,13 @@ struct ResourceInfo {
 pub struct Metering<'c> {
     resolver: &'c Resolver,
     catalog: &'c Catalog,
-    resources: HashMap<String, Arc<ResourceInfo>>,
-    tenants: HashMap<String, TenantId>,
+    resources: FxHashMap<String, Arc<ResourceInfo>>,
+    names: Names,
 }
 
 impl<'c> Metering<'c> {
     pub fn new(resolver: &'c Resolver, catalog: &'c Catalog) -> Self {
-        Metering { resolver, catalog, resources: HashMap::new(), tenants: HashMap::new() }
+        Metering { resolver, catalog, resources: FxHashMap::default(), names: Names::default() }
     }
 
     fn resource(&mut self, model_id: &str) -> Arc<ResourceInfo> {
@@ -196,23 +196,13 @@ impl<'c> Metering<'c> {
         info
     }
 
-    fn intern(&mut self, t: TenantId) -> TenantId {
-        match self.tenants.get(t.as_str()) {
-            Some(known) => known.clone(),
-            None => {
-                self.tenants.insert(t.as_str().to_string(), t.clone());
-                t
-            }
-        }
-    }
-
     /// Measures one record. The only reject left at this stage is a bad timestamp.
     pub fn measure(&mut self, rec: &LogRecord<'_>) -> Result<Measured, Reject> {
         let ts = ids::parse_timestamp(&rec.timestamp)
             .ok_or_else(|| Reject::new(Reason::BadTimestamp, format!("`timestamp` {:?} is not an ISO-8601 UTC time", rec.timestamp)))?;
         let info = self.resource(&rec.model_id);
-        let resolution = self.resolver.resolve(rec, info.profile.as_ref());
-        let tenant = self.intern(resolution.tenant);
+        let resolution = self.resolver.resolve(rec, info.profile.as_ref(), &mut self.names);
+        let tenant = resolution.tenant;
         let tokens = Tokens {
             input: rec.input_tokens.unwrap_or(0),
             output: rec.output_tokens.unwrap_or(0),

@@ -80,19 +80,18 @@ pub struct Piece {
 }
 
 impl Piece {
-    /// Readies a piece for the committer, on the worker's thread: entries sorted by hour and
-    /// dedup key (the order the dedup index is written in), and their usage summed per key.
-    /// The sort is stable, so of two records with one request id the first read stays first.
+    /// Readies a piece for the committer, on the worker's thread: its usage summed per key.
+    /// Entries stay in the order they were read: the stores' dedup sorts request keys stably,
+    /// so of two records with one request id the first read is the one counted.
     pub fn finish(&mut self) {
-        let mut pairs: Vec<(Entry, Origin)> = std::mem::take(&mut self.entries).into_iter().zip(std::mem::take(&mut self.origins)).collect();
-        pairs.sort_by_key(|(e, _)| (e.key.hour, e.dedup));
         self.sums.clear();
-        self.entries.reserve(pairs.len());
-        self.origins.reserve(pairs.len());
-        for (e, o) in pairs {
-            *self.sums.entry(e.key.clone()).or_default() += &e.usage;
-            self.entries.push(e);
-            self.origins.push(o);
+        for e in &self.entries {
+            match self.sums.get_mut(&e.key) {
+                Some(u) => *u += &e.usage,
+                None => {
+                    self.sums.insert(e.key.clone(), e.usage);
+                }
+            }
         }
     }
 }

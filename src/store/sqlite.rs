@@ -133,8 +133,9 @@ fn dedup(tx: &Transaction<'_>, entries: &[Entry]) -> Result<Vec<usize>, StoreErr
             (run_key(k1, k2), i)
         })
         .collect();
-    // Stable: equal keys stay in batch order, so the first is the one counted.
-    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    // By key, then batch order (the index): of equal keys the first read is the one counted.
+    // The pairs are unique, so the unstable sort gives that one order, without scratch space.
+    keyed.sort_unstable();
     let mut runs_of = tx.prepare_cached("SELECT id, keys FROM seen_runs WHERE hour = ?1 ORDER BY id").map_err(backend)?;
     let mut insert = tx.prepare_cached("INSERT INTO seen_runs (hour, keys) VALUES (?1, ?2)").map_err(backend)?;
     let mut delete = tx.prepare_cached("DELETE FROM seen_runs WHERE id = ?1").map_err(backend)?;
