@@ -173,3 +173,32 @@ fn a_missing_input_path_is_named_and_the_run_fails() {
     let report: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
     assert_eq!(report["counted"], 1);
 }
+
+/// A record older than the dedup window (measured back from the newest hour already counted)
+/// can no longer be checked for duplicates: it is quarantined with its file and line, and the
+/// records around it in the same file, older and newer hours alike, are counted.
+#[test]
+fn a_record_older_than_the_dedup_window_is_quarantined_and_its_neighbours_counted() {
+    let s = Scratch::new("[ingest]\ndedup_window_days = 1");
+    let first = s.write("a.ndjson", format!("{}\n", record("eeeeeeee-0000-4000-8000-000000000001", "2025-11-06T00:10:00Z", "acme", 1, 1)));
+    assert_eq!(s.ingest(&[first]).counted, 1);
+    // The horizon is now 2025-11-05T00:00Z. Line 2 is three days older; lines 1 and 3 are in it.
+    let late = [
+        record("eeeeeeee-0000-4000-8000-000000000002", "2025-11-05T12:00:00Z", "acme", 20, 2),
+        record("eeeeeeee-0000-4000-8000-000000000003", "2025-11-03T08:00:00Z", "acme", 300, 3),
+        record("eeeeeeee-0000-4000-8000-000000000004", "2025-11-05T12:30:00Z", "acme", 4000, 4),
+    ];
+    let second = s.write("b.ndjson", late.join("\n") + "\n");
+    let report = s.ingest(&[second]);
+    assert_eq!((report.received, report.counted), (3, 2), "{report:?}");
+    assert_eq!(report.skipped.get("outside_dedup_window").copied(), Some(1), "{:?}", report.skipped);
+    assert!(report.balanced());
+    let q = s.quarantined();
+    assert_eq!(q.len(), 1, "{q:?}");
+    assert!(q[0]["source"].as_str().unwrap().ends_with("b.ndjson"), "{q:?}");
+    assert_eq!(q[0]["line"], 2);
+    assert_eq!(q[0]["reason"], "outside_dedup_window");
+    let usage = tally::store::CounterStore::period_usage(&s.store(), &tally::ids::TenantId::new("acme").unwrap(), "2025-11").unwrap();
+    assert_eq!((usage.total.input, usage.total.requests), (1 + 20 + 4000, 3), "the late record adds nothing: {usage:?}");
+    assert!(!usage.by_day.contains_key("2025-11-03"), "no counter for the quarantined record's day: {:?}", usage.by_day.keys());
+}
