@@ -52,6 +52,9 @@ fn counter_table_sql(table: &str, bucket: &str, ty: &str) -> String {
 
 const COLUMNS: &str = "input, output, cache_read, cache_write, requests, errors, no_usage, est_cost";
 
+/// Keys per multi-row counter upsert (11 parameters each, far below SQLite's limit).
+const UPSERT_ROWS: usize = 32;
+
 /// The dedup key of a record as two integers: `k1` is the hour number (hours since the epoch,
 /// 21 bits, good until 2209) over the top 42 bits of the request id key, `k2` the next 63
 /// bits. A UUID has 122 random bits; the 104 of them kept here make a collision between two ids
@@ -293,9 +296,13 @@ impl SqliteStore {
         Ok(SqliteStore { conn })
     }
 
-    fn upsert_sql(table: &str, bucket: &str) -> String {
+    /// An upsert of `rows` keys into one counter table: one statement's set-up and reset is
+    /// shared by [`UPSERT_ROWS`] keys.
+    fn upsert_sql(table: &str, bucket: &str, rows: usize) -> String {
+        let row = format!("({})", vec!["?"; 11].join(", "));
+        let values = vec![row.as_str(); rows].join(", ");
         format!(
-            "INSERT INTO {table} (tenant, {bucket}, resource, {COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+            "INSERT INTO {table} (tenant, {bucket}, resource, {COLUMNS}) VALUES {values}
              ON CONFLICT (tenant, {bucket}, resource) DO UPDATE SET
                input = input + excluded.input, output = output + excluded.output,
                cache_read = cache_read + excluded.cache_read, cache_write = cache_write + excluded.cache_write,
@@ -304,21 +311,39 @@ impl SqliteStore {
         )
     }
 
-    /// Adds one key's usage through a statement made by [`Self::upsert_sql`].
-    fn upsert(
-        st: &mut rusqlite::CachedStatement<'_>,
-        tenant: &str,
-        bucket: &dyn rusqlite::ToSql,
-        resource: &str,
-        u: &Usage,
+    /// Adds each key's usage to `table`: (tenant, bucket, resource, usage), keys distinct.
+    fn upsert_all<B: rusqlite::ToSql>(
+        tx: &Transaction<'_>,
+        table: &str,
+        bucket: &str,
+        rows: &[(&str, B, &str, &Usage)],
     ) -> Result<(), StoreError> {
-        st.execute(params![
-            tenant, bucket, resource,
-            u.input as i64, u.output as i64, u.cache_read as i64, u.cache_write as i64,
-            u.requests as i64, u.errors as i64, u.no_usage as i64, u.est_cost.to_string()
-        ])
-        .map(drop)
-        .map_err(backend)
+        let full = rows.len() - rows.len() % UPSERT_ROWS;
+        for (chunk, n) in [(&rows[..full], UPSERT_ROWS), (&rows[full..], 1)] {
+            if chunk.is_empty() {
+                continue;
+            }
+            let mut st = tx.prepare_cached(&Self::upsert_sql(table, bucket, n)).map_err(backend)?;
+            for statement_rows in chunk.chunks(n) {
+                let mut at = 1;
+                for (tenant, b, resource, u) in statement_rows {
+                    let bind = |st: &mut rusqlite::CachedStatement<'_>, at: usize, v: &dyn rusqlite::ToSql| {
+                        st.raw_bind_parameter(at, v).map_err(backend)
+                    };
+                    bind(&mut st, at, tenant)?;
+                    bind(&mut st, at + 1, b)?;
+                    bind(&mut st, at + 2, resource)?;
+                    let counts = [u.input, u.output, u.cache_read, u.cache_write, u.requests, u.errors, u.no_usage];
+                    for (i, c) in counts.into_iter().enumerate() {
+                        bind(&mut st, at + 3 + i, &(c as i64))?;
+                    }
+                    bind(&mut st, at + 10, &u.est_cost.to_string())?;
+                    at += 11;
+                }
+                st.raw_execute().map_err(backend)?;
+            }
+        }
+        Ok(())
     }
 
     fn apply_in(tx: &Transaction<'_>, batch: &Batch) -> Result<Applied, StoreError> {
@@ -348,18 +373,13 @@ impl SqliteStore {
         let duplicates_n = duplicates.len() as u64;
         let counted = batch.entries.len() as u64 - duplicates_n;
         let hours = batch.counted_sums(&duplicates);
-        {
-            let mut up = tx.prepare_cached(&Self::upsert_sql("counters_hour", "hour")).map_err(backend)?;
-            for (k, u) in &hours {
-                Self::upsert(&mut up, k.tenant.as_str(), &k.hour, k.resource.as_str(), u)?;
-            }
-        }
+        let rows: Vec<_> = hours.iter().map(|(k, u)| (k.tenant.as_str(), k.hour, k.resource.as_str(), u)).collect();
+        Self::upsert_all(tx, "counters_hour", "hour", &rows)?;
         let hours_done = started.elapsed();
         for (table, bucket, g) in [("counters_day", "day", Granularity::Day), ("counters_month", "month", Granularity::Month)] {
-            let mut up = tx.prepare_cached(&Self::upsert_sql(table, bucket)).map_err(backend)?;
-            for ((tenant, b, resource), u) in rollup(&hours, g) {
-                Self::upsert(&mut up, tenant.as_str(), &b, resource.as_str(), &u)?;
-            }
+            let rolled = rollup(&hours, g);
+            let rows: Vec<_> = rolled.iter().map(|((t, b, r), u)| (t.as_str(), b.as_str(), r.as_str(), u)).collect();
+            Self::upsert_all(tx, table, bucket, &rows)?;
         }
 
         if let Some(max) = hours.keys().map(|k| k.hour).max() {
