@@ -142,6 +142,11 @@ pub struct IngestConfig {
     /// Parser threads; 0 means one per core.
     #[serde(default)]
     pub workers: usize,
+    /// How much lower the parser threads' scheduling priority is than the committer's (a
+    /// `nice` increment, 0–19; Linux only). The committer is the one serial stage, so on a
+    /// machine with as many busy parsers as cores it must not wait for a time slice.
+    #[serde(default = "IngestConfig::default_reader_nice")]
+    pub reader_nice: i32,
     /// With `--follow`, seconds between looks for new data.
     #[serde(default = "IngestConfig::default_poll_seconds")]
     pub poll_seconds: f64,
@@ -169,6 +174,9 @@ impl IngestConfig {
     fn default_poll_seconds() -> f64 {
         2.0
     }
+    fn default_reader_nice() -> i32 {
+        10
+    }
 }
 
 impl Default for IngestConfig {
@@ -180,6 +188,7 @@ impl Default for IngestConfig {
             max_token_count: Self::default_max_token_count(),
             quarantine: Self::default_quarantine(),
             workers: 0,
+            reader_nice: Self::default_reader_nice(),
             poll_seconds: Self::default_poll_seconds(),
         }
     }
@@ -349,6 +358,9 @@ impl Config {
         if i.max_record_bytes < 1024 {
             return bad("ingest.max_record_bytes", "must be at least 1024");
         }
+        if !(0..=19).contains(&i.reader_nice) {
+            return bad("ingest.reader_nice", "must be from 0 to 19");
+        }
         if !(i.poll_seconds > 0.0 && i.poll_seconds <= 86_400.0) {
             return bad("ingest.poll_seconds", "must be above 0 and at most 86400");
         }
@@ -473,6 +485,8 @@ mod tests {
     #[test]
     fn errors_name_the_field() {
         assert_eq!(field_of("[ingest]\nbatch_records = 0"), "ingest.batch_records");
+        assert_eq!(field_of("[ingest]\nreader_nice = 20"), "ingest.reader_nice");
+        assert_eq!(field_of("[ingest]\nreader_nice = -5"), "ingest.reader_nice");
         assert_eq!(field_of("[tenancy]\nidentity_pattern = 'role/(.*)'"), "tenancy.identity_pattern");
         assert_eq!(field_of("[[tenancy.profiles]]\nprofile = 'p'\n"), "tenancy.profiles[0].tenant");
         assert_eq!(field_of("[[tenancy.profiles]]\nprofile = 'p'\ntenant = 'a'\ntier = 'spot'"), "tenancy.profiles[0].tier");
