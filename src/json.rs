@@ -346,20 +346,49 @@ impl<'a> Scanner<'a> {
     }
 
     /// Skips a whole object or array by matching brackets outside strings.
+    ///
+    /// A block of 64 bytes at a time: one pass of compares marks its quotes, backslashes and
+    /// brackets as bits; the escaped bytes follow from the backslashes, the bytes inside
+    /// strings from a running XOR of the unescaped quotes; only the brackets outside strings
+    /// are then visited one by one, and matched on a stack. A backslash outside a string is an
+    /// error (it is not JSON, and it would otherwise change what the quotes after it mean).
     fn skip_container(&mut self) -> Result<(), SyntaxError> {
         // The closing bracket each open container expects, innermost last; on the stack up to
         // 64 deep (bodies rarely nest further), so skipping allocates nothing.
         let mut inline = [0u8; 64];
         let mut deeper: Vec<u8> = Vec::new();
         let mut depth = 0usize;
-        while let Some(&b) = self.buf.get(self.pos) {
-            match b {
-                b'"' => {
-                    self.string_end()?;
-                    continue;
+        // All ones while the previous block ended inside a string.
+        let mut in_string = 0u64;
+        // The previous block ended with a backslash that escapes this block's first byte.
+        let mut escape_first = false;
+        let mut base = self.pos;
+        let mut tail = [b' '; STRUCT_BLOCK];
+        while base < self.buf.len() {
+            let block: &[u8; STRUCT_BLOCK] = match self.buf.get(base..base + STRUCT_BLOCK) {
+                Some(full) => full.try_into().expect("one block"),
+                None => {
+                    let rest = &self.buf[base..];
+                    tail[..rest.len()].copy_from_slice(rest);
+                    &tail
                 }
-                b'{' | b'[' => {
+            };
+            let m = Masks::of(block);
+            let escaped = escaped_bytes(m.backslash, &mut escape_first);
+            let inside = prefix_xor(m.quote & !escaped) ^ in_string;
+            in_string = ((inside as i64) >> 63) as u64;
+            let mut structural = (m.open | m.close | m.backslash) & !inside;
+            while structural != 0 {
+                let at = base + structural.trailing_zeros() as usize;
+                structural &= structural - 1;
+                let b = self.buf[at];
+                if b == b'\\' {
+                    self.pos = at;
+                    return self.err("backslash outside a string");
+                }
+                if b == b'{' || b == b'[' {
                     if depth >= MAX_DEPTH {
+                        self.pos = at;
                         return self.err("nesting too deep");
                     }
                     let close = if b == b'{' { b'}' } else { b']' };
@@ -368,28 +397,133 @@ impl<'a> Scanner<'a> {
                         None => deeper.push(close),
                     }
                     depth += 1;
+                    continue;
                 }
-                b'}' | b']' => {
-                    let expected = match depth {
-                        0 => None,
-                        d if d <= inline.len() => Some(inline[d - 1]),
-                        _ => deeper.pop(),
-                    };
-                    if expected != Some(b) {
-                        return self.err("mismatched bracket");
-                    }
-                    depth -= 1;
-                    if depth == 0 {
-                        self.pos += 1;
-                        return Ok(());
-                    }
+                let expected = match depth {
+                    0 => None,
+                    d if d <= inline.len() => Some(inline[d - 1]),
+                    _ => deeper.pop(),
+                };
+                if expected != Some(b) {
+                    self.pos = at;
+                    return self.err("mismatched bracket");
                 }
+                depth -= 1;
+                if depth == 0 {
+                    self.pos = at + 1;
+                    return Ok(());
+                }
+            }
+            base += STRUCT_BLOCK;
+        }
+        self.pos = self.buf.len();
+        self.err(if in_string != 0 { "unterminated string" } else { "unexpected end of input" })
+    }
+}
+
+/// Bytes [`Scanner::skip_container`] classifies in one step.
+const STRUCT_BLOCK: usize = 64;
+
+/// One bit per byte of a block (bit `i` for byte `i`): where its quotes, backslashes,
+/// opening brackets (`{`, `[`) and closing brackets (`}`, `]`) are.
+struct Masks {
+    quote: u64,
+    backslash: u64,
+    open: u64,
+    close: u64,
+}
+
+impl Masks {
+    /// Four SSE2 compares per 16 bytes (SSE2 is part of the x86_64 baseline). `[` and `{`
+    /// differ only in bit 0x20, as do `]` and `}`, so each pair is one compare after setting it.
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    fn of(block: &[u8; STRUCT_BLOCK]) -> Masks {
+        use std::arch::x86_64::{__m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8};
+        let mut m = Masks { quote: 0, backslash: 0, open: 0, close: 0 };
+        for k in 0..STRUCT_BLOCK / 16 {
+            // SAFETY: SSE2 is always available on x86_64; the unaligned load reads 16 of the 64
+            // bytes `block` borrows (k < 4).
+            let [q, b, o, c] = unsafe {
+                let v = _mm_loadu_si128(block.as_ptr().add(16 * k).cast::<__m128i>());
+                let folded = _mm_or_si128(v, _mm_set1_epi8(0x20));
+                let bits = |x| u64::from(_mm_movemask_epi8(x) as u16);
+                [
+                    bits(_mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8))),
+                    bits(_mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8))),
+                    bits(_mm_cmpeq_epi8(folded, _mm_set1_epi8(b'{' as i8))),
+                    bits(_mm_cmpeq_epi8(folded, _mm_set1_epi8(b'}' as i8))),
+                ]
+            };
+            m.quote |= q << (16 * k);
+            m.backslash |= b << (16 * k);
+            m.open |= o << (16 * k);
+            m.close |= c << (16 * k);
+        }
+        m
+    }
+
+    /// A byte at a time, on targets other than x86_64 (and the reference the SSE2 version is
+    /// tested against).
+    #[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+    fn of_bytes(block: &[u8; STRUCT_BLOCK]) -> Masks {
+        let mut m = Masks { quote: 0, backslash: 0, open: 0, close: 0 };
+        for (i, &b) in block.iter().enumerate() {
+            let bit = 1u64 << i;
+            match b {
+                b'"' => m.quote |= bit,
+                b'\\' => m.backslash |= bit,
+                b'{' | b'[' => m.open |= bit,
+                b'}' | b']' => m.close |= bit,
                 _ => {}
             }
-            self.pos += 1;
         }
-        self.err("unexpected end of input")
+        m
     }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    #[inline]
+    fn of(block: &[u8; STRUCT_BLOCK]) -> Masks {
+        Self::of_bytes(block)
+    }
+}
+
+/// The bytes escaped by a backslash in a block whose backslashes are `backslash`: a backslash
+/// escapes the byte after it unless it is itself escaped. `carry` says on entry whether the
+/// block's first byte is escaped (by the previous block's last), and on return whether the
+/// next block's is. Backslashes are rare in logs (`\n`, `\"` in bodies), so a loop over them
+/// costs less than the branch-free carry arithmetic.
+#[inline]
+fn escaped_bytes(mut backslash: u64, carry: &mut bool) -> u64 {
+    let mut escaped = 0u64;
+    if std::mem::take(carry) {
+        escaped = 1;
+        backslash &= !1;
+    }
+    while backslash != 0 {
+        let i = backslash.trailing_zeros();
+        if i == 63 {
+            *carry = true;
+            break;
+        }
+        escaped |= 1 << (i + 1);
+        // The backslash and the byte it escapes (which escapes nothing, even a backslash).
+        backslash &= !(3u64 << i);
+    }
+    escaped
+}
+
+/// Bit `i` of the result is the XOR of bits `0..=i` of `x`: with `x` the unescaped quotes,
+/// the bytes from each opening quote up to (not including) its closing one.
+#[inline]
+fn prefix_xor(mut x: u64) -> u64 {
+    x ^= x << 1;
+    x ^= x << 2;
+    x ^= x << 4;
+    x ^= x << 8;
+    x ^= x << 16;
+    x ^= x << 32;
+    x
 }
 
 /// A JSON number as tally's counters see it.
@@ -457,6 +591,140 @@ mod tests {
                 assert_eq!(first_special(&block), by_words, "{:?}", String::from_utf8_lossy(&block));
                 assert_eq!(by_words, [q, b].into_iter().filter(|&i| i < BLOCK).min());
             }
+        }
+    }
+
+    /// Skips the container at `pos` a byte at a time, the way the scanner did before its
+    /// block search: the reference the block search must agree with. `Ok(end)` or an error.
+    fn skip_container_bytewise(buf: &[u8], mut pos: usize) -> Result<usize, ()> {
+        let mut stack = Vec::new();
+        while let Some(&b) = buf.get(pos) {
+            match b {
+                b'"' => {
+                    let mut s = Scanner { buf, text: None, pos };
+                    s.string_end().map_err(drop)?;
+                    pos = s.pos;
+                    continue;
+                }
+                b'\\' => return Err(()),
+                b'{' | b'[' => {
+                    if stack.len() >= MAX_DEPTH {
+                        return Err(());
+                    }
+                    stack.push(if b == b'{' { b'}' } else { b']' });
+                }
+                b'}' | b']' => {
+                    if stack.pop() != Some(b) {
+                        return Err(());
+                    }
+                    if stack.is_empty() {
+                        return Ok(pos + 1);
+                    }
+                }
+                _ => {}
+            }
+            pos += 1;
+        }
+        Err(())
+    }
+
+    fn check_against_bytewise(text: &[u8]) {
+        let mut s = Scanner::new(text);
+        let got = s.skip_container().map(|()| s.pos()).map_err(drop);
+        assert_eq!(got, skip_container_bytewise(text, 0), "{:?}", String::from_utf8_lossy(text));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4000))]
+
+        /// Any text made of the bytes that matter (and a two-byte character), starting with a
+        /// bracket, of every length across the 64-byte blocks: the same end, or both an error.
+        #[test]
+        fn the_block_skip_agrees_with_the_bytewise_skip(
+            open in proptest::sample::select(vec![b'{', b'[']),
+            body in proptest::collection::vec(proptest::sample::select(vec![
+                b'{', b'}', b'[', b']', b'"', b'"', b'\\', b'a', b' ', b',', b':', 0xC3, 0xA9,
+            ]), 0..300),
+        ) {
+            let mut text = vec![open];
+            text.extend(body);
+            check_against_bytewise(&text);
+        }
+
+        /// Valid JSON (nested objects and arrays, strings with escapes) followed by more text.
+        #[test]
+        fn the_block_skip_finds_the_end_of_valid_json(
+            value in json_value(),
+            after in "[ ,x\\\\]{0,3}",
+        ) {
+            let text = format!("{value}{after}");
+            let mut s = Scanner::new(text.as_bytes());
+            s.skip_container().unwrap();
+            proptest::prop_assert_eq!(&text[s.pos()..], after.as_str());
+            check_against_bytewise(text.as_bytes());
+        }
+    }
+
+    /// Objects and arrays up to a few levels deep, with strings that hold quotes, backslashes,
+    /// brackets and non-ASCII text, printed by serde_json (so escaped as a logger would).
+    fn json_value() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            "[a-z\\\\\"{}\\[\\]é\n ]{0,80}".prop_map(serde_json::Value::String),
+            any::<i32>().prop_map(serde_json::Value::from),
+            Just(serde_json::Value::Null),
+        ];
+        let tree = leaf.prop_recursive(4, 64, 8, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..8).prop_map(serde_json::Value::Array),
+                proptest::collection::btree_map("[a-z\"\\\\]{0,12}", inner, 0..8)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        });
+        prop_oneof![
+            proptest::collection::vec(tree.clone(), 0..6).prop_map(serde_json::Value::Array),
+            proptest::collection::btree_map("[a-z]{1,8}", tree, 0..6).prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+        .prop_map(|v| v.to_string())
+    }
+
+    #[test]
+    fn a_backslash_outside_a_string_is_an_error() {
+        // Were it taken as an escape, the quote after it would not open a string and the
+        // bracket inside that string would close the array.
+        assert!(Scanner::new(br#"[\"]",1]"#).skip_value().is_err());
+        assert!(Scanner::new(br#"["\\",1]"#).skip_value().is_ok());
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_sse2_masks_agree_with_the_bytewise_masks() {
+        let mut block = [0u8; STRUCT_BLOCK];
+        for seed in 0..2000u64 {
+            let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            for b in block.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = [b'"', b'\\', b'{', b'}', b'[', b']', b'a', 0xFB, 0xFD, 0xDB, 0x5B, 0x7B][(x % 12) as usize] ^ if x % 97 == 0 { 0x20 } else { 0 };
+            }
+            let (a, b) = (Masks::of(&block), Masks::of_bytes(&block));
+            assert_eq!((a.quote, a.backslash, a.open, a.close), (b.quote, b.backslash, b.open, b.close), "{block:?}");
+        }
+    }
+
+    #[test]
+    fn escapes_carry_across_blocks() {
+        // A backslash as the last byte of a block escapes the first byte of the next.
+        for n in 0..140 {
+            let text = format!("[\"{}\\\"]\"]", "a".repeat(n));
+            let mut s = Scanner::new(text.as_bytes());
+            s.skip_value().unwrap();
+            assert_eq!(s.pos(), text.len(), "{n}");
+            let text = format!("[\"{}\\\\\"]", "a".repeat(n));
+            let mut s = Scanner::new(text.as_bytes());
+            s.skip_value().unwrap();
+            assert_eq!(s.pos(), text.len(), "{n}");
         }
     }
 
