@@ -133,29 +133,40 @@ impl DedupKey {
     }
 }
 
+/// Each byte's value as a hex digit (either case), or 0x80 for a byte that is not one.
+const HEX_VALUE: [u8; 256] = {
+    let mut t = [0x80u8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// Where the first digit of each of a UUID's 16 bytes is in its 36-character spelling.
+const UUID_BYTE_AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
+
+/// The 16 bytes of a UUID spelled `8-4-4-4-12` in hex digits of either case.
 fn parse_uuid(s: &str) -> Option<[u8; 16]> {
-    let b = s.as_bytes();
-    if b.len() != 36 || b[8] != b'-' || b[13] != b'-' || b[18] != b'-' || b[23] != b'-' {
+    let b: &[u8; 36] = s.as_bytes().try_into().ok()?;
+    if b[8] != b'-' || b[13] != b'-' || b[18] != b'-' || b[23] != b'-' {
         return None;
     }
     let mut out = [0u8; 16];
-    let mut n = 0;
-    let mut hi: Option<u8> = None;
-    for &c in b {
-        if c == b'-' {
-            continue;
-        }
-        // Upper- and lower-case spellings are the same UUID.
-        let v = (c as char).to_digit(16)? as u8;
-        match hi.take() {
-            None => hi = Some(v),
-            Some(h) => {
-                out[n] = (h << 4) | v;
-                n += 1;
-            }
-        }
+    let mut invalid = 0u8;
+    for (byte, &at) in out.iter_mut().zip(&UUID_BYTE_AT) {
+        let (hi, lo) = (HEX_VALUE[usize::from(b[at])], HEX_VALUE[usize::from(b[at + 1])]);
+        invalid |= hi | lo;
+        *byte = (hi << 4) | lo;
     }
-    (n == 16).then_some(out)
+    (invalid & 0x80 == 0).then_some(out)
 }
 
 /// FNV-1a, 128-bit: stable across Rust versions, unlike `std`'s hasher.
@@ -251,6 +262,23 @@ mod tests {
             "arn:aws:bedrock:us-east-1:111122223333:provisioned-model/abc123",
             Target::Other { id: "arn:aws:bedrock:us-east-1:111122223333:provisioned-model/abc123".into() },
         );
+    }
+
+    proptest::proptest! {
+        /// The table-driven UUID parser reads every 36-byte text as a digit-by-digit reading
+        /// would: the same 16 bytes for any mix of cases, nothing for any other character.
+        #[test]
+        fn uuids_parse_as_read_digit_by_digit(s in "[0-9a-fA-Fg ]{8}[-_][0-9a-fA-F]{4}-[0-9a-fA-Fx]{4}-[-0-9a-fA-F]{4}-[0-9a-fA-FZ]{11}[0-9a-fA-Fé]") {
+            let reference = || -> Option<[u8; 16]> {
+                let b = s.as_bytes();
+                if b.len() != 36 || [8, 13, 18, 23].iter().any(|&i| b[i] != b'-') {
+                    return None;
+                }
+                let digits: Vec<u8> = s.chars().filter(|&c| c != '-').map(|c| c.to_digit(16).map(|d| d as u8)).collect::<Option<_>>()?;
+                (digits.len() == 32).then(|| std::array::from_fn(|i| digits[2 * i] << 4 | digits[2 * i + 1]))
+            };
+            proptest::prop_assert_eq!(parse_uuid(&s), reference());
+        }
     }
 
     #[test]
