@@ -144,7 +144,9 @@ pub struct IngestConfig {
     pub workers: usize,
     /// How much lower the parser threads' scheduling priority is than the committer's (a
     /// `nice` increment, 0–19; Linux only). The committer is the one serial stage, so on a
-    /// machine with as many busy parsers as cores it must not wait for a time slice.
+    /// machine with as many busy parsers as cores it must not wait for a time slice. Higher
+    /// is faster on an idle machine and slower next to busy processes of the same scheduling
+    /// group (session or cgroup), to which the parsers yield as well.
     #[serde(default = "IngestConfig::default_reader_nice")]
     pub reader_nice: i32,
     /// With `--follow`, seconds between looks for new data.
@@ -175,7 +177,7 @@ impl IngestConfig {
         2.0
     }
     fn default_reader_nice() -> i32 {
-        10
+        5
     }
 }
 
