@@ -318,6 +318,9 @@ impl SqliteStore {
         bucket: &str,
         rows: &[(&str, B, &str, &Usage)],
     ) -> Result<(), StoreError> {
+        let bind = |st: &mut rusqlite::CachedStatement<'_>, at: usize, v: &dyn rusqlite::ToSql| {
+            st.raw_bind_parameter(at, v).map_err(backend)
+        };
         let full = rows.len() - rows.len() % UPSERT_ROWS;
         for (chunk, n) in [(&rows[..full], UPSERT_ROWS), (&rows[full..], 1)] {
             if chunk.is_empty() {
@@ -327,9 +330,6 @@ impl SqliteStore {
             for statement_rows in chunk.chunks(n) {
                 let mut at = 1;
                 for (tenant, b, resource, u) in statement_rows {
-                    let bind = |st: &mut rusqlite::CachedStatement<'_>, at: usize, v: &dyn rusqlite::ToSql| {
-                        st.raw_bind_parameter(at, v).map_err(backend)
-                    };
                     bind(&mut st, at, tenant)?;
                     bind(&mut st, at + 1, b)?;
                     bind(&mut st, at + 2, resource)?;
