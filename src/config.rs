@@ -123,10 +123,20 @@ impl Default for StoreConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IngestConfig {
-    /// Records per committed batch (one store transaction each); unset, it depends on the
-    /// store (see [`IngestConfig::batch_records_for`]).
+    /// Records per batch: the unit in which records are checked for duplicates and, on
+    /// DynamoDB, the unit of one store transaction; unset, it depends on the store (see
+    /// [`IngestConfig::batch_records_for`]).
     #[serde(default)]
     pub batch_records: Option<usize>,
+    /// SQLite: records per store transaction. Batches are applied into one open transaction
+    /// until it holds this many records (or `commit_seconds` pass), and their counters are
+    /// summed and written once, at its commit.
+    #[serde(default = "IngestConfig::default_commit_records")]
+    pub commit_records: u64,
+    /// SQLite: the longest a counted batch waits for its transaction's commit, in seconds; it
+    /// bounds how far the live meters lag the ingester.
+    #[serde(default = "IngestConfig::default_commit_seconds")]
+    pub commit_seconds: f64,
     /// How long a `requestId` is remembered for deduplication, in days.
     #[serde(default = "IngestConfig::default_dedup_window_days")]
     pub dedup_window_days: u32,
@@ -161,6 +171,12 @@ impl IngestConfig {
     pub fn batch_records_for(&self, backend: &str) -> usize {
         self.batch_records.unwrap_or(if backend == "dynamodb" { 50_000 } else { 20_000 })
     }
+    fn default_commit_records() -> u64 {
+        100_000
+    }
+    fn default_commit_seconds() -> f64 {
+        1.0
+    }
     fn default_dedup_window_days() -> u32 {
         35
     }
@@ -185,6 +201,8 @@ impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
             batch_records: None,
+            commit_records: Self::default_commit_records(),
+            commit_seconds: Self::default_commit_seconds(),
             dedup_window_days: Self::default_dedup_window_days(),
             max_record_bytes: Self::default_max_record_bytes(),
             max_token_count: Self::default_max_token_count(),
@@ -354,6 +372,12 @@ impl Config {
         if i.batch_records == Some(0) {
             return bad("ingest.batch_records", "must be at least 1");
         }
+        if i.commit_records == 0 {
+            return bad("ingest.commit_records", "must be at least 1");
+        }
+        if !(i.commit_seconds > 0.0 && i.commit_seconds <= 3_600.0) {
+            return bad("ingest.commit_seconds", "must be above 0 and at most 3600");
+        }
         if i.dedup_window_days == 0 {
             return bad("ingest.dedup_window_days", "must be at least 1");
         }
@@ -489,6 +513,9 @@ mod tests {
         assert_eq!(field_of("[ingest]\nbatch_records = 0"), "ingest.batch_records");
         assert_eq!(field_of("[ingest]\nreader_nice = 20"), "ingest.reader_nice");
         assert_eq!(field_of("[ingest]\nreader_nice = -5"), "ingest.reader_nice");
+        assert_eq!(field_of("[ingest]\ncommit_records = 0"), "ingest.commit_records");
+        assert_eq!(field_of("[ingest]\ncommit_seconds = 0"), "ingest.commit_seconds");
+        assert_eq!(field_of("[ingest]\ncommit_seconds = 7200"), "ingest.commit_seconds");
         assert_eq!(field_of("[tenancy]\nidentity_pattern = 'role/(.*)'"), "tenancy.identity_pattern");
         assert_eq!(field_of("[[tenancy.profiles]]\nprofile = 'p'\n"), "tenancy.profiles[0].tenant");
         assert_eq!(field_of("[[tenancy.profiles]]\nprofile = 'p'\ntenant = 'a'\ntier = 'spot'"), "tenancy.profiles[0].tier");

@@ -12,6 +12,12 @@
 //! the new one; on restart the sources are read again from the stored positions, and the records
 //! after them are counted for the first time.
 //!
+//! A store may take several batches into one atomic write (a group, see
+//! [`CounterStore::apply_grouped`]; SQLite does, until `ingest.commit_records` or
+//! `ingest.commit_seconds`). The argument is the same with the group in place of the batch:
+//! its batches' deltas and positions become visible together at its commit, or not at all, and
+//! the report counts them only once the commit returned.
+//!
 //! Independently of positions, every record's `requestId` (with its hour) is remembered for
 //! the dedup window inside the same write, so the same record arriving through another file,
 //! object or stream, or a replaced file read again, is counted once.
@@ -80,8 +86,12 @@ const PIECE_RECORDS: usize = 4_096;
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub read: ReadSettings,
-    /// Records per committed batch.
+    /// Records per batch.
     pub batch_records: usize,
+    /// Records per store transaction, for stores that group batches (SQLite).
+    pub commit_records: u64,
+    /// The longest a batch waits for its transaction's commit.
+    pub commit_interval: Duration,
     pub workers: usize,
     /// Nice increment of the worker threads (see [`crate::config::IngestConfig::reader_nice`]).
     pub reader_nice: i32,
@@ -99,6 +109,8 @@ impl Settings {
         Settings {
             read: ReadSettings { max_record_bytes: i.max_record_bytes, piece_records: batch_records.min(PIECE_RECORDS), follow },
             batch_records,
+            commit_records: i.commit_records,
+            commit_interval: Duration::from_secs_f64(i.commit_seconds),
             workers: if i.workers == 0 { cores } else { i.workers },
             reader_nice: i.reader_nice,
             dedup_window: i64::from(i.dedup_window_days) * 86_400,
@@ -503,6 +515,20 @@ struct Committer<'a> {
     max_hour: Option<EpochSeconds>,
     /// Quarantined records logged so far this run.
     logged: u64,
+    /// What the store's open group holds: reported once the group commits.
+    uncommitted: Option<Uncommitted>,
+}
+
+/// The batches applied into the store's open group, not yet committed.
+struct Uncommitted {
+    opened: Instant,
+    batches: u64,
+    received: u64,
+    counted: u64,
+    duplicates: u64,
+    skipped: BTreeMap<Reason, u64>,
+    /// Hourly keys written by stores that write them batch by batch.
+    keys_written: u64,
 }
 
 /// One batch, merged and ready to apply, with what goes beside it.
@@ -522,7 +548,7 @@ impl<'a> Committer<'a> {
         report: &'a mut RunReport,
     ) -> Result<Self, StoreError> {
         let max_hour = store.max_hour()?;
-        Ok(Committer { store, quarantine, settings, report, max_hour, logged: 0 })
+        Ok(Committer { store, quarantine, settings, report, max_hour, logged: 0, uncommitted: None })
     }
 
     fn run(
@@ -537,12 +563,30 @@ impl<'a> Committer<'a> {
         let (result, stats) = std::thread::scope(|scope| {
             let merger = scope.spawn(move || merge_batches(rx, &batch_tx, settings, max_hour));
             let mut result = Ok(());
-            for merged in batch_rx.iter() {
-                if let Err(e) = self.commit(merged) {
+            loop {
+                // With a group open, wait for the next batch only until the group is due.
+                let next = match &self.uncommitted {
+                    None => batch_rx.recv().map_err(|_| crossbeam_channel::RecvTimeoutError::Disconnected),
+                    Some(u) => batch_rx.recv_deadline(u.opened + self.settings.commit_interval),
+                };
+                let step = match next {
+                    Ok(merged) => self.apply(merged),
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => self.commit_group(),
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                };
+                if let Err(e) = step {
                     result = Err(e);
                     break;
                 }
-                progress.update(bytes_read.load(Ordering::Relaxed), self.report.received);
+                let pending = self.uncommitted.as_ref().map_or(0, |u| u.received);
+                progress.update(bytes_read.load(Ordering::Relaxed), self.report.received + pending);
+            }
+            if result.is_ok() {
+                result = self.commit_group();
+            }
+            if result.is_err() {
+                self.store.rollback_group();
+                self.uncommitted = None;
             }
             // Once this end is gone the merger's next send fails and it stops.
             drop(batch_rx);
@@ -555,7 +599,9 @@ impl<'a> Committer<'a> {
         result
     }
 
-    fn commit(&mut self, merged: Merged) -> Result<(), IngestError> {
+    /// Applies one batch into the store's open group, and commits the group once it holds
+    /// `commit_records` records or has been open `commit_interval`.
+    fn apply(&mut self, merged: Merged) -> Result<(), IngestError> {
         let Merged { batch, rejected, failed } = merged;
         self.report.files_failed += failed.len() as u64;
         self.report.errors.extend(failed);
@@ -575,6 +621,7 @@ impl<'a> Committer<'a> {
             return Ok(());
         }
 
+        self.report.quarantined += rejected.iter().filter(|(_, x)| !x.reason.is_benign()).count() as u64;
         let applied = self.apply_with_retry(&batch)?;
         let offered = batch.entries.len() as u64;
         if applied.counted + applied.duplicates != offered {
@@ -583,16 +630,42 @@ impl<'a> Committer<'a> {
                 applied.counted, applied.duplicates
             )));
         }
-        let r = &mut *self.report;
-        r.received += batch.received;
-        r.counted += applied.counted;
-        r.duplicates += applied.duplicates;
+        let u = self.uncommitted.get_or_insert_with(|| Uncommitted {
+            opened: Instant::now(),
+            batches: 0,
+            received: 0,
+            counted: 0,
+            duplicates: 0,
+            skipped: BTreeMap::new(),
+            keys_written: 0,
+        });
+        u.batches += 1;
+        u.received += batch.received;
+        u.counted += applied.counted;
+        u.duplicates += applied.duplicates;
         for (reason, n) in &batch.skipped {
+            *u.skipped.entry(*reason).or_default() += n;
+        }
+        u.keys_written += applied.keys_written;
+        if u.received >= self.settings.commit_records || u.opened.elapsed() >= self.settings.commit_interval {
+            self.commit_group()?;
+        }
+        Ok(())
+    }
+
+    /// Commits the store's open group and adds what it held to the report.
+    fn commit_group(&mut self) -> Result<(), IngestError> {
+        let Some(u) = self.uncommitted.take() else { return Ok(()) };
+        let keys_written = self.store.commit_group()?;
+        let r = &mut *self.report;
+        r.batches += u.batches;
+        r.received += u.received;
+        r.counted += u.counted;
+        r.duplicates += u.duplicates;
+        for (reason, n) in u.skipped {
             *r.skipped.entry(reason.as_str().to_string()).or_default() += n;
         }
-        r.quarantined += rejected.iter().filter(|(_, x)| !x.reason.is_benign()).count() as u64;
-        r.batches += 1;
-        r.keys_written += applied.keys_written;
+        r.keys_written += u.keys_written + keys_written;
         Ok(())
     }
 
@@ -606,7 +679,7 @@ impl<'a> Committer<'a> {
         let mut delay = Duration::from_millis(50);
         let mut attempt = 0;
         loop {
-            match self.store.apply(batch) {
+            match self.store.apply_grouped(batch) {
                 Err(e) if e.is_retryable() && attempt < 8 => {
                     attempt += 1;
                     tracing::warn!(attempt, error = %e, "store busy, retrying");
@@ -788,5 +861,72 @@ mod tests {
         assert_eq!(after_zero, before, "an increment of 0 leaves the priority alone");
         assert_eq!(in_worker, (before + 10).min(19), "the worker runs 10 lower (capped at 19)");
         assert_eq!(nice_of_this_thread(), before, "the spawning (committer) thread keeps its priority");
+    }
+}
+
+#[cfg(test)]
+mod commit_tests {
+    use super::*;
+    use crate::ids::{DedupKey, TenantId};
+    use crate::source::Origin;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::Entry;
+    use crate::usage::{CounterKey, Resource, Usage};
+
+    /// One record of `acme` on 2025-11-03 10:00 UTC, moving `file://f` from `expected` to
+    /// `position`.
+    fn piece(expected: Option<&str>, position: &str, request_id: &str) -> Piece {
+        let entry = Entry {
+            dedup: DedupKey::from_request_id(request_id),
+            key: CounterKey { tenant: TenantId::new("acme").unwrap(), hour: 1_762_164_000, resource: Resource::new("m") },
+            usage: Usage { input: 3, requests: 1, ..Usage::default() },
+        };
+        let mut p = Piece {
+            source: "file://f".into(),
+            expected: expected.map(str::to_string),
+            position: position.into(),
+            entries: vec![entry],
+            origins: vec![Origin { line: 1, offset: 0 }],
+            received: 1,
+            ..Piece::default()
+        };
+        p.finish();
+        p
+    }
+
+    #[test]
+    fn an_open_group_commits_once_due_without_waiting_for_the_next_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tally.db");
+        let mut store = SqliteStore::open(&path, false).unwrap();
+        let mut settings = Settings::from_config(&Config::default(), false);
+        settings.commit_interval = Duration::from_millis(200);
+        settings.commit_records = 1_000_000;
+        let mut quarantine = Quarantine::new(dir.path().join("quarantine.jsonl"));
+        let mut report = RunReport::default();
+        let (tx, rx) = crossbeam_channel::bounded(4);
+        let path = &path;
+        std::thread::scope(|scope| {
+            let feeder = scope.spawn(move || {
+                let reader = SqliteStore::open(path, false).unwrap();
+                let seen = || (reader.totals().unwrap().counted, reader.checkpoints().unwrap().get("file://f").cloned());
+                tx.send(Message::Piece(piece(None, "1", "r1"))).unwrap();
+                // The first batch is far below `commit_records` and the next one is not sent
+                // until the first is visible: only the interval can commit it.
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while seen() != (1, Some("1".to_string())) {
+                    assert!(Instant::now() < deadline, "the open group was never committed: {:?}", seen());
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                tx.send(Message::Piece(piece(Some("1"), "2", "r2"))).unwrap();
+            });
+            let mut committer = Committer::new(&mut store, &mut quarantine, &settings, &mut report).unwrap();
+            committer.run(&rx, &AtomicU64::new(0), &NoProgress).unwrap();
+            feeder.join().unwrap();
+        });
+        assert_eq!((report.received, report.counted, report.batches), (2, 2, 2));
+        assert_eq!(store.totals().unwrap().counted, 2);
+        assert_eq!(store.checkpoints().unwrap()["file://f"], "2");
+        assert_eq!(store.period_usage(&TenantId::new("acme").unwrap(), "2025-11").unwrap().total.input, 6);
     }
 }

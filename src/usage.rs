@@ -135,7 +135,10 @@ where
 /// Rolls hourly counters up to days or months. Sums per (tenant, UTC day number, resource)
 /// in a hash map first and names each bucket once at the end: a batch has thousands of hourly
 /// keys but a few hundred roll-up keys, so no bucket label is built or compared per hour.
-pub fn rollup(hours: &BTreeMap<CounterKey, Usage>, g: Granularity) -> BTreeMap<RollupKey, Usage> {
+pub fn rollup<'a>(
+    hours: impl IntoIterator<Item = (&'a CounterKey, &'a Usage)>,
+    g: Granularity,
+) -> BTreeMap<RollupKey, Usage> {
     let mut by_day: HashMap<(&TenantId, i64, &Resource), Usage, rustc_hash::FxBuildHasher> = HashMap::default();
     for (k, u) in hours {
         *by_day.entry((&k.tenant, k.hour.div_euclid(86_400), &k.resource)).or_default() += u;

@@ -61,28 +61,49 @@ impl Batch {
     /// were counted before: the sum of every other entry, per key, in key order. Keys whose
     /// every entry was a duplicate are left out.
     pub fn counted_sums(&self, duplicates: &[usize]) -> BTreeMap<CounterKey, Usage> {
+        let mut sums = Sums::default();
+        self.add_counted(duplicates, &mut sums);
+        sums.into_iter().collect()
+    }
+
+    /// Adds [`Batch::counted_sums`] to `into`, key by key (a store that writes the counters of
+    /// several batches at once sums them here). A key whose entries were all duplicates adds
+    /// nothing, not even an empty row.
+    pub fn add_counted(&self, duplicates: &[usize], into: &mut Sums) {
         match &self.sums {
             Some(sums) => {
-                let mut out: BTreeMap<CounterKey, Usage> = sums.iter().map(|(k, u)| (k.clone(), *u)).collect();
-                for &i in duplicates {
-                    let e = &self.entries[i];
-                    if let Some(u) = out.get_mut(&e.key) {
-                        *u -= &e.usage;
-                        if u.requests == 0 {
-                            out.remove(&e.key);
+                for (k, u) in sums {
+                    match into.get_mut(k) {
+                        Some(total) => *total += u,
+                        None => {
+                            into.insert(k.clone(), *u);
                         }
                     }
                 }
-                out
+                for &i in duplicates {
+                    let e = &self.entries[i];
+                    if let Some(u) = into.get_mut(&e.key) {
+                        *u -= &e.usage;
+                        // Every counted entry is one request: none left, none counted.
+                        if u.requests == 0 {
+                            into.remove(&e.key);
+                        }
+                    }
+                }
             }
             None => {
                 let mut skip = vec![false; self.entries.len()];
                 for &i in duplicates {
                     skip[i] = true;
                 }
-                crate::usage::aggregate(
-                    self.entries.iter().zip(skip).filter(|(_, s)| !s).map(|(e, _)| (&e.key, &e.usage)),
-                )
+                for (e, _) in self.entries.iter().zip(skip).filter(|(_, s)| !s) {
+                    match into.get_mut(&e.key) {
+                        Some(total) => *total += &e.usage,
+                        None => {
+                            into.insert(e.key.clone(), e.usage);
+                        }
+                    }
+                }
             }
         }
     }
@@ -95,7 +116,8 @@ pub struct Applied {
     pub counted: u64,
     /// Entries whose `requestId` was already counted.
     pub duplicates: u64,
-    /// Distinct hourly keys written.
+    /// Distinct hourly keys written (0 for a batch applied into a group: the group's commit
+    /// writes them, see [`CounterStore::commit_group`]).
     pub keys_written: u64,
 }
 
@@ -170,8 +192,32 @@ impl StoreError {
 
 /// The interface every counter backend provides.
 pub trait CounterStore: Send {
-    /// Applies a batch atomically and exactly once (see the module docs).
+    /// Applies a batch atomically and exactly once (see the module docs). A store with an
+    /// open group commits the group with it.
     fn apply(&mut self, batch: &Batch) -> Result<Applied, StoreError>;
+
+    /// Applies a batch into the open group, opening one if there is none. A group is one
+    /// atomic write of several batches: their duplicates are found as each is applied (a
+    /// request id twice in one group is counted once), but nothing of the group is visible,
+    /// or durable, before [`CounterStore::commit_group`]; then all of it is. Summing the
+    /// batches' counters and writing each key once per group is what makes it cheaper than
+    /// one transaction per batch. A failure abandons the whole group; when the group held
+    /// earlier batches the error is not retryable, since retrying this batch alone would
+    /// drop them. A store without groups (the default) applies and commits each batch on
+    /// its own.
+    fn apply_grouped(&mut self, batch: &Batch) -> Result<Applied, StoreError> {
+        self.apply(batch)
+    }
+
+    /// Commits the open group, if any, and returns the hourly keys it wrote. On failure the
+    /// group is abandoned, none of it written, and the error is not retryable when the group
+    /// held more than one batch.
+    fn commit_group(&mut self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
+    /// Abandons the open group, if any: none of its batches is written.
+    fn rollback_group(&mut self) {}
 
     /// Every source position, by source key.
     fn checkpoints(&self) -> Result<HashMap<String, String>, StoreError>;

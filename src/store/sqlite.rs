@@ -4,8 +4,8 @@
 //! (tenant, bucket, resource) with the same sums; `seen_runs` (per UTC hour, sorted runs of
 //! request-id keys, see [`seen_key`]) for deduplication; `checkpoints` (source → position);
 //! `skipped` and `totals` for the ingest accounting; `meta`. Costs are decimal text, summed
-//! exactly by the `dec_add` function this module registers, never as floats. Each [`Batch`] is
-//! one `BEGIN IMMEDIATE` transaction.
+//! exactly by the `dec_add` function this module registers, never as floats. A [`Batch`], or a
+//! group of them ([`CounterStore::apply_grouped`]), is one `BEGIN IMMEDIATE` transaction.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -15,7 +15,7 @@ use rusqlite::functions::FunctionFlags;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use rust_decimal::Decimal;
 
-use super::{Applied, Batch, CounterStore, Entry, IngestTotals, PeriodUsage, StoreError};
+use super::{Applied, Batch, CounterStore, Entry, IngestTotals, PeriodUsage, StoreError, Sums};
 use crate::ids::{DedupKey, EpochSeconds, TenantId};
 use crate::usage::{rollup, CounterKey, Granularity, Resource, Usage};
 
@@ -127,7 +127,7 @@ fn merge_runs(a: &[u8], b: &[u8]) -> Vec<u8> {
 /// each hour as one run, merging it into the runs before it while they are not much larger
 /// (see [`RUN_FANOUT`]). That is a few statements per hour instead of one B-tree insert per
 /// record, the ingest's largest write cost before.
-fn dedup(tx: &Transaction<'_>, entries: &[Entry]) -> Result<Vec<usize>, StoreError> {
+fn dedup(tx: &Connection, entries: &[Entry]) -> Result<Vec<usize>, StoreError> {
     let mut keyed: Vec<(RunKey, usize)> = entries
         .iter()
         .enumerate()
@@ -218,6 +218,36 @@ fn migrate_seen(conn: &Connection) -> Result<(), StoreError> {
 /// The SQLite backend.
 pub struct SqliteStore {
     conn: Connection,
+    /// The open group: its transaction is open on `conn`.
+    group: Option<Group>,
+    /// The last group's map, emptied, for the next: grown once to a group's keys rather
+    /// than by doubling in every group.
+    spare: Sums,
+}
+
+/// What an open group has applied and not yet written: the counted usage per hourly key,
+/// summed over its batches. Dedup runs, checkpoints and totals are written batch by batch;
+/// the counters when the sums reach [`GROUP_KEYS`] keys and at commit, so a key that several
+/// batches touch is written once or a few times, and the sums' memory stays bounded however
+/// large the group.
+struct Group {
+    sums: Sums,
+    batches: usize,
+    /// Hourly keys written by the group so far.
+    keys_written: u64,
+}
+
+/// Hourly keys a group sums before it writes them into the open transaction (about 1.5 MB
+/// of sums).
+const GROUP_KEYS: usize = 8_192;
+
+/// An error that abandoned a group holding `earlier` batches besides the one the caller could
+/// retry: not retryable, as retrying would drop them.
+fn group_lost(e: StoreError, earlier: usize) -> StoreError {
+    if earlier == 0 || !e.is_retryable() {
+        return e;
+    }
+    StoreError::Backend(format!("{e}; the transaction, with {earlier} earlier batches, was rolled back").into())
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {
@@ -293,7 +323,7 @@ impl SqliteStore {
                 )))
             }
         }
-        Ok(SqliteStore { conn })
+        Ok(SqliteStore { conn, group: None, spare: Sums::default() })
     }
 
     /// An upsert of `rows` keys into one counter table: one statement's set-up and reset is
@@ -313,7 +343,7 @@ impl SqliteStore {
 
     /// Adds each key's usage to `table`: (tenant, bucket, resource, usage), keys distinct.
     fn upsert_all<B: rusqlite::ToSql>(
-        tx: &Transaction<'_>,
+        tx: &Connection,
         table: &str,
         bucket: &str,
         rows: &[(&str, B, &str, &Usage)],
@@ -346,7 +376,9 @@ impl SqliteStore {
         Ok(())
     }
 
-    fn apply_in(tx: &Transaction<'_>, batch: &Batch) -> Result<Applied, StoreError> {
+    /// Applies one batch into the open transaction: checkpoints, dedup, totals; the counted
+    /// usage goes to `group`, for [`SqliteStore::write_counters`].
+    fn apply_in(tx: &Connection, batch: &Batch, group: &mut Group) -> Result<Applied, StoreError> {
         for cp in &batch.checkpoints {
             let found: Option<String> = tx
                 .query_row("SELECT position FROM checkpoints WHERE source = ?1", [&cp.source], |r| r.get(0))
@@ -372,24 +404,7 @@ impl SqliteStore {
         let dedup_done = started.elapsed();
         let duplicates_n = duplicates.len() as u64;
         let counted = batch.entries.len() as u64 - duplicates_n;
-        let hours = batch.counted_sums(&duplicates);
-        let rows: Vec<_> = hours.iter().map(|(k, u)| (k.tenant.as_str(), k.hour, k.resource.as_str(), u)).collect();
-        Self::upsert_all(tx, "counters_hour", "hour", &rows)?;
-        let hours_done = started.elapsed();
-        for (table, bucket, g) in [("counters_day", "day", Granularity::Day), ("counters_month", "month", Granularity::Month)] {
-            let rolled = rollup(&hours, g);
-            let rows: Vec<_> = rolled.iter().map(|((t, b, r), u)| (t.as_str(), b.as_str(), r.as_str(), u)).collect();
-            Self::upsert_all(tx, table, bucket, &rows)?;
-        }
-
-        if let Some(max) = hours.keys().map(|k| k.hour).max() {
-            tx.execute(
-                "INSERT INTO meta (key, value) VALUES ('max_hour', ?1)
-                 ON CONFLICT (key) DO UPDATE SET value = MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
-                [max.to_string()],
-            )
-            .map_err(backend)?;
-        }
+        batch.add_counted(&duplicates, &mut group.sums);
         if let Some(before) = batch.prune_before {
             tx.execute("DELETE FROM seen_runs WHERE hour < ?1", [seen_key(before, DedupKey::from_u128(0)).0 >> 42]).map_err(backend)?;
         }
@@ -413,9 +428,38 @@ impl SqliteStore {
                 total.execute(params![name, n as i64]).map_err(backend)?;
             }
         }
-        tracing::debug!(entries = batch.entries.len(), hour_keys = hours.len(), dedup = ?dedup_done, hours = ?hours_done - dedup_done,
-            total = ?started.elapsed(), "batch written");
-        Ok(Applied { counted, duplicates: duplicates_n, keys_written: hours.len() as u64 })
+        tracing::debug!(entries = batch.entries.len(), dedup = ?dedup_done, total = ?started.elapsed(), "batch applied");
+        Ok(Applied { counted, duplicates: duplicates_n, keys_written: 0 })
+    }
+
+    /// Adds a group's counted usage to the hourly, daily and monthly counters; returns the
+    /// hourly keys written. Leaves `sums` empty.
+    fn write_counters(tx: &Connection, sums: &mut Sums) -> Result<u64, StoreError> {
+        let started = std::time::Instant::now();
+        let mut hours: Vec<(&CounterKey, &Usage)> = sums.iter().collect();
+        // In key order, so the writes walk the tables' B-trees front to back.
+        hours.sort_unstable_by_key(|&(k, _)| k);
+        let rows: Vec<_> = hours.iter().map(|(k, u)| (k.tenant.as_str(), k.hour, k.resource.as_str(), *u)).collect();
+        Self::upsert_all(tx, "counters_hour", "hour", &rows)?;
+        let hours_done = started.elapsed();
+        for (table, bucket, g) in [("counters_day", "day", Granularity::Day), ("counters_month", "month", Granularity::Month)] {
+            let rolled = rollup(hours.iter().copied(), g);
+            let rows: Vec<_> = rolled.iter().map(|((t, b, r), u)| (t.as_str(), b.as_str(), r.as_str(), u)).collect();
+            Self::upsert_all(tx, table, bucket, &rows)?;
+        }
+        if let Some(max) = hours.iter().map(|(k, _)| k.hour).max() {
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('max_hour', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
+                [max.to_string()],
+            )
+            .map_err(backend)?;
+        }
+        let written = hours.len() as u64;
+        tracing::debug!(hour_keys = written, hours = ?hours_done, total = ?started.elapsed(), "counters written");
+        drop((hours, rows));
+        sums.clear();
+        Ok(written)
     }
 
     fn usage_row(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Usage> {
@@ -457,13 +501,55 @@ pub fn month_range(month: &str) -> Result<(EpochSeconds, EpochSeconds), StoreErr
 
 impl CounterStore for SqliteStore {
     fn apply(&mut self, batch: &Batch) -> Result<Applied, StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(backend)?;
-        let applied = Self::apply_in(&tx, batch)?;
-        tx.commit().map_err(backend)?;
-        Ok(applied)
+        let applied = self.apply_grouped(batch)?;
+        Ok(Applied { keys_written: self.commit_group()?, ..applied })
+    }
+
+    fn apply_grouped(&mut self, batch: &Batch) -> Result<Applied, StoreError> {
+        if self.group.is_none() {
+            self.conn.execute_batch("BEGIN IMMEDIATE").map_err(backend)?;
+            self.group = Some(Group { sums: std::mem::take(&mut self.spare), batches: 0, keys_written: 0 });
+        }
+        let group = self.group.as_mut().expect("opened above");
+        let applied = Self::apply_in(&self.conn, batch, group).and_then(|applied| {
+            if group.sums.len() >= GROUP_KEYS {
+                group.keys_written += Self::write_counters(&self.conn, &mut group.sums)?;
+            }
+            Ok(applied)
+        });
+        match applied {
+            Ok(applied) => {
+                group.batches += 1;
+                Ok(applied)
+            }
+            Err(e) => {
+                let earlier = group.batches;
+                self.rollback_group();
+                Err(group_lost(e, earlier))
+            }
+        }
+    }
+
+    fn commit_group(&mut self) -> Result<u64, StoreError> {
+        let Some(mut group) = self.group.take() else { return Ok(0) };
+        let earlier = group.batches.saturating_sub(1);
+        let written = Self::write_counters(&self.conn, &mut group.sums)
+            .and_then(|keys| self.conn.execute_batch("COMMIT").map(|()| group.keys_written + keys).map_err(backend));
+        if written.is_err() {
+            // SQLite may have rolled back already (an I/O error); then there is nothing to undo.
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        group.sums.clear();
+        self.spare = group.sums;
+        written.map_err(|e| group_lost(e, earlier))
+    }
+
+    fn rollback_group(&mut self) {
+        if let Some(mut group) = self.group.take() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            group.sums.clear();
+            self.spare = group.sums;
+        }
     }
 
     fn checkpoints(&self) -> Result<HashMap<String, String>, StoreError> {

@@ -148,3 +148,32 @@ fn unsafe_sigterm(pid: u32) {
     let status = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
     assert!(status.success());
 }
+
+#[test]
+fn how_batches_are_grouped_into_transactions_changes_no_count() {
+    // Many small batches (and duplicates across them), committed one transaction per batch,
+    // then many batches to a transaction: the same counters, the same accounting, and the
+    // generator's ground truth both times.
+    let s = Scratch::new("");
+    let spec =
+        Spec { out: s.path("gen"), tenants: 4, records: 4_000, records_per_object: 150, duplicate_fraction: 0.05, ..Spec::default() };
+    let summary = generate::generate(&spec).unwrap();
+    let generated = std::fs::read_to_string(&summary.config).unwrap();
+    let truth: Truth = serde_json::from_str(&std::fs::read_to_string(&summary.truth).unwrap()).unwrap();
+    let run = |name: &str, commit_records: u64| {
+        let config = s.path(&format!("{name}.toml"));
+        let text = generated.replacen("[ingest]", &format!("[ingest]\nbatch_records = 300\ncommit_records = {commit_records}"), 1);
+        assert_ne!(text, generated, "the generated config has an [ingest] table");
+        std::fs::write(&config, text.replace("tally.sqlite", &format!("{name}.sqlite"))).unwrap();
+        let gen = s_for(&config);
+        let report = gen.ingest(std::slice::from_ref(&summary.logs));
+        assert!(report.batches >= 10, "only {} batches: the test needs many", report.batches);
+        let key = (report.received, report.counted, report.duplicates, report.skipped.clone());
+        (key, sorted(counters(&gen, &spec.month)), gen.store().totals().unwrap())
+    };
+    let one_each = run("one-each", 1);
+    let grouped = run("grouped", 1_000_000);
+    assert_eq!(grouped, one_each);
+    assert_eq!(one_each.1, sorted(truth.rows));
+    assert_eq!(one_each.0 .1, truth.counted);
+}

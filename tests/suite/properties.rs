@@ -243,3 +243,67 @@ proptest! {
         prop_assert_eq!(ab.2, entries.iter().map(|e| e.key.hour).max());
     }
 }
+
+/// `entries` as a batch, with the usage pre-summed per key as ingest workers send it when
+/// `presummed`, else left for the store to sum.
+fn batch_of(entries: Vec<Entry>, presummed: bool) -> tally::store::Batch {
+    let mut b = batch(entries, vec![]);
+    if presummed {
+        let mut sums = tally::store::Sums::default();
+        for e in &b.entries {
+            *sums.entry(e.key.clone()).or_default() += &e.usage;
+        }
+        b.sums = Some(sums);
+    }
+    b
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Batches applied into groups (one transaction per group, counters written once at its
+    /// commit) count exactly what the model counts, and leave the store exactly as applying
+    /// each batch on its own does: counters, roll-ups, totals and `max_hour`. Request ids
+    /// repeat within batches, across batches of one group and across groups.
+    #[test]
+    fn grouping_batches_changes_nothing_counted(
+        (recs, cuts, ends, presummed) in prop::collection::vec(
+            rec_with(prop::sample::select((0..10).map(|i| format!("req-{i}")).collect::<Vec<_>>()), month_hour()),
+            0..60,
+        )
+        .prop_flat_map(|recs| {
+            let n = recs.len();
+            (Just(recs), prop::collection::vec(0..=n, 0..6), prop::collection::vec(any::<bool>(), 7), any::<bool>())
+        })
+    ) {
+        let mut cuts = cuts;
+        cuts.push(0);
+        cuts.push(recs.len());
+        cuts.sort_unstable();
+        let batches: Vec<Vec<Entry>> = cuts.windows(2).map(|w| recs[w[0]..w[1]].iter().map(Rec::entry).collect()).collect();
+        let (want, want_counted) = model(&recs);
+
+        let mut grouped = fresh_store();
+        let mut counted = 0;
+        let mut keys_written = 0;
+        for (i, entries) in batches.iter().enumerate() {
+            let a = grouped.apply_grouped(&batch_of(entries.clone(), presummed)).unwrap();
+            prop_assert_eq!(a.counted + a.duplicates, entries.len() as u64);
+            counted += a.counted;
+            if ends[i % ends.len()] {
+                keys_written += grouped.commit_group().unwrap();
+            }
+        }
+        keys_written += grouped.commit_group().unwrap();
+        prop_assert_eq!(counted, want_counted);
+        prop_assert_eq!(&hours_map(&grouped, "2025-11"), &want);
+        prop_assert!(keys_written >= want.len() as u64, "{} keys written for {} counters", keys_written, want.len());
+
+        let mut alone = fresh_store();
+        for entries in &batches {
+            apply_ok(&mut alone, &batch_of(entries.clone(), presummed));
+        }
+        let seen = |s: &SqliteStore| (counters(s, &["2025-11"], &TENANTS), s.totals().unwrap(), s.max_hour().unwrap());
+        prop_assert_eq!(seen(&grouped), seen(&alone));
+    }
+}

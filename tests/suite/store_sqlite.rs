@@ -176,3 +176,67 @@ fn a_schema_2_store_is_migrated_with_its_dedup_index() {
     let old_table: i64 = db.query_row("SELECT count(*) FROM sqlite_master WHERE name = 'seen'", [], |r| r.get(0)).unwrap();
     assert_eq!(old_table, 0, "the old table is dropped once converted");
 }
+
+#[test]
+fn a_group_is_invisible_until_it_commits_and_a_failure_rolls_all_of_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tally.db");
+    let (months, tenants) = (["2025-11"], ["acme", "globex"]);
+    let mut writer = SqliteStore::open(&path, false).unwrap();
+    let reader = SqliteStore::open(&path, false).unwrap();
+    let empty = snapshot(&reader, &months, &tenants);
+
+    let b1 = batch(
+        vec![
+            entry("acme", "2025-11-03T10:05:00Z", "m", "r1", 100, 10, "0.25"),
+            entry("globex", "2025-11-03T10:06:00Z", "m", "r2", 5, 1, "0.5"),
+        ],
+        vec![cp("src", None, "1")],
+    );
+    // r1 again (a duplicate of the group's first batch) and r3 on the same key as r1.
+    let b2 = batch(
+        vec![
+            entry("acme", "2025-11-03T10:07:00Z", "m", "r1", 100, 10, "0.25"),
+            entry("acme", "2025-11-03T10:08:00Z", "m", "r3", 1, 2, "0.125"),
+        ],
+        vec![cp("src", Some("1"), "2")],
+    );
+    assert_eq!(writer.apply_grouped(&b1).unwrap(), Applied { counted: 2, duplicates: 0, keys_written: 0 });
+    assert_eq!(writer.apply_grouped(&b2).unwrap(), Applied { counted: 1, duplicates: 1, keys_written: 0 });
+    assert_eq!(snapshot(&reader, &months, &tenants), empty, "another connection saw an uncommitted group");
+    assert_eq!(writer.commit_group().unwrap(), 2, "two hourly keys, each written once");
+    let committed = snapshot(&reader, &months, &tenants);
+    assert_eq!(committed.checkpoints, BTreeMap::from([("src".to_string(), "2".to_string())]));
+    let acme = reader.period_usage(&c::tenant("acme"), "2025-11").unwrap().total;
+    assert_eq!((acme.requests, acme.input, acme.output, acme.est_cost), (2, 101, 12, c::dec("0.375")));
+    assert_eq!((committed.totals.received, committed.totals.counted, committed.totals.duplicates), (4, 3, 1));
+    assert_eq!(writer.commit_group().unwrap(), 0, "no group is open");
+
+    // A group whose second batch is refused (its checkpoint is stale) leaves nothing of its
+    // first batch either: not its counters, dedup keys, checkpoint or totals.
+    let b3 = batch(vec![entry("acme", "2025-11-04T00:00:00Z", "m", "r4", 7, 7, "1")], vec![cp("src", Some("2"), "3")]);
+    let stale = batch(vec![entry("globex", "2025-11-04T00:00:00Z", "m", "r5", 1, 1, "1")], vec![cp("src", Some("1"), "9")]);
+    writer.apply_grouped(&b3).unwrap();
+    match writer.apply_grouped(&stale) {
+        Err(tally::store::StoreError::ConditionFailed { source_key, .. }) => assert_eq!(source_key, "src"),
+        other => panic!("expected the stale checkpoint to be refused, got {other:?}"),
+    }
+    assert_eq!(writer.commit_group().unwrap(), 0, "the refused group is gone");
+    assert_eq!(snapshot(&reader, &months, &tenants), committed);
+    assert_eq!(snapshot(&writer, &months, &tenants), committed);
+    // r4 was rolled back with its group, so it is new when it comes again.
+    assert_eq!(apply_ok(&mut writer, &b3), Applied { counted: 1, duplicates: 0, keys_written: 1 });
+
+    // An explicit rollback, and a store closed with a group open (a killed process), keep
+    // nothing of the group.
+    let b4 = batch(vec![entry("acme", "2025-11-05T00:00:00Z", "m", "r6", 1, 1, "1")], vec![cp("src", Some("3"), "4")]);
+    writer.apply_grouped(&b4).unwrap();
+    writer.rollback_group();
+    let after_b3 = snapshot(&reader, &months, &tenants);
+    assert_eq!(snapshot(&writer, &months, &tenants), after_b3);
+    writer.apply_grouped(&b4).unwrap();
+    drop(writer);
+    let reopened = SqliteStore::open(&path, false).unwrap();
+    assert_eq!(snapshot(&reopened, &months, &tenants), after_b3);
+    assert_eq!(reopened.checkpoints().unwrap()["src"], "3");
+}
