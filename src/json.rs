@@ -108,10 +108,12 @@ impl<'a> Scanner<'a> {
         self.pos
     }
 
+    #[cold]
     fn err<T>(&self, what: &'static str) -> Result<T, SyntaxError> {
         Err(SyntaxError { at: self.pos, what })
     }
 
+    #[inline]
     pub fn skip_ws(&mut self) {
         while let Some(&b) = self.buf.get(self.pos) {
             if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
@@ -123,12 +125,14 @@ impl<'a> Scanner<'a> {
     }
 
     /// True when only white space is left.
+    #[inline]
     pub fn at_end(&mut self) -> bool {
         self.skip_ws();
         self.pos >= self.buf.len()
     }
 
     /// The kind of the next value, without consuming it.
+    #[inline]
     pub fn peek_kind(&mut self) -> Result<Kind, SyntaxError> {
         self.skip_ws();
         match self.buf.get(self.pos) {
@@ -143,6 +147,7 @@ impl<'a> Scanner<'a> {
         }
     }
 
+    #[inline]
     fn eat(&mut self, b: u8, what: &'static str) -> Result<(), SyntaxError> {
         self.skip_ws();
         if self.buf.get(self.pos) == Some(&b) {
@@ -156,12 +161,14 @@ impl<'a> Scanner<'a> {
     }
 
     /// Starts reading an object: consumes `{`.
+    #[inline]
     pub fn begin_object(&mut self) -> Result<(), SyntaxError> {
         self.eat(b'{', "expected an object")
     }
 
     /// The next key of an object, or `None` after its closing `}`. `first` is true for the
     /// first call on an object.
+    #[inline]
     pub fn next_key(&mut self, first: &mut bool) -> Result<Option<Cow<'a, str>>, SyntaxError> {
         self.skip_ws();
         if self.buf.get(self.pos) == Some(&b'}') {
@@ -175,6 +182,19 @@ impl<'a> Scanner<'a> {
         *first = false;
         if self.buf.get(self.pos) != Some(&b'"') {
             return self.err("expected a string key");
+        }
+        // Most keys are short, without escapes, and followed directly by `:`: found with one
+        // block compare and sliced out of text already known to be UTF-8.
+        if let (Some(text), Some(block)) = (self.text, self.buf.get(self.pos + 1..self.pos + 1 + BLOCK)) {
+            let block: &[u8; BLOCK] = block.try_into().expect("one block");
+            if let Some(off) = first_special(block) {
+                let end = self.pos + 1 + off;
+                if self.buf[end] == b'"' && self.buf.get(end + 1) == Some(&b':') {
+                    let key = &text[self.pos + 1..end];
+                    self.pos = end + 2;
+                    return Ok(Some(Cow::Borrowed(key)));
+                }
+            }
         }
         let key = self.string()?;
         self.eat(b':', "expected ':' after key")?;
@@ -202,6 +222,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// Reads a string value, decoding escapes only when there are any.
+    #[inline]
     pub fn string(&mut self) -> Result<Cow<'a, str>, SyntaxError> {
         self.skip_ws();
         let start = self.pos;
@@ -222,6 +243,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// Moves past a string starting at `pos`; returns its end and whether it has escapes.
+    #[inline]
     fn string_end(&mut self) -> Result<(usize, bool), SyntaxError> {
         if self.buf.get(self.pos) != Some(&b'"') {
             return self.err("expected a string");
@@ -269,6 +291,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// Reads a non-negative integer. Other numbers and other kinds are reported as such.
+    #[inline]
     pub fn number(&mut self) -> Result<Number, SyntaxError> {
         self.skip_ws();
         let start = self.pos;
@@ -326,6 +349,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// Skips one value of any kind.
+    #[inline]
     pub fn skip_value(&mut self) -> Result<(), SyntaxError> {
         match self.peek_kind()? {
             Kind::String => self.string_end().map(|_| ()),
@@ -352,6 +376,8 @@ impl<'a> Scanner<'a> {
     /// strings from a running XOR of the unescaped quotes; only the brackets outside strings
     /// are then visited one by one, and matched on a stack. A backslash outside a string is an
     /// error (it is not JSON, and it would otherwise change what the quotes after it mean).
+    // One copy, called: it runs for many blocks, and `skip_value` is inlined where it is used.
+    #[inline(never)]
     fn skip_container(&mut self) -> Result<(), SyntaxError> {
         // The closing bracket each open container expects, innermost last; on the stack up to
         // 64 deep (bodies rarely nest further), so skipping allocates nothing.
@@ -662,6 +688,41 @@ mod tests {
             s.skip_container().unwrap();
             proptest::prop_assert_eq!(&text[s.pos()..], after.as_str());
             check_against_bytewise(text.as_bytes());
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// An object's keys and string values read by the scanner are serde_json's, whatever
+        /// the keys hold (short or long, escapes, non-ASCII, a quote at a block's edge) and
+        /// with or without white space around the colons, over text known to be UTF-8 or not.
+        #[test]
+        fn keys_and_strings_read_as_serde_json_reads_them(
+            fields in proptest::collection::btree_map(
+                "([a-zA-Z]{0,20}|[a-z\"\\\\/é\t]{0,24})",
+                "[a-z0-9:\"\\\\é\n -]{0,40}",
+                0..10,
+            ),
+            pretty: bool,
+        ) {
+            let (colon, comma) = if pretty { (" : ", ",\n  ") } else { (":", ",") };
+            let members: Vec<String> = fields
+                .iter()
+                .map(|(k, v)| format!("{}{colon}{}", serde_json::to_string(k).unwrap(), serde_json::to_string(v).unwrap()))
+                .collect();
+            let text = format!("{{{}}}", members.join(comma));
+            for mut s in [Scanner::new_str(&text), Scanner::new(text.as_bytes())] {
+                s.begin_object().unwrap();
+                let mut first = true;
+                let mut read = Vec::new();
+                while let Some(key) = s.next_key(&mut first).unwrap() {
+                    read.push((key.into_owned(), s.string().unwrap().into_owned()));
+                }
+                proptest::prop_assert!(s.at_end());
+                let want: Vec<(String, String)> = fields.clone().into_iter().collect();
+                proptest::prop_assert_eq!(read, want);
+            }
         }
     }
 
