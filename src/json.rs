@@ -14,6 +14,8 @@ const MAX_DEPTH: usize = 512;
 
 /// Strings up to this long are searched a block at a time, longer ones by `memchr`.
 const SHORT_STRING: usize = 64;
+/// The longest string [`Scanner::string`] reads by blocks before the general search.
+const FAST_STRING: usize = 128;
 
 /// Bytes [`first_special`] looks at in one step.
 #[cfg(target_arch = "x86_64")]
@@ -225,6 +227,23 @@ impl<'a> Scanner<'a> {
     #[inline]
     pub fn string(&mut self) -> Result<Cow<'a, str>, SyntaxError> {
         self.skip_ws();
+        // Values read (ids, timestamps, model ARNs) are short and unescaped: over text known to
+        // be UTF-8, found a block at a time and sliced out here, without the general search.
+        if let (Some(text), Some(&b'"')) = (self.text, self.buf.get(self.pos)) {
+            let mut i = self.pos + 1;
+            while let Some(block) = self.buf.get(i..i + BLOCK).filter(|_| i - self.pos <= FAST_STRING) {
+                let block: &[u8; BLOCK] = block.try_into().expect("one block");
+                match first_special(block) {
+                    Some(off) if self.buf[i + off] == b'"' => {
+                        let value = &text[self.pos + 1..i + off];
+                        self.pos = i + off + 1;
+                        return Ok(Cow::Borrowed(value));
+                    }
+                    Some(_) => break,
+                    None => i += BLOCK,
+                }
+            }
+        }
         let start = self.pos;
         let (end, escaped) = self.string_end()?;
         if !escaped {
