@@ -647,7 +647,11 @@ impl<'a> Committer<'a> {
             *u.skipped.entry(*reason).or_default() += n;
         }
         u.keys_written += applied.keys_written;
-        if u.received >= self.settings.commit_records || u.opened.elapsed() >= self.settings.commit_interval {
+        // A store that commits each batch as it applies it (DynamoDB) has nothing to wait for.
+        if !self.store.groups_batches()
+            || u.received >= self.settings.commit_records
+            || u.opened.elapsed() >= self.settings.commit_interval
+        {
             self.commit_group()?;
         }
         Ok(())
@@ -892,6 +896,74 @@ mod commit_tests {
         };
         p.finish();
         p
+    }
+
+    /// The SQLite store as a store without groups (as DynamoDB is): every batch commits as it
+    /// is applied.
+    struct OneByOne(SqliteStore);
+
+    impl CounterStore for OneByOne {
+        fn apply(&mut self, batch: &Batch) -> Result<crate::store::Applied, StoreError> {
+            self.0.apply(batch)
+        }
+        fn checkpoints(&self) -> Result<HashMap<String, String>, StoreError> {
+            self.0.checkpoints()
+        }
+        fn max_hour(&self) -> Result<Option<EpochSeconds>, StoreError> {
+            self.0.max_hour()
+        }
+        fn period_usage(&self, tenant: &TenantId, month: &str) -> Result<crate::store::PeriodUsage, StoreError> {
+            self.0.period_usage(tenant, month)
+        }
+        fn tenants(&self, month: &str) -> Result<Vec<(TenantId, Usage)>, StoreError> {
+            self.0.tenants(month)
+        }
+        fn hours(&self, month: &str) -> Result<Vec<(CounterKey, Usage)>, StoreError> {
+            self.0.hours(month)
+        }
+        fn totals(&self) -> Result<crate::store::IngestTotals, StoreError> {
+            self.0.totals()
+        }
+    }
+
+    /// Feeds two batches, the second with a stale checkpoint, through a committer over
+    /// `store`; returns the run's error and report.
+    fn run_with_a_refused_second_batch(store: &mut dyn CounterStore, dir: &std::path::Path) -> (IngestError, RunReport) {
+        let mut settings = Settings::from_config(&Config::default(), false);
+        settings.commit_interval = Duration::from_secs(60);
+        let mut quarantine = Quarantine::new(dir.join("quarantine.jsonl"));
+        let mut report = RunReport::default();
+        let (tx, rx) = crossbeam_channel::bounded(4);
+        let store_seen = std::thread::scope(|scope| {
+            scope.spawn(move || {
+                tx.send(Message::Piece(piece(None, "1", "r1"))).unwrap();
+                // After the merger's wait, so the two pieces make two batches.
+                std::thread::sleep(BATCH_WAIT * 2);
+                tx.send(Message::Piece(piece(Some("0"), "2", "r2"))).unwrap();
+            });
+            let mut committer = Committer::new(store, &mut quarantine, &settings, &mut report).unwrap();
+            committer.run(&rx, &AtomicU64::new(0), &NoProgress)
+        });
+        (store_seen.expect_err("the stale checkpoint stops the run"), report)
+    }
+
+    #[test]
+    fn the_report_counts_what_was_committed_when_a_run_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        // Grouped (SQLite): the refused batch takes the first one with it; nothing counted.
+        let mut grouped = SqliteStore::open(&dir.path().join("grouped.db"), false).unwrap();
+        let (e, report) = run_with_a_refused_second_batch(&mut grouped, dir.path());
+        assert!(matches!(e, IngestError::Store(StoreError::ConditionFailed { .. })), "{e:?}");
+        assert_eq!((report.received, report.counted, report.batches), (0, 0, 0));
+        assert_eq!(grouped.totals().unwrap().counted, 0);
+        assert!(grouped.checkpoints().unwrap().is_empty());
+        // One transaction per batch: the first batch stays committed, and reported.
+        let mut one_by_one = OneByOne(SqliteStore::open(&dir.path().join("one.db"), false).unwrap());
+        let (e, report) = run_with_a_refused_second_batch(&mut one_by_one, dir.path());
+        assert!(matches!(e, IngestError::Store(StoreError::ConditionFailed { .. })), "{e:?}");
+        assert_eq!((report.received, report.counted, report.batches), (1, 1, 1));
+        assert_eq!(one_by_one.totals().unwrap().counted, 1);
+        assert_eq!(one_by_one.checkpoints().unwrap()["file://f"], "1");
     }
 
     #[test]

@@ -219,6 +219,12 @@ pub trait CounterStore: Send {
     /// Abandons the open group, if any: none of its batches is written.
     fn rollback_group(&mut self) {}
 
+    /// Whether [`CounterStore::apply_grouped`] keeps batches in an open group (false: each
+    /// batch is committed as it is applied).
+    fn groups_batches(&self) -> bool {
+        false
+    }
+
     /// Every source position, by source key.
     fn checkpoints(&self) -> Result<HashMap<String, String>, StoreError>;
 

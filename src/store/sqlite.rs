@@ -544,6 +544,10 @@ impl CounterStore for SqliteStore {
         written.map_err(|e| group_lost(e, earlier))
     }
 
+    fn groups_batches(&self) -> bool {
+        true
+    }
+
     fn rollback_group(&mut self) {
         if let Some(mut group) = self.group.take() {
             let _ = self.conn.execute_batch("ROLLBACK");
