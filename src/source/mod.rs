@@ -86,12 +86,7 @@ impl Piece {
     pub fn finish(&mut self) {
         self.sums.clear();
         for e in &self.entries {
-            match self.sums.get_mut(&e.key) {
-                Some(u) => *u += &e.usage,
-                None => {
-                    self.sums.insert(e.key.clone(), e.usage);
-                }
-            }
+            crate::store::add_to(&mut self.sums, &e.key, &e.usage);
         }
     }
 }

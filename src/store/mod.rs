@@ -56,6 +56,17 @@ pub struct Batch {
 /// Usage per hourly key, in a map with a fast hasher.
 pub type Sums = HashMap<CounterKey, Usage, rustc_hash::FxBuildHasher>;
 
+/// Adds `usage` to `key`'s sum, cloning the key only when it is new.
+#[inline]
+pub fn add_to(sums: &mut Sums, key: &CounterKey, usage: &Usage) {
+    match sums.get_mut(key) {
+        Some(total) => *total += usage,
+        None => {
+            sums.insert(key.clone(), *usage);
+        }
+    }
+}
+
 impl Batch {
     /// The counters this batch adds when the entries at `duplicates` (indices into `entries`)
     /// were counted before: the sum of every other entry, per key, in key order. Keys whose
@@ -73,12 +84,7 @@ impl Batch {
         match &self.sums {
             Some(sums) => {
                 for (k, u) in sums {
-                    match into.get_mut(k) {
-                        Some(total) => *total += u,
-                        None => {
-                            into.insert(k.clone(), *u);
-                        }
-                    }
+                    add_to(into, k, u);
                 }
                 for &i in duplicates {
                     let e = &self.entries[i];
@@ -97,12 +103,7 @@ impl Batch {
                     skip[i] = true;
                 }
                 for (e, _) in self.entries.iter().zip(skip).filter(|(_, s)| !s) {
-                    match into.get_mut(&e.key) {
-                        Some(total) => *total += &e.usage,
-                        None => {
-                            into.insert(e.key.clone(), e.usage);
-                        }
-                    }
+                    add_to(into, &e.key, &e.usage);
                 }
             }
         }

@@ -326,6 +326,12 @@ impl SqliteStore {
         Ok(SqliteStore { conn, group: None, spare: Sums::default() })
     }
 
+    /// Keeps a finished group's map, emptied, for the next group.
+    fn keep_spare(&mut self, mut sums: Sums) {
+        sums.clear();
+        self.spare = sums;
+    }
+
     /// An upsert of `rows` keys into one counter table: one statement's set-up and reset is
     /// shared by [`UPSERT_ROWS`] keys.
     fn upsert_sql(table: &str, bucket: &str, rows: usize) -> String {
@@ -539,8 +545,7 @@ impl CounterStore for SqliteStore {
             // SQLite may have rolled back already (an I/O error); then there is nothing to undo.
             let _ = self.conn.execute_batch("ROLLBACK");
         }
-        group.sums.clear();
-        self.spare = group.sums;
+        self.keep_spare(group.sums);
         written.map_err(|e| group_lost(e, earlier))
     }
 
@@ -549,10 +554,9 @@ impl CounterStore for SqliteStore {
     }
 
     fn rollback_group(&mut self) {
-        if let Some(mut group) = self.group.take() {
+        if let Some(group) = self.group.take() {
             let _ = self.conn.execute_batch("ROLLBACK");
-            group.sums.clear();
-            self.spare = group.sums;
+            self.keep_spare(group.sums);
         }
     }
 
