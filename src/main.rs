@@ -586,12 +586,26 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
+/// Limits glibc's malloc to one arena, before ingest starts its threads. Every piece a worker
+/// allocates is freed by the committer; with glibc's default of an arena per thread the freed
+/// memory stays spread over the workers' arenas, each holding its own slack. With one arena
+/// it is reused wherever it was freed: the benchmark ingest's peak RSS is about 5 MB lower, at
+/// no measured CPU cost (README, "Ingest throughput").
+fn one_malloc_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes the allocator; it takes effect for arenas created later.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 /// A TOML basic string.
 fn toml_string(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
 }
 
 fn ingest_inputs(config: &Config, inputs: Vec<Input>, follow: bool, quiet: bool) -> anyhow::Result<(RunReport, Option<WriteStats>)> {
+    one_malloc_arena();
     let pipeline = Pipeline::from_config(config)?;
     let mut inputs = Inputs::new(inputs, config)?;
     let settings = Settings::from_config(config, follow);

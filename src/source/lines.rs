@@ -26,6 +26,9 @@ pub struct LineReader<R> {
     max: usize,
     /// Stream offset of `buf[start]`.
     pos: u64,
+    /// `buf` holds the whole stream (see [`LineReader::whole`]), so a line is checked against
+    /// `max` when found, not by the buffer's size.
+    whole: bool,
 }
 
 const INITIAL: usize = 256 * 1024;
@@ -34,8 +37,27 @@ impl<R: Read> LineReader<R> {
     /// `pos` is the stream offset the reader starts at; `max` the longest line kept.
     pub fn new(inner: R, pos: u64, max: usize) -> Self {
         // At most `max + 1` bytes, never more: a line found whole in the buffer is then at most `max`.
-        LineReader { inner, buf: vec![0; INITIAL.min(max + 1)], start: 0, end: 0, scanned: 0, eof: false, max, pos }
+        LineReader { inner, buf: vec![0; INITIAL.min(max + 1)], start: 0, end: 0, scanned: 0, eof: false, max, pos, whole: false }
     }
+
+    /// The buffer, for the next [`LineReader::whole`].
+    pub fn into_buf(self) -> Vec<u8> {
+        self.buf
+    }
+}
+
+impl LineReader<io::Empty> {
+    /// Lines of a stream already in memory (`text`), from stream offset `pos`, without copying
+    /// it: what a whole inflated gzip file is read as. Lines longer than `max` are reported as
+    /// [`Line::TooLong`], as from a stream.
+    pub fn whole(text: Vec<u8>, pos: u64, max: usize) -> Self {
+        let start = usize::try_from(pos).map_or(text.len(), |p| p.min(text.len()));
+        let end = text.len();
+        LineReader { inner: io::empty(), buf: text, start, end, scanned: 0, eof: true, max, pos, whole: true }
+    }
+}
+
+impl<R: Read> LineReader<R> {
 
     /// The stream offset of the next unread byte.
     pub fn position(&self) -> u64 {
@@ -79,6 +101,9 @@ impl<R: Read> LineReader<R> {
                 let line_end = self.start + self.scanned + i;
                 let begin = self.start;
                 let offset = self.pos;
+                if self.whole && line_end - begin > self.max {
+                    return Ok(Some(self.too_long_in_buffer(line_end, true)));
+                }
                 self.pos += (line_end + 1 - begin) as u64;
                 self.start = line_end + 1;
                 self.scanned = 0;
@@ -88,6 +113,9 @@ impl<R: Read> LineReader<R> {
             if self.eof {
                 if self.start == self.end {
                     return Ok(None);
+                }
+                if self.whole && self.end - self.start > self.max {
+                    return Ok(Some(self.too_long_in_buffer(self.end, false)));
                 }
                 let begin = self.start;
                 let offset = self.pos;
@@ -101,6 +129,19 @@ impl<R: Read> LineReader<R> {
             }
             self.fill()?;
         }
+    }
+
+    /// The line `buf[start..line_end]`, longer than `max`, as [`Line::TooLong`]; `terminated`:
+    /// a `\n` follows it.
+    fn too_long_in_buffer(&mut self, line_end: usize, terminated: bool) -> Line<'static> {
+        let (begin, offset) = (self.start, self.pos);
+        let len = line_end - begin;
+        let prefix = self.buf[begin..begin + SNIPPET_BYTES.min(len)].to_vec();
+        let next = if terminated { line_end + 1 } else { line_end };
+        self.pos += (next - begin) as u64;
+        self.start = next;
+        self.scanned = 0;
+        Line::TooLong { prefix, offset, len: len as u64 }
     }
 
     /// Discards the rest of an over-long line, reading in fixed chunks.
@@ -138,7 +179,10 @@ mod tests {
     use super::*;
 
     fn lines(input: &[u8], max: usize) -> Vec<(String, u64, bool)> {
-        let mut r = LineReader::new(input, 0, max);
+        collect(LineReader::new(input, 0, max), input.len())
+    }
+
+    fn collect<R: Read>(mut r: LineReader<R>, input_len: usize) -> Vec<(String, u64, bool)> {
         let mut out = Vec::new();
         while let Some(line) = r.next_line().unwrap() {
             out.push(match line {
@@ -146,8 +190,45 @@ mod tests {
                 Line::TooLong { len, offset, .. } => (format!("<too long: {len}>"), offset, true),
             });
         }
-        assert_eq!(r.position(), input.len() as u64);
+        assert_eq!(r.position(), input_len as u64);
         out
+    }
+
+    /// Hands out at most `chunk` bytes per read, as a decoder or a socket does.
+    struct Trickle<'a> {
+        input: &'a [u8],
+        chunk: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.chunk.min(buf.len()).min(self.input.len());
+            buf[..n].copy_from_slice(&self.input[..n]);
+            self.input = &self.input[n..];
+            Ok(n)
+        }
+    }
+
+    proptest::proptest! {
+        /// A stream held whole in memory splits into the same lines, offsets, over-long lines
+        /// and end position as the same bytes read a few at a time.
+        #[test]
+        fn a_whole_buffer_reads_as_the_stream_does(
+            input in proptest::collection::vec(proptest::sample::select(b"ab\r\n{}".to_vec()), 0..400),
+            max in 1usize..40,
+            chunk in 1usize..50,
+            skip in 0usize..420,
+        ) {
+            let streamed = collect(LineReader::new(Trickle { input: &input, chunk }, 0, max), input.len());
+            let whole = collect(LineReader::whole(input.clone(), 0, max), input.len());
+            proptest::prop_assert_eq!(&whole, &streamed);
+            // Resuming at a line start (or past the end, for a file that shrank) starts there.
+            let starts: Vec<usize> = std::iter::once(0).chain(memchr::memchr_iter(b'\n', &input).map(|i| i + 1)).collect();
+            let at = if skip < input.len() { starts[skip % starts.len()] } else { skip };
+            let resumed = collect(LineReader::whole(input.clone(), at as u64, max), input.len().max(at));
+            let expected: Vec<_> = streamed.iter().filter(|(_, o, _)| *o as usize >= at).cloned().collect();
+            proptest::prop_assert_eq!(resumed, expected);
+        }
     }
 
     #[test]
@@ -170,7 +251,7 @@ mod tests {
     #[test]
     fn over_long_lines_are_skipped_in_bounded_memory() {
         let mut input = b"short\n".to_vec();
-        input.extend(std::iter::repeat(b'x').take(50_000));
+        input.extend(std::iter::repeat_n(b'x', 50_000));
         input.extend(b"\nafter\n");
         let got = lines(&input, 4096);
         assert_eq!(got[1], ("<too long: 50000>".into(), 6, true));

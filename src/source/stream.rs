@@ -91,13 +91,27 @@ pub fn read_lines(
     send: &mut dyn FnMut(Piece) -> bool,
     send_empty_end: &dyn Fn(u64, u64) -> bool,
 ) -> Reached {
+    let mut lines = LineReader::new(reader, start.offset, start.max_record_bytes);
+    read_lines_from(&mut lines, start, decoder, shutdown, position, send, send_empty_end)
+}
+
+/// [`read_lines`] from a line reader the caller made (positioned at `start.offset`), such as
+/// one over a whole inflated file ([`LineReader::whole`]); the caller keeps it, and its buffer.
+pub fn read_lines_from<R: Read>(
+    lines: &mut LineReader<R>,
+    start: Start<'_>,
+    decoder: &mut Decoder<'_>,
+    shutdown: &AtomicBool,
+    position: &dyn Fn(u64, u64) -> String,
+    send: &mut dyn FnMut(Piece) -> bool,
+    send_empty_end: &dyn Fn(u64, u64) -> bool,
+) -> Reached {
     let new_piece = |expected: &Option<String>| Piece {
         source: start.source.to_string(),
         name: start.name.map(str::to_string),
         expected: expected.clone(),
         ..Piece::default()
     };
-    let mut lines = LineReader::new(reader, start.offset, start.max_record_bytes);
     let mut line_no = start.line;
     let mut expected = start.expected.clone();
     let mut piece = new_piece(&expected);

@@ -13,6 +13,7 @@ mod support;
 mod bad_input;
 mod demo;
 mod exactly_once;
+mod gzip;
 mod invoice;
 mod invoice_golden;
 mod invoice_properties;
