@@ -139,15 +139,36 @@ pub fn rollup<'a>(
     hours: impl IntoIterator<Item = (&'a CounterKey, &'a Usage)>,
     g: Granularity,
 ) -> BTreeMap<RollupKey, Usage> {
-    let mut by_day: HashMap<(&TenantId, i64, &Resource), Usage, rustc_hash::FxBuildHasher> = HashMap::default();
+    label_days(&sum_days(hours), g)
+}
+
+/// The day and the month roll-ups of hourly counters ([`rollup`] of each), with one pass over
+/// the hours: the months are summed from the days.
+pub fn rollup_days_and_months<'a>(
+    hours: impl IntoIterator<Item = (&'a CounterKey, &'a Usage)>,
+) -> [BTreeMap<RollupKey, Usage>; 2] {
+    let days = sum_days(hours);
+    [label_days(&days, Granularity::Day), label_days(&days, Granularity::Month)]
+}
+
+type DaySums<'a> = HashMap<(&'a TenantId, i64, &'a Resource), Usage, rustc_hash::FxBuildHasher>;
+
+/// Hourly counters summed per (tenant, UTC day number, resource).
+fn sum_days<'a>(hours: impl IntoIterator<Item = (&'a CounterKey, &'a Usage)>) -> DaySums<'a> {
+    let mut by_day = DaySums::default();
     for (k, u) in hours {
         *by_day.entry((&k.tenant, k.hour.div_euclid(86_400), &k.resource)).or_default() += u;
     }
+    by_day
+}
+
+/// Day sums under the bucket labels of `g`, summed where days share a bucket.
+fn label_days(by_day: &DaySums<'_>, g: Granularity) -> BTreeMap<RollupKey, Usage> {
     let mut labels: HashMap<i64, String, rustc_hash::FxBuildHasher> = HashMap::default();
     let mut out: BTreeMap<RollupKey, Usage> = BTreeMap::new();
-    for ((tenant, day, resource), u) in by_day {
+    for (&(tenant, day, resource), u) in by_day {
         let label = labels.entry(day).or_insert_with(|| g.bucket(day * 86_400)).clone();
-        *out.entry((tenant.clone(), label, resource.clone())).or_default() += &u;
+        *out.entry((tenant.clone(), label, resource.clone())).or_default() += u;
     }
     out
 }

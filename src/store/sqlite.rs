@@ -17,7 +17,7 @@ use rust_decimal::Decimal;
 
 use super::{Applied, Batch, CounterStore, Entry, IngestTotals, PeriodUsage, StoreError, Sums};
 use crate::ids::{DedupKey, EpochSeconds, TenantId};
-use crate::usage::{rollup, CounterKey, Granularity, Resource, Usage};
+use crate::usage::{rollup_days_and_months, CounterKey, Resource, Usage};
 
 /// 3: the dedup index is `seen_runs` (one row per key in `seen` before; [`migrate_seen`]).
 const SCHEMA_VERSION: &str = "3";
@@ -259,8 +259,9 @@ fn backend(e: rusqlite::Error) -> StoreError {
 
 fn dec_add(ctx: &rusqlite::functions::Context<'_>) -> rusqlite::Result<String> {
     let parse = |i: usize| -> rusqlite::Result<Decimal> {
-        let s: String = ctx.get(i)?;
-        Decimal::from_str(&s).map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))
+        // Borrowed from SQLite's value, not copied: this runs for every counter key updated.
+        let s = ctx.get_raw(i).as_str().map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))?;
+        Decimal::from_str(s).map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))
     };
     let sum = parse(0)?.checked_add(parse(1)?).ok_or_else(|| {
         rusqlite::Error::UserFunctionError("decimal overflow in dec_add".into())
@@ -448,8 +449,8 @@ impl SqliteStore {
         let rows: Vec<_> = hours.iter().map(|(k, u)| (k.tenant.as_str(), k.hour, k.resource.as_str(), *u)).collect();
         Self::upsert_all(tx, "counters_hour", "hour", &rows)?;
         let hours_done = started.elapsed();
-        for (table, bucket, g) in [("counters_day", "day", Granularity::Day), ("counters_month", "month", Granularity::Month)] {
-            let rolled = rollup(hours.iter().copied(), g);
+        let [days, months] = rollup_days_and_months(hours.iter().copied());
+        for (table, bucket, rolled) in [("counters_day", "day", days), ("counters_month", "month", months)] {
             let rows: Vec<_> = rolled.iter().map(|((t, b, r), u)| (t.as_str(), b.as_str(), r.as_str(), u)).collect();
             Self::upsert_all(tx, table, bucket, &rows)?;
         }
