@@ -298,9 +298,11 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(backend)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
         conn.pragma_update(None, "synchronous", if full_sync { "FULL" } else { "NORMAL" }).map_err(backend)?;
-        // 8 MiB of page cache: the dedup index is written in (hour, key) order, so its hot end
-        // is the last hours' pages; bounded for RSS.
-        conn.pragma_update(None, "cache_size", -8_000).map_err(backend)?;
+        // 4 MB of page cache: the dedup index is written in (hour, key) order, so its hot end
+        // is the last hours' pages, and the counter tables are written in key order per
+        // transaction. Bounded for RSS: against 8 MB, 4 MB of less peak RSS on the benchmark
+        // ingest and the same CPU time (README, "Ingest throughput").
+        conn.pragma_update(None, "cache_size", -4_000).map_err(backend)?;
         conn.create_scalar_function("dec_add", 2, FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC, dec_add)
             .map_err(backend)?;
         for (table, bucket, ty) in COUNTER_TABLES {
