@@ -253,7 +253,7 @@ pub fn read_file(
         let inf = inflater.as_mut().expect("inflated by it");
         bytes_read.fetch_add(inf.compressed.len() as u64, Ordering::Relaxed);
         let mut lines = LineReader::whole(text, start_offset, settings.max_record_bytes);
-        let reached = stream::read_lines_from(&mut lines, start, decoder, shutdown, &encoded, send, &moved);
+        let reached = stream::read_lines(&mut lines, start, decoder, shutdown, &encoded, send, &moved);
         inf.text = lines.into_buf();
         reached
     } else {
@@ -296,7 +296,8 @@ fn stream_file(
         bytes_read.fetch_add(start_offset, Ordering::Relaxed);
         Box::new(Counting { inner: file, counter: bytes_read.clone() })
     };
-    Ok(stream::read_lines(reader, start, decoder, shutdown, encoded, send, moved))
+    let mut lines = LineReader::new(reader, start.offset, start.max_record_bytes);
+    Ok(stream::read_lines(&mut lines, start, decoder, shutdown, encoded, send, moved))
 }
 
 /// Gzip files of at most this many bytes, compressed and inflated, are inflated whole in one

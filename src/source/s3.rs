@@ -43,6 +43,7 @@ use serde::{Deserialize, Serialize};
 
 use super::files::{ReadSettings, MARKER_OBJECT};
 use super::remote::{Body, Remote, SourceError};
+use super::lines::LineReader;
 use super::stream::{self, End, Start};
 use super::{Decoder, Piece};
 use crate::ids::EpochSeconds;
@@ -488,7 +489,8 @@ fn read_object(
                 max_record_bytes: settings.max_record_bytes,
                 piece_records: settings.piece_records,
             };
-            Ok(stream::read_lines(reader, start, decoder, shutdown, &|o, l| state.at(rel, &etag, o, l), send, &|_, _| false))
+            let mut lines = LineReader::new(reader, start.offset, start.max_record_bytes);
+            Ok(stream::read_lines(&mut lines, start, decoder, shutdown, &|o, l| state.at(rel, &etag, o, l), send, &|_, _| false))
         })();
         let failure = match outcome {
             Ok(reached) => {

@@ -78,26 +78,12 @@ pub struct Reached {
     pub expected: Option<String>,
 }
 
-/// Reads lines from `reader` (positioned at `start.offset`), decoding them into pieces of at
-/// most `piece_records` records. `position(offset, line)` names the position after a line;
-/// `send` returns false when the receiver is gone. The last piece is sent even when empty if
-/// `send_empty_end` says the position moved.
-pub fn read_lines(
-    reader: impl Read,
-    start: Start<'_>,
-    decoder: &mut Decoder<'_>,
-    shutdown: &AtomicBool,
-    position: &dyn Fn(u64, u64) -> String,
-    send: &mut dyn FnMut(Piece) -> bool,
-    send_empty_end: &dyn Fn(u64, u64) -> bool,
-) -> Reached {
-    let mut lines = LineReader::new(reader, start.offset, start.max_record_bytes);
-    read_lines_from(&mut lines, start, decoder, shutdown, position, send, send_empty_end)
-}
-
-/// [`read_lines`] from a line reader the caller made (positioned at `start.offset`), such as
-/// one over a whole inflated file ([`LineReader::whole`]); the caller keeps it, and its buffer.
-pub fn read_lines_from<R: Read>(
+/// Reads the lines of `lines` (positioned at `start.offset`: a stream's reader, or one over a
+/// whole inflated file, [`LineReader::whole`], which the caller keeps with its buffer), decoding
+/// them into pieces of at most `piece_records` records. `position(offset, line)` names the
+/// position after a line; `send` returns false when the receiver is gone. The last piece is
+/// sent even when empty if `send_empty_end` says the position moved.
+pub fn read_lines<R: Read>(
     lines: &mut LineReader<R>,
     start: Start<'_>,
     decoder: &mut Decoder<'_>,
