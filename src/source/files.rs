@@ -100,9 +100,17 @@ pub struct Found {
     canonical: PathBuf,
 }
 
-/// Every log file under `paths`, sorted by path, each file once. Named files are taken
-/// whatever their name; inside directories only log-looking names are. `exclude` keeps
-/// tally's own files out.
+/// Every log file under `paths`, each file once, in the order to read them: by the time its
+/// path names ([`path_time`]; files whose path names none last), then by path. Named files
+/// are taken whatever their name; inside directories only log-looking names are. `exclude`
+/// keeps tally's own files out.
+///
+/// Time order matters for a backfill from several sources: the dedup window is measured back
+/// from the newest hour merged so far, so in path order the whole S3 tree (`AWSLogs/…`) came
+/// before CloudWatch exports of its first days, which were then refused as too old. It also
+/// spreads the exports (plain text, many counter keys per batch) among the S3 objects
+/// (compressed, few keys each), so the readers and the committer work side by side instead of
+/// each in turn.
 ///
 /// A directory is canonicalized once and the files in it get their canonical path by joining
 /// their names to it; only a symbolic link is resolved one by one. Resolving every file
@@ -125,7 +133,44 @@ pub fn discover(paths: &[PathBuf], exclude: &[PathBuf]) -> io::Result<Vec<Found>
     out.sort_by(|a, b| a.path.cmp(&b.path));
     let mut seen = std::collections::HashSet::new();
     out.retain(|f| seen.insert(f.canonical.clone()));
+    // Stable: files of one time stay in path order.
+    out.sort_by_cached_key(|f| path_time(&f.path).unwrap_or(i64::MAX));
     Ok(out)
+}
+
+/// The time a path names, as seconds since the epoch: its last date, at the hour given with
+/// it or else midnight UTC. Dates are `YYYY/MM/DD[/HH]` (the S3 layout's folders),
+/// `YYYY-MM-DD[THH…]` (a file named by day) or `YYYYMMDDTHH…` (an S3 object's name), not
+/// inside a longer run of digits.
+pub fn path_time(path: &Path) -> Option<i64> {
+    let text = path.to_string_lossy();
+    let b = text.as_bytes();
+    (0..b.len()).filter(|&i| i == 0 || !b[i - 1].is_ascii_digit()).filter_map(|i| time_at(&b[i..])).last()
+}
+
+/// The date (and hour) `b` starts with, in one of [`path_time`]'s forms.
+fn time_at(b: &[u8]) -> Option<i64> {
+    let num = |at: usize, len: usize| -> Option<u32> {
+        let d = b.get(at..at + len)?;
+        d.iter().all(u8::is_ascii_digit).then(|| d.iter().fold(0, |n, c| n * 10 + u32::from(c - b'0')))
+    };
+    let is_digit = |at: usize| b.get(at).is_some_and(u8::is_ascii_digit);
+    let year = num(0, 4).filter(|y| (2000..3000).contains(y))?;
+    // (month, day, where the date ends, what may join an hour to it)
+    let (month, day, end, joiner) = match b.get(4)? {
+        &sep @ (b'/' | b'-') if b.get(7) == Some(&sep) => (num(5, 2)?, num(8, 2)?, 10, if sep == b'/' { b'/' } else { b'T' }),
+        _ if b.get(8) == Some(&b'T') => (num(4, 2)?, num(6, 2)?, 8, b'T'),
+        _ => return None,
+    };
+    let hour = match num(end + 1, 2) {
+        // An hour folder stands alone; after a `T`, minutes and seconds may follow.
+        Some(h) if b[end] == joiner && (joiner == b'T' || !is_digit(end + 3)) => h,
+        _ if end == 8 => return None,
+        _ if is_digit(end) => return None,
+        _ => 0,
+    };
+    let at = chrono::NaiveDate::from_ymd_opt(year as i32, month, day)?.and_hms_opt(hour, 0, 0)?;
+    Some(at.and_utc().timestamp())
 }
 
 /// The log files under `dir`, whose canonical path is `canonical`.
@@ -461,6 +506,26 @@ mod tests {
             inf.text = t.clone();
         }
         text
+    }
+
+    #[test]
+    fn a_path_names_the_time_of_its_last_date() {
+        let t = |p: &str| path_time(Path::new(p)).map(|s| chrono::DateTime::from_timestamp(s, 0).unwrap().to_rfc3339());
+        let at = |s: &str| Some(s.to_string());
+        // The S3 layout: the object's name is the last date, to the hour.
+        let s3 = "logs/AWSLogs/1/BedrockModelInvocationLogs/us-east-1/2025/11/04/13/20251104T131500Z_8e8dac1b119cbbd4.json.gz";
+        assert_eq!(t(s3), at("2025-11-04T13:00:00+00:00"));
+        assert_eq!(t("s3/2025/11/04/13/part.json.gz"), at("2025-11-04T13:00:00+00:00"), "hour folder");
+        assert_eq!(t("s3/2025/11/04/x.json"), at("2025-11-04T00:00:00+00:00"), "day folder");
+        assert_eq!(t("cloudwatch/2025-11-04.ndjson"), at("2025-11-04T00:00:00+00:00"));
+        assert_eq!(t("export-2025-11-04T07.jsonl"), at("2025-11-04T07:00:00+00:00"));
+        assert_eq!(t("2024-01-15-backup/cloudwatch/2025-11-04.ndjson"), at("2025-11-04T00:00:00+00:00"), "the last date wins");
+        assert_eq!(t("2024-01-15-backup/logs/app.jsonl"), at("2024-01-15T00:00:00+00:00"));
+        // Not dates: no date at all, digits inside longer runs, impossible days, a bare 8 digits.
+        for p in ["logs/app.jsonl", "exportedlogs/4f1e/stream/000000.gz", "ids/120251104T1300.json", "x/2025-11-041.json",
+                  "x/2025-02-30.json", "x/2025/13/01/a.json", "run-20251104.json", "x/1999-12-31.json", "x/2025/11-04.json"] {
+            assert_eq!(t(p), None, "{p}");
+        }
     }
 
     #[cfg(unix)]

@@ -202,3 +202,29 @@ fn a_record_older_than_the_dedup_window_is_quarantined_and_its_neighbours_counte
     assert_eq!((usage.total.input, usage.total.requests), (1 + 20 + 4000, 3), "the late record adds nothing: {usage:?}");
     assert!(!usage.by_day.contains_key("2025-11-03"), "no counter for the quarantined record's day: {:?}", usage.by_day.keys());
 }
+
+/// A backfill of months of logs from two sources (the S3 tree and CloudWatch exports named by
+/// day) is read in time order, not path order: in path order the whole S3 tree came first,
+/// and the January exports were then more than the dedup window before the newest counted
+/// hour and were refused. One worker and one record per batch, so batches follow file order.
+#[test]
+fn a_backfill_of_two_sources_is_read_in_time_order_and_nothing_falls_outside_the_window() {
+    let s = Scratch::new("[ingest]\nworkers = 1\nbatch_records = 1");
+    let s3 = "logs/AWSLogs/111122223333/BedrockModelInvocationLogs/us-east-1";
+    let files = [
+        (format!("{s3}/2025/01/05/10/20250105T100000Z_a1.json"), "ffffffff-0000-4000-8000-000000000001", "2025-01-05T10:01:00Z", 1),
+        (format!("{s3}/2025/03/20/10/20250320T100000Z_b2.json"), "ffffffff-0000-4000-8000-000000000002", "2025-03-20T10:01:00Z", 20),
+        ("logs/cloudwatch/2025-01-05.ndjson".to_string(), "ffffffff-0000-4000-8000-000000000003", "2025-01-05T03:00:00Z", 300),
+        ("logs/cloudwatch/2025-03-20.ndjson".to_string(), "ffffffff-0000-4000-8000-000000000004", "2025-03-20T03:00:00Z", 4000),
+    ];
+    for (name, id, at, input) in &files {
+        s.write(name, format!("{}\n", record(id, at, "acme", *input, 1)));
+    }
+    let report = s.ingest(&[s.path("logs")]);
+    assert_eq!((report.received, report.counted), (4, 4), "{report:?}");
+    assert!(s.quarantined().is_empty(), "{:?}", s.quarantined());
+    let store = s.store();
+    let usage = |month| tally::store::CounterStore::period_usage(&store, &tally::ids::TenantId::new("acme").unwrap(), month).unwrap();
+    assert_eq!(usage("2025-01").total.input, 1 + 300);
+    assert_eq!(usage("2025-03").total.input, 20 + 4000);
+}
