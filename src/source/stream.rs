@@ -92,10 +92,14 @@ pub fn read_lines<R: Read>(
     send: &mut dyn FnMut(Piece) -> bool,
     send_empty_end: &dyn Fn(u64, u64) -> bool,
 ) -> Reached {
+    // Room for a full piece up front: grown by doubling from empty, the entries (128 bytes
+    // each) were copied about once more per record, 1% of ingest's CPU.
     let new_piece = |expected: &Option<String>| Piece {
         source: start.source.to_string(),
         name: start.name.map(str::to_string),
         expected: expected.clone(),
+        entries: Vec::with_capacity(start.piece_records),
+        origins: Vec::with_capacity(start.piece_records),
         ..Piece::default()
     };
     let mut line_no = start.line;
