@@ -145,7 +145,7 @@ pub fn discover(paths: &[PathBuf], exclude: &[PathBuf]) -> io::Result<Vec<Found>
 pub fn path_time(path: &Path) -> Option<i64> {
     let text = path.to_string_lossy();
     let b = text.as_bytes();
-    (0..b.len()).filter(|&i| i == 0 || !b[i - 1].is_ascii_digit()).filter_map(|i| time_at(&b[i..])).last()
+    (0..b.len()).rev().filter(|&i| i == 0 || !b[i - 1].is_ascii_digit()).find_map(|i| time_at(&b[i..]))
 }
 
 /// The date (and hour) `b` starts with, in one of [`path_time`]'s forms.
