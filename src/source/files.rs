@@ -118,7 +118,6 @@ pub struct Found {
 /// 1,472 files, most of a pass's set-up time before any file was read.
 pub fn discover(paths: &[PathBuf], exclude: &[PathBuf]) -> io::Result<Vec<Found>> {
     let excluded: Vec<PathBuf> = exclude.iter().filter_map(|p| std::fs::canonicalize(p).ok()).collect();
-    let named = |p: &Path, e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", p.display()));
     let mut out = Vec::new();
     for p in paths {
         let meta = std::fs::metadata(p).map_err(|e| named(p, e))?;
@@ -173,9 +172,14 @@ fn time_at(b: &[u8]) -> Option<i64> {
     Some(at.and_utc().timestamp())
 }
 
+/// `e`, with the path it happened on in its message.
+fn named(path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
 /// The log files under `dir`, whose canonical path is `canonical`.
 fn walk(dir: &Path, canonical: &Path, out: &mut Vec<Found>) -> io::Result<()> {
-    let rd = std::fs::read_dir(dir).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
+    let rd = std::fs::read_dir(dir).map_err(|e| named(dir, e))?;
     for entry in rd {
         let entry = entry?;
         let name = entry.file_name();
