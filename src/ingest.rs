@@ -192,16 +192,25 @@ impl RunReport {
 pub enum IngestError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    // The messages below include their cause, which is therefore not also a `source`: a
+    // chain printed with `{:#}` (the CLI's error line) said it twice.
     #[error("cannot list input: {0}")]
-    Input(#[source] std::io::Error),
+    Input(std::io::Error),
     /// An S3 prefix or log group could not be listed (after the SDK's retries).
     #[cfg(feature = "aws")]
     #[error("cannot list input: {0}")]
-    Source(#[from] SourceError),
-    #[error("cannot write quarantine file {path}: {source}")]
-    Quarantine { path: String, source: std::io::Error },
+    Source(SourceError),
+    #[error("cannot write quarantine file {path}: {error}")]
+    Quarantine { path: String, error: std::io::Error },
     #[error("accounting does not add up: {0}")]
     Accounting(String),
+}
+
+#[cfg(feature = "aws")]
+impl From<SourceError> for IngestError {
+    fn from(e: SourceError) -> Self {
+        IngestError::Source(e)
+    }
 }
 
 /// Progress reporting hooks (a no-op by default).
@@ -678,7 +687,7 @@ impl<'a> Committer<'a> {
     }
 
     fn quarantine_error(&self, e: std::io::Error) -> IngestError {
-        IngestError::Quarantine { path: self.quarantine.path().display().to_string(), source: e }
+        IngestError::Quarantine { path: self.quarantine.path().display().to_string(), error: e }
     }
 
     /// Retries a busy store with backoff; any other failure stops ingest with the checkpoint

@@ -167,7 +167,8 @@ fn a_missing_input_path_is_named_and_the_run_fails() {
     let missing = s.path("in/missing.ndjson");
     let out = s.tally().arg("ingest").arg(&good).arg(&missing).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.ndjson"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("missing.ndjson").count(), 1, "the missing path, named once: {err}");
     // Nothing was half-done: the good file is counted on the next, corrected run.
     let ok = s.tally().arg("ingest").arg("--json").arg(&good).output().unwrap();
     let report: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
