@@ -17,6 +17,13 @@ pub enum ConfigError {
     Invalid { path: PathBuf, field: String, message: String },
 }
 
+/// The highest `ingest.max_token_count` accepted: counts are summed in 64 bits, and a ceiling
+/// of 10⁹ tokens per record leaves room for 10¹⁰ records in one counter.
+pub const MAX_TOKEN_CEILING: u64 = 1_000_000_000;
+
+/// The largest config file read (about 20,000 tenants with their plans and profiles).
+pub const MAX_CONFIG_BYTES: usize = 2 << 20;
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -149,6 +156,14 @@ pub struct IngestConfig {
     /// The dead-letter file (JSON lines).
     #[serde(default = "IngestConfig::default_quarantine")]
     pub quarantine: PathBuf,
+    /// The most bytes of quarantine entries one run writes; bad records past it are counted,
+    /// not written (a small gzip of junk can inflate to millions of them).
+    #[serde(default = "IngestConfig::default_quarantine_max_bytes")]
+    pub quarantine_max_bytes: u64,
+    /// A record stamped more than this many hours after the ingest's clock is quarantined as
+    /// `bad_timestamp`, so one bad clock cannot move the dedup window past everyone else.
+    #[serde(default = "IngestConfig::default_max_future_hours")]
+    pub max_future_hours: u32,
     /// Parser threads; 0 means one per core.
     #[serde(default)]
     pub workers: usize,
@@ -186,6 +201,12 @@ impl IngestConfig {
     fn default_max_token_count() -> u64 {
         10_000_000
     }
+    fn default_max_future_hours() -> u32 {
+        24
+    }
+    fn default_quarantine_max_bytes() -> u64 {
+        crate::quarantine::DEFAULT_RUN_LIMIT
+    }
     fn default_quarantine() -> PathBuf {
         "quarantine.jsonl".into()
     }
@@ -207,6 +228,8 @@ impl Default for IngestConfig {
             max_record_bytes: Self::default_max_record_bytes(),
             max_token_count: Self::default_max_token_count(),
             quarantine: Self::default_quarantine(),
+            quarantine_max_bytes: Self::default_quarantine_max_bytes(),
+            max_future_hours: Self::default_max_future_hours(),
             workers: 0,
             reader_nice: Self::default_reader_nice(),
             poll_seconds: Self::default_poll_seconds(),
@@ -337,6 +360,11 @@ impl Config {
 
     /// Parses and validates config text; `path` is only used in messages.
     pub fn from_toml(text: &str, path: &Path, base_dir: PathBuf) -> Result<Config, ConfigError> {
+        if text.len() > MAX_CONFIG_BYTES {
+            // Parsing TOML takes about fifty times the text's size in memory.
+            let message = format!("is {} bytes, above the limit of {MAX_CONFIG_BYTES}", text.len());
+            return Err(ConfigError::Parse { path: path.to_owned(), message });
+        }
         let mut config: Config =
             toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
         config.base_dir = base_dir;
@@ -384,6 +412,9 @@ impl Config {
         if i.max_record_bytes < 1024 {
             return bad("ingest.max_record_bytes", "must be at least 1024");
         }
+        if !(1..=MAX_TOKEN_CEILING).contains(&i.max_token_count) {
+            return Err(("ingest.max_token_count".into(), format!("must be from 1 to {MAX_TOKEN_CEILING}")));
+        }
         if !(0..=19).contains(&i.reader_nice) {
             return bad("ingest.reader_nice", "must be from 0 to 19");
         }
@@ -408,10 +439,17 @@ impl Config {
         } else if t.order.contains(&Rule::Identity) && self.tenancy_order_is_explicit_identity() {
             return bad("tenancy.identity_pattern", "the `identity` rule is listed but no pattern is set");
         }
+        let mut profiles = std::collections::HashMap::new();
         for (n, p) in t.profiles.iter().enumerate() {
             let field = |f: &str| format!("tenancy.profiles[{n}].{f}");
             if p.profile.trim().is_empty() {
                 return Err((field("profile"), "must not be empty".into()));
+            }
+            if let Some(first) = profiles.insert(p.profile.trim(), n) {
+                return Err((field("profile"), format!("{:?} is registered twice (also tenancy.profiles[{first}]): one profile has one owner", p.profile.trim())));
+            }
+            if let Some(why) = p.tenant.as_deref().and_then(crate::ids::tenant_id_problem) {
+                return Err((field("tenant"), why));
             }
             match (&p.tenant, p.shared) {
                 (Some(_), true) | (None, false) => {

@@ -49,6 +49,22 @@ impl fmt::Display for TenantId {
     }
 }
 
+/// The longest tenant id a config may name: it becomes a file name (one invoice per tenant).
+pub const MAX_TENANT_BYTES: usize = 128;
+
+/// Why a tenant id written in the config cannot be one, if it cannot: too long to be a file
+/// name, or holding control characters or path separators.
+pub fn tenant_id_problem(id: &str) -> Option<String> {
+    let t = id.trim();
+    if t.len() > MAX_TENANT_BYTES {
+        return Some(format!("a tenant id is at most {MAX_TENANT_BYTES} bytes, this one is {}", t.len()));
+    }
+    if t.chars().any(|c| c.is_control() || matches!(c, '/' | '\\')) || t == "." || t == ".." {
+        return Some(format!("a tenant id cannot hold control characters, `/` or `\\`, or be `.` or `..`: {t:?}"));
+    }
+    None
+}
+
 /// System cross-region inference profile prefixes (`us.anthropic…`).
 const PROFILE_PREFIXES: [&str; 8] = ["us", "eu", "apac", "global", "jp", "au", "ca", "us-gov"];
 

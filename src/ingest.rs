@@ -114,8 +114,15 @@ impl Settings {
             workers: if i.workers == 0 { cores } else { i.workers },
             reader_nice: i.reader_nice,
             dedup_window: i64::from(i.dedup_window_days) * 86_400,
-            parse: ParseOptions { max_token_count: i.max_token_count },
-            exclude: vec![config.resolve(&config.store.path), config.resolve(&i.quarantine)],
+            parse: ParseOptions {
+                max_token_count: i.max_token_count,
+                latest_timestamp: Some(chrono::Utc::now().timestamp() + i64::from(i.max_future_hours) * 3600),
+            },
+            exclude: vec![
+                config.resolve(&config.store.path),
+                config.resolve(&i.quarantine),
+                last_run_path(&config.resolve(&i.quarantine)),
+            ],
         }
     }
 }
@@ -132,11 +139,15 @@ pub struct RunReport {
     /// CloudWatch Logs streams asked for new events.
     pub streams_read: u64,
     pub bytes_read: u64,
+    /// Inputs passed over on purpose, with why (FIFOs, devices: not regular files).
+    pub passed_over: Vec<String>,
     pub received: u64,
     pub counted: u64,
     pub duplicates: u64,
     pub skipped: BTreeMap<String, u64>,
     pub quarantined: u64,
+    /// Quarantined records not written to the file: past `ingest.quarantine_max_bytes`.
+    pub quarantine_omitted: u64,
     pub quarantine_file: String,
     pub conflicts: u64,
     pub unattributed: u64,
@@ -166,6 +177,7 @@ impl RunReport {
         self.objects_read += o.objects_read;
         self.streams_read += o.streams_read;
         self.bytes_read += o.bytes_read;
+        self.passed_over.extend(o.passed_over.iter().cloned());
         self.received += o.received;
         self.counted += o.counted;
         self.duplicates += o.duplicates;
@@ -173,6 +185,7 @@ impl RunReport {
             *self.skipped.entry(k.clone()).or_default() += v;
         }
         self.quarantined += o.quarantined;
+        self.quarantine_omitted += o.quarantine_omitted;
         self.quarantine_file.clone_from(&o.quarantine_file);
         self.conflicts += o.conflicts;
         self.unattributed += o.unattributed;
@@ -351,11 +364,22 @@ pub fn run_pass(
     progress: &dyn Progress,
 ) -> Result<RunReport, IngestError> {
     let started = Instant::now();
+    let omitted_before = quarantine.omitted();
     let checkpoints = store.checkpoints()?;
     let mut report = RunReport { quarantine_file: quarantine.path().display().to_string(), ..RunReport::default() };
     let mut jobs: Vec<Job> = Vec::new();
     if !inputs.paths.is_empty() {
-        let found = files::discover(&inputs.paths, &settings.exclude).map_err(IngestError::Input)?;
+        let discovered = files::discover(&inputs.paths, &settings.exclude).map_err(IngestError::Input)?;
+        for why in &discovered.failed {
+            tracing::error!(error = %why, "cannot read input");
+        }
+        for why in &discovered.passed_over {
+            tracing::warn!(input = %why, "passed over");
+        }
+        report.files_failed += discovered.failed.len() as u64;
+        report.errors.extend(discovered.failed);
+        report.passed_over.extend(discovered.passed_over);
+        let found = discovered.files;
         report.files_seen = found.len() as u64;
         let (file_jobs, unchanged) = files::plan(found, &checkpoints).map_err(IngestError::Input)?;
         report.files_unchanged = unchanged as u64;
@@ -398,14 +422,17 @@ pub fn run_pass(
                     if shutdown.load(Ordering::Relaxed) {
                         break;
                     }
+                    let mut read = ReadTally::default();
                     let mut send = |mut p: Piece| {
+                        read.add(&p);
                         p.finish();
                         tx.send(Message::Piece(p)).is_ok()
                     };
                     let failed = match &job {
                         Job::File(j) => files::read_file(j, &mut decoder, &settings.read, &bytes_read, shutdown, &mut send)
                             .err()
-                            .map(|e| format!("{}: {e}", j.path.display())),
+                            .map(|e| format!("{}: {e}", j.path.display()))
+                            .or_else(|| read.refused_whole(j.resume.is_none()).map(|why| format!("{}: {why}", j.path.display()))),
                         #[cfg(feature = "aws")]
                         Job::S3(j) => remote
                             .and_then(|r| s3::read_job(r, j, &mut decoder, &settings.read, &bytes_read, shutdown, &mut send).err())
@@ -436,6 +463,7 @@ pub fn run_pass(
     progress.finish();
     result?;
     report.bytes_read = bytes_read.load(Ordering::Relaxed);
+    report.quarantine_omitted = quarantine.omitted() - omitted_before;
     report.elapsed_secs = started.elapsed().as_secs_f64();
     if !report.balanced() {
         return Err(IngestError::Accounting(format!(
@@ -447,6 +475,86 @@ pub fn run_pass(
         )));
     }
     Ok(report)
+}
+
+/// Where the last run's report is kept, beside the quarantine file: what `tally status`
+/// shows of the failed inputs and the quarantine.
+pub fn last_run_path(quarantine: &std::path::Path) -> PathBuf {
+    quarantine.with_file_name("last-ingest.json")
+}
+
+/// The last run's report as `tally status` shows it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct LastRun {
+    pub finished_at: String,
+    pub received: u64,
+    pub counted: u64,
+    pub quarantined: u64,
+    /// Quarantined records not written to the file: past `ingest.quarantine_max_bytes`.
+    pub quarantine_omitted: u64,
+    pub quarantine_file: String,
+    pub files_failed: u64,
+    /// The failed inputs, each with why.
+    pub failed: Vec<String>,
+}
+
+impl LastRun {
+    pub fn of(report: &RunReport) -> LastRun {
+        LastRun {
+            finished_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            received: report.received,
+            counted: report.counted,
+            quarantined: report.quarantined,
+            quarantine_omitted: report.quarantine_omitted,
+            quarantine_file: report.quarantine_file.clone(),
+            files_failed: report.files_failed,
+            failed: report.errors.clone(),
+        }
+    }
+
+    /// Writes it (whole: to a temporary file, then renamed over the old one).
+    pub fn save(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self).expect("serialises"))?;
+        std::fs::rename(&tmp, path)
+    }
+
+    pub fn load(path: &std::path::Path) -> Option<LastRun> {
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    }
+}
+
+/// What one input gave, to tell a file whose contents were refused whole.
+#[derive(Default)]
+struct ReadTally {
+    counted: u64,
+    refused: u64,
+    first: Option<String>,
+}
+
+impl ReadTally {
+    fn add(&mut self, p: &Piece) {
+        self.counted += p.entries.len() as u64;
+        for r in p.rejects.iter().filter(|r| !r.reason.is_benign()) {
+            self.refused += 1;
+            if self.first.is_none() {
+                self.first = Some(format!("{} at line {}: {}", r.reason, r.line, r.detail));
+            }
+        }
+    }
+
+    /// Why the input counts as failed: read from its start, it gave records to quarantine and
+    /// none to count (a document refused as a whole, a file of nothing but bad lines). A
+    /// balanced run of one "received" must not hide it.
+    fn refused_whole(&self, from_start: bool) -> Option<String> {
+        (from_start && self.counted == 0 && self.refused > 0).then(|| {
+            format!(
+                "no record in it could be read: {} quarantined, the first {}",
+                self.refused,
+                self.first.as_deref().unwrap_or_default()
+            )
+        })
+    }
 }
 
 /// Lowers the calling thread's scheduling priority by `increment` (a nice increment).

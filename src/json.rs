@@ -236,6 +236,9 @@ impl<'a> Scanner<'a> {
                 match first_special(block) {
                     Some(off) if self.buf[i + off] == b'"' => {
                         let value = &text[self.pos + 1..i + off];
+                        if has_control(value.as_bytes()) {
+                            return self.err("raw control character in a string");
+                        }
                         self.pos = i + off + 1;
                         return Ok(Cow::Borrowed(value));
                     }
@@ -247,6 +250,10 @@ impl<'a> Scanner<'a> {
         let start = self.pos;
         let (end, escaped) = self.string_end()?;
         if !escaped {
+            if has_control(&self.buf[start + 1..end - 1]) {
+                self.pos = start;
+                return self.err("raw control character in a string");
+            }
             if let Some(text) = self.text {
                 return Ok(Cow::Borrowed(&text[start + 1..end - 1]));
             }
@@ -621,6 +628,13 @@ pub enum Number {
 }
 
 /// True when `bytes` holds exactly one complete JSON value (surrounding white space allowed).
+/// Whether a string's raw bytes hold a control character (below U+0020), which JSON allows
+/// only escaped: a NUL or 0x01 in a tenant id is a broken record, not a tenant.
+#[inline]
+fn has_control(bytes: &[u8]) -> bool {
+    bytes.iter().any(|&b| b < 0x20)
+}
+
 pub fn is_complete_value(bytes: &[u8]) -> bool {
     let mut s = Scanner::new(bytes);
     s.skip_value().is_ok() && s.at_end()
@@ -636,16 +650,23 @@ pub fn lookup_string<'a>(object: &'a [u8], key: &str) -> Option<Cow<'a, str>> {
     };
     s.begin_object().ok()?;
     let mut first = true;
+    // The last of a key given twice, as standard JSON parsers (and tally for every other
+    // field) take it.
+    let mut found = None;
     while let Some(k) = s.next_key(&mut first).ok()? {
         if k == key {
-            return match s.peek_kind().ok()? {
-                Kind::String => s.string().ok(),
-                _ => None,
+            found = match s.peek_kind().ok()? {
+                Kind::String => Some(s.string().ok()),
+                _ => {
+                    s.skip_value().ok()?;
+                    Some(None)
+                }
             };
+        } else {
+            s.skip_value().ok()?;
         }
-        s.skip_value().ok()?;
     }
-    None
+    found.flatten()
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use tally::generate::{self, Spec};
 use tally::ids::TenantId;
 use tally::ingest::{self, IngestError, Inputs, Pipeline, Progress, RunReport, Settings};
 use tally::invoice::{self, InvoiceError};
-use tally::quarantine::Quarantine;
+use tally::quarantine::{Quarantine, Reason};
 use tally::source::Input;
 use tally::cur::generate::CurSpec;
 use tally::reconcile::{self as reconcile, ReconcileError};
@@ -285,7 +285,10 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            let code = if e.downcast_ref::<ConfigError>().is_some() || matches!(e.downcast_ref::<InvoiceError>(), Some(InvoiceError::Plans { .. })) {
+            let config_error = e.downcast_ref::<ConfigError>().is_some()
+                || e.downcast_ref::<tally::pricing::CatalogError>().is_some()
+                || matches!(e.downcast_ref::<InvoiceError>(), Some(InvoiceError::Plans { .. }));
+            let code = if config_error {
                 exit::CONFIG
             } else if matches!(e.downcast_ref::<IngestError>(), Some(IngestError::Accounting(_))) {
                 exit::ACCOUNTING
@@ -420,6 +423,14 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Ingest { inputs, follow, json } => {
             let config = load_config(cli.config.as_deref())?;
             let (report, writes) = ingest_inputs(&config, inputs, follow, quiet || json)?;
+            let last_run = ingest::last_run_path(&config.resolve(&config.ingest.quarantine));
+            // A run that read nothing new leaves the last one that did on show.
+            let read_something = report.files_read + report.objects_read + report.streams_read + report.files_failed > 0;
+            if read_something {
+                if let Err(e) = ingest::LastRun::of(&report).save(&last_run) {
+                    tracing::warn!(file = %last_run.display(), error = %e, "cannot save the run report for `tally status`");
+                }
+            }
             if json {
                 let mut value = serde_json::to_value(&report)?;
                 if let (Some(w), Some(obj)) = (writes, value.as_object_mut()) {
@@ -455,8 +466,23 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Status { json } => {
             let config = load_config(cli.config.as_deref())?;
             let totals = open_store(&config)?.totals()?;
+            let quarantine = config.resolve(&config.ingest.quarantine);
+            let last_run = ingest::LastRun::load(&ingest::last_run_path(&quarantine));
+            // Skipped records that went to the quarantine file (not the expected, benign ones).
+            let quarantined: u64 = totals
+                .skipped
+                .iter()
+                .filter(|(reason, _)| Reason::parse(reason).is_none_or(|r| !r.is_benign()))
+                .map(|(_, n)| n)
+                .sum();
             if json {
-                println!("{}", serde_json::to_string_pretty(&totals)?);
+                let mut value = serde_json::to_value(&totals)?;
+                if let Some(obj) = value.as_object_mut() {
+                    obj.insert("quarantined".into(), quarantined.into());
+                    obj.insert("quarantine_file".into(), quarantine.display().to_string().into());
+                    obj.insert("last_run".into(), serde_json::to_value(&last_run)?);
+                }
+                println!("{}", serde_json::to_string_pretty(&value)?);
             } else {
                 let skipped: u64 = totals.skipped.values().sum();
                 println!(
@@ -465,6 +491,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 );
                 for (reason, n) in &totals.skipped {
                     println!("  {reason:<22} {n}");
+                }
+                println!("quarantined {quarantined} records → {}", quarantine.display());
+                if let Some(run) = &last_run {
+                    println!("last ingest {}: {} files failed", run.finished_at, run.files_failed);
+                    print_failed(&run.failed);
                 }
             }
             Ok(0)
@@ -614,7 +645,7 @@ fn ingest_inputs(config: &Config, inputs: Vec<Input>, follow: bool, quiet: bool)
     let mut inputs = Inputs::new(inputs, config)?;
     let settings = Settings::from_config(config, follow);
     let mut store = open_store(config)?;
-    let mut quarantine = Quarantine::new(config.resolve(&config.ingest.quarantine));
+    let mut quarantine = Quarantine::new(config.resolve(&config.ingest.quarantine)).with_limit(config.ingest.quarantine_max_bytes);
     let shutdown = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, shutdown.clone()).context("cannot install signal handler")?;
@@ -695,6 +726,9 @@ fn print_report(r: &RunReport) {
     if r.quarantined > 0 {
         println!("quarantined {} records → {}", r.quarantined, r.quarantine_file);
     }
+    if r.quarantine_omitted > 0 {
+        println!("  of which {} counted but not written: the run reached ingest.quarantine_max_bytes", r.quarantine_omitted);
+    }
     if r.unattributed > 0 || r.conflicts > 0 {
         println!("unattributed records: {}; tenant-rule conflicts: {}", r.unattributed, r.conflicts);
     }
@@ -704,8 +738,21 @@ fn print_report(r: &RunReport) {
     for (model, n) in &r.unknown_models {
         println!("unknown model, priced at 0: {model} ({n} records)");
     }
-    for e in &r.errors {
-        println!("error: {e}");
+    print_failed(&r.errors);
+    for p in &r.passed_over {
+        println!("passed over: {p}");
+    }
+}
+
+/// The failed inputs shown on the terminal; all of them are in `--json` and `tally status --json`.
+const FAILED_SHOWN: usize = 10;
+
+fn print_failed(failed: &[String]) {
+    for e in failed.iter().take(FAILED_SHOWN) {
+        println!("failed: {e}");
+    }
+    if failed.len() > FAILED_SHOWN {
+        println!("… and {} more failed inputs (tally status --json lists them all)", failed.len() - FAILED_SHOWN);
     }
 }
 

@@ -157,19 +157,21 @@ impl Catalog {
                 "1M" => Decimal::from(1_000_000),
                 _ => return Err(err(format!("price[{n}].per: must be \"1K\" or \"1M\", not {:?}", e.per))),
             };
-            let per_token = |d: Option<ExactDecimal>| d.map(|d| d.0 / divisor);
+            let per_token = |f: &str, d: Option<ExactDecimal>| -> Result<Option<Decimal>, CatalogError> {
+                d.map(|d| checked_price(d.0 / divisor).map_err(|why| err(format!("price[{n}].{f}: {why}")))).transpose()
+            };
             let on_demand = TokenPrices {
-                input: per_token(e.input).unwrap_or_default(),
-                output: per_token(e.output).unwrap_or_default(),
-                cache_read: per_token(e.cache_read).unwrap_or_default(),
-                cache_write: per_token(e.cache_write).unwrap_or_default(),
+                input: per_token("input", e.input)?.unwrap_or_default(),
+                output: per_token("output", e.output)?.unwrap_or_default(),
+                cache_read: per_token("cache_read", e.cache_read)?.unwrap_or_default(),
+                cache_write: per_token("cache_write", e.cache_write)?.unwrap_or_default(),
             };
             let half = on_demand.half();
             let batch = TokenPrices {
-                input: per_token(e.batch_input).unwrap_or(half.input),
-                output: per_token(e.batch_output).unwrap_or(half.output),
-                cache_read: per_token(e.batch_cache_read).unwrap_or(half.cache_read),
-                cache_write: per_token(e.batch_cache_write).unwrap_or(half.cache_write),
+                input: per_token("batch_input", e.batch_input)?.unwrap_or(half.input),
+                output: per_token("batch_output", e.batch_output)?.unwrap_or(half.output),
+                cache_read: per_token("batch_cache_read", e.batch_cache_read)?.unwrap_or(half.cache_read),
+                cache_write: per_token("batch_cache_write", e.batch_cache_write)?.unwrap_or(half.cache_write),
             };
             if entries.insert(e.model.clone(), ModelPrices { on_demand, batch }).is_some() {
                 return Err(err(format!("price[{n}].model: {:?} is listed twice", e.model)));
@@ -210,8 +212,11 @@ impl Catalog {
                 continue;
             }
             let num = |field: &str, v: Option<&RawValue>| -> Result<Option<Decimal>, CatalogError> {
-                v.map(|v| json_number(v.get()).ok_or_else(|| err(format!("{key}.{field}: not an exact number: {}", v.get()))))
-                    .transpose()
+                v.map(|v| {
+                    let d = json_number(v.get()).ok_or_else(|| err(format!("{key}.{field}: not an exact number: {}", v.get())))?;
+                    checked_price(d).map_err(|why| err(format!("{key}.{field}: {why}")))
+                })
+                .transpose()
             };
             let on_demand = TokenPrices {
                 input: num("input_cost_per_token", e.input_cost_per_token)?.unwrap_or_default(),
@@ -228,6 +233,21 @@ impl Catalog {
             entries.insert(key.to_string(), ModelPrices { on_demand, batch });
         }
         Ok(Catalog { entries })
+    }
+}
+
+/// The highest price per token a catalog may hold: a million dollars per million tokens, far
+/// above any model's, and low enough that no sum of counted tokens can overflow a decimal.
+const MAX_PRICE_PER_TOKEN: Decimal = Decimal::ONE;
+
+/// A price per token, refused when negative or absurd.
+fn checked_price(d: Decimal) -> Result<Decimal, String> {
+    if d.is_sign_negative() && !d.is_zero() {
+        Err(format!("a price cannot be negative ({d})"))
+    } else if d > MAX_PRICE_PER_TOKEN {
+        Err(format!("{d} per token is above the ceiling of {MAX_PRICE_PER_TOKEN} per token"))
+    } else {
+        Ok(d)
     }
 }
 

@@ -16,6 +16,9 @@ pub enum Reason {
     PermissionCheck,
     /// The zero-byte `amazon-bedrock-logs-permission-check` object. Expected; not quarantined.
     MarkerObject,
+    /// A CloudWatch Logs subscription's control message ("CWL CONTROL MESSAGE: Checking
+    /// health of destination…"), delivered beside the data. Expected; not quarantined.
+    ControlMessage,
     /// A line or event that is not JSON at all.
     NonJson,
     /// JSON that does not parse (truncated, unbalanced, bad syntax).
@@ -45,9 +48,10 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 17] = [
         Reason::PermissionCheck,
         Reason::MarkerObject,
+        Reason::ControlMessage,
         Reason::NonJson,
         Reason::MalformedJson,
         Reason::NonUtf8,
@@ -68,6 +72,7 @@ impl Reason {
         match self {
             Reason::PermissionCheck => "permission_check",
             Reason::MarkerObject => "marker_object",
+            Reason::ControlMessage => "control_message",
             Reason::NonJson => "non_json",
             Reason::MalformedJson => "malformed_json",
             Reason::NonUtf8 => "non_utf8",
@@ -91,7 +96,7 @@ impl Reason {
 
     /// Expected non-records that are counted but not worth a dead-letter entry.
     pub fn is_benign(self) -> bool {
-        matches!(self, Reason::PermissionCheck | Reason::MarkerObject)
+        matches!(self, Reason::PermissionCheck | Reason::MarkerObject | Reason::ControlMessage)
     }
 }
 
@@ -141,15 +146,36 @@ struct DeadLetter<'a> {
 ///
 /// Entries are written and flushed before the batch they belong to is committed, so a crash
 /// can repeat an entry (same source, line and offset) but never lose one.
+///
+/// What one run writes is bounded ([`Quarantine::with_limit`]): a small gzip of junk lines
+/// inflates to millions of bad records, and each would be an entry. Past the limit entries are
+/// counted, not written; the skip counts stay exact either way.
 pub struct Quarantine {
     path: PathBuf,
     out: Option<BufWriter<File>>,
     written: u64,
+    bytes: u64,
+    limit: u64,
+    omitted: u64,
 }
+
+/// The default bound on what one run writes to the quarantine file.
+pub const DEFAULT_RUN_LIMIT: u64 = 64 << 20;
 
 impl Quarantine {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Quarantine { path: path.into(), out: None, written: 0 }
+        Quarantine { path: path.into(), out: None, written: 0, bytes: 0, limit: DEFAULT_RUN_LIMIT, omitted: 0 }
+    }
+
+    /// At most `limit` bytes of entries per run.
+    pub fn with_limit(mut self, limit: u64) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// Entries not written because the run's limit was reached.
+    pub fn omitted(&self) -> u64 {
+        self.omitted
     }
 
     pub fn path(&self) -> &Path {
@@ -180,9 +206,19 @@ impl Quarantine {
             detail: &rejected.detail,
             record: &rejected.snippet,
         };
+        let mut line = serde_json::to_vec(&entry)?;
+        line.push(b'\n');
+        if self.bytes + line.len() as u64 > self.limit {
+            if self.omitted == 0 {
+                tracing::warn!(quarantine = %self.path.display(), limit = self.limit,
+                    "the quarantine file reached this run's limit (ingest.quarantine_max_bytes); further bad records are counted, not written");
+            }
+            self.omitted += 1;
+            return Ok(());
+        }
         let out = self.out.as_mut().expect("opened above");
-        serde_json::to_writer(&mut *out, &entry)?;
-        out.write_all(b"\n")?;
+        out.write_all(&line)?;
+        self.bytes += line.len() as u64;
         self.written += 1;
         Ok(())
     }

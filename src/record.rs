@@ -15,11 +15,15 @@ use crate::quarantine::Reason;
 pub struct ParseOptions {
     /// A token count above this is rejected as absurd.
     pub max_token_count: u64,
+    /// A record stamped after this instant (epoch seconds) is rejected as `bad_timestamp`:
+    /// one bad clock must not move the dedup window, which is measured back from the newest
+    /// hour counted. `None`: no bound.
+    pub latest_timestamp: Option<i64>,
 }
 
 impl Default for ParseOptions {
     fn default() -> Self {
-        ParseOptions { max_token_count: 10_000_000 }
+        ParseOptions { max_token_count: 10_000_000, latest_timestamp: None }
     }
 }
 
@@ -282,7 +286,11 @@ fn parse_object<'a>(s: &mut Scanner<'a>, opts: &ParseOptions) -> Result<Parsed<'
                 }
             }
             "requestMetadata" => match s.peek_kind().map_err(syntax)? {
-                Kind::Object => rec.request_metadata = Some(s.raw_value().map_err(syntax)?),
+                Kind::Object => {
+                    let raw = s.raw_value().map_err(syntax)?;
+                    check_metadata(raw)?;
+                    rec.request_metadata = Some(raw);
+                }
                 Kind::Null => s.skip_value().map_err(syntax)?,
                 k => return Err(wrong_type("requestMetadata", k)),
             },
@@ -317,6 +325,21 @@ fn parse_object<'a>(s: &mut Scanner<'a>, opts: &ParseOptions) -> Result<Parsed<'
     Ok(Parsed::Record(rec))
 }
 
+/// Checks the strings of a `requestMetadata` object strictly (its values name tenants): a
+/// raw control character in one is a broken record, quarantined, never part of a tenant id.
+fn check_metadata(raw: &[u8]) -> Result<(), Reject> {
+    let mut s = Scanner::new(raw);
+    s.begin_object().map_err(syntax)?;
+    let mut first = true;
+    while s.next_key(&mut first).map_err(syntax)?.is_some() {
+        match s.peek_kind().map_err(syntax)? {
+            Kind::String => drop(s.string().map_err(|e| Reject::new(Reason::MalformedJson, format!("requestMetadata: {e}")))?),
+            _ => s.skip_value().map_err(syntax)?,
+        }
+    }
+    Ok(())
+}
+
 /// One element of a container: where it starts (relative to the container's bytes) and the
 /// record text it holds.
 #[derive(Debug)]
@@ -333,6 +356,9 @@ pub enum ElementBody<'a> {
     Text(String),
     /// An element that holds no record.
     Bad(Reject),
+    /// An element that is not a record and is not counted as one: a Logs Insights cell other
+    /// than `@message` (`@timestamp`, `@ptr`…) in a flattened list of cells.
+    Skip,
 }
 
 impl<'a> Container<'a> {
@@ -377,16 +403,25 @@ impl<'a> Container<'a> {
     }
 }
 
-#[derive(Clone, Copy)]
-enum ElementKind {
+/// What the elements of a container are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ElementKind {
+    /// CloudWatch events (`events`, `logEvents`): the record is in `message`.
     Event,
+    /// Logs Insights `results`: rows of cells, or one flattened list of cells.
     InsightsRow,
+    /// A top-level array: records, events, Insights rows or cells.
     Any,
 }
 
-fn element_body(raw: &[u8], kind: ElementKind) -> ElementBody<'_> {
+/// What one element of a container holds.
+pub fn element_body(raw: &[u8], kind: ElementKind) -> ElementBody<'_> {
     match (kind, raw.first()) {
         (ElementKind::InsightsRow | ElementKind::Any, Some(b'[')) => insights_row(raw),
+        (ElementKind::InsightsRow | ElementKind::Any, Some(b'{')) => match insights_cell(raw) {
+            Some(body) => body,
+            None => ElementBody::Json(raw),
+        },
         (ElementKind::Event, Some(b'{')) => match find_field(raw, &["message", "@message"]) {
             Some(m) => message_body(m),
             None => ElementBody::Bad(Reject::new(Reason::NotARecord, "event without `message`")),
@@ -427,6 +462,21 @@ fn insights_row(raw: &[u8]) -> ElementBody<'_> {
         }
     }
     ElementBody::Bad(Reject::new(Reason::NotARecord, "Insights row without an `@message` field"))
+}
+
+/// A cell of a flattened Logs Insights result (`{"field":"@message","value":…}`, as
+/// PowerShell's `ConvertTo-Json` writes the rows' cells one after another): the record of an
+/// `@message` cell, [`ElementBody::Skip`] for any other field; `None` when `raw` is no cell.
+fn insights_cell(raw: &[u8]) -> Option<ElementBody<'_>> {
+    let field = find_field(raw, &["field"])?;
+    let field = Scanner::new(field).string().ok()?;
+    if field != "@message" {
+        return Some(ElementBody::Skip);
+    }
+    Some(match find_field(raw, &["value"]) {
+        Some(value) => message_body(value),
+        None => ElementBody::Bad(Reject::new(Reason::NotARecord, "`@message` cell without a `value`")),
+    })
 }
 
 /// The raw value of the first of `names` present in an object.

@@ -199,11 +199,19 @@ pub struct Metering<'c> {
     catalog: &'c Catalog,
     resources: FxHashMap<String, Arc<ResourceInfo>>,
     names: Names,
+    /// Records stamped after this (epoch seconds) are refused as `bad_timestamp`.
+    latest: Option<i64>,
 }
 
 impl<'c> Metering<'c> {
     pub fn new(resolver: &'c Resolver, catalog: &'c Catalog) -> Self {
-        Metering { resolver, catalog, resources: FxHashMap::default(), names: Names::default() }
+        Metering { resolver, catalog, resources: FxHashMap::default(), names: Names::default(), latest: None }
+    }
+
+    /// Refuses records stamped after `latest` (epoch seconds) as `bad_timestamp`.
+    pub fn with_latest(mut self, latest: Option<i64>) -> Self {
+        self.latest = latest;
+        self
     }
 
     fn resource(&mut self, model_id: &str) -> Arc<ResourceInfo> {
@@ -224,6 +232,12 @@ impl<'c> Metering<'c> {
     pub fn measure(&mut self, rec: &LogRecord<'_>) -> Result<Measured, Reject> {
         let ts = ids::parse_timestamp(&rec.timestamp)
             .ok_or_else(|| Reject::new(Reason::BadTimestamp, format!("`timestamp` {:?} is not an ISO-8601 UTC time", rec.timestamp)))?;
+        if self.latest.is_some_and(|latest| ts > latest) {
+            return Err(Reject::new(
+                Reason::BadTimestamp,
+                format!("`timestamp` {:?} is in the future, past ingest.max_future_hours", rec.timestamp),
+            ));
+        }
         let info = self.resource(&rec.model_id);
         let resolution = self.resolver.resolve(rec, info.profile.as_ref(), &mut self.names);
         let tenant = resolution.tenant;

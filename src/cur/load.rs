@@ -54,6 +54,8 @@ pub enum CurError {
     Read { path: PathBuf, message: String },
     #[error("the period must be YYYY-MM, not {0:?}")]
     Period(String),
+    #[error("{input}: no CUR file for the period {period}; nothing was reconciled or changed")]
+    NoFiles { input: String, period: String },
 }
 
 /// One group of Bedrock lines: day × line type × product code × usage type × resource × tag ×
@@ -196,6 +198,11 @@ pub fn load_from(input: &CurInput, opts: &LoadOptions, progress: &dyn Progress) 
             (store, files, threads * 4)
         }
     };
+    if files.is_empty() {
+        // Reconciling nothing would replace a good period with an empty one, and invoices
+        // would then be issued final at cost 0.
+        return Err(CurError::NoFiles { input: input.to_string(), period: opts.period.clone() });
+    }
     let mut snap = CurSnapshot { files: files.iter().map(|f| f.name.clone()).collect(), ..CurSnapshot::default() };
     let total: u64 = files.iter().map(|f| f.size).sum();
     progress.start(total);
@@ -281,7 +288,7 @@ async fn scan_row_group(f: Arc<OpenFile>, row_group: usize, all_bedrock: bool) -
     let mut groups = Groups::new(f.plan.clone());
     while let Some(batch) = batches.next().await {
         let batch = batch.map_err(|e| read_err(e.to_string()))?;
-        groups.add(&batch).map_err(read_err)?;
+        groups.add(&batch).map_err(|m| read_err(format!("row group {row_group}: {m}")))?;
     }
     Ok(groups.into_keys())
 }

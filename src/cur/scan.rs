@@ -354,8 +354,8 @@ impl Groups {
         self.text(plan.tag.column().and_then(|c| col(c)), tag_key, S_TAG, Text::Tag, n)?;
         self.text(col(UNIT), None, S_UNIT, Text::Plain, n)?;
         self.text(col(DESCRIPTION), None, S_DESCRIPTION, Text::Plain, n)?;
-        units(col(AMOUNT), n, &mut self.quantity)?;
-        units(col(COST), n, &mut self.cost)?;
+        units("line_item_usage_amount", col(AMOUNT), n, &self.keep, &mut self.quantity)?;
+        units("line_item_unblended_cost", col(COST), n, &self.keep, &mut self.cost)?;
         let start = timestamps(col(START).expect("a required column"))?;
 
         for row in 0..n {
@@ -545,23 +545,46 @@ fn timestamps(column: &ArrayRef) -> Result<datafusion::arrow::array::PrimitiveAr
     Ok(ts.as_primitive::<TimestampNanosecondType>().clone())
 }
 
-/// A money or quantity column as units of 10⁻¹⁰, NULL as 0 (the sum of no values).
-fn units(column: Option<&ArrayRef>, n: usize, out: &mut Vec<i128>) -> Result<(), String> {
+/// The largest amount or cost one CUR line may hold: a trillion. Anything above is a broken
+/// export, not a bill, and would only hide as a rounding of everything else.
+const MAX_LINE_UNITS: i128 = 1_000_000_000_000 * 10_000_000_000;
+
+/// A money or quantity column (named `name`) as units of 10⁻¹⁰, NULL as 0 (the sum of no
+/// values). A kept row (`keep`) holding NaN, an infinity or more than ±10¹² is an error naming
+/// the column and row: read as 0 it would leave the run balanced and the bill wrong.
+fn units(name: &str, column: Option<&ArrayRef>, n: usize, keep: &[bool], out: &mut Vec<i128>) -> Result<(), String> {
     out.clear();
     let Some(column) = column else {
         out.resize(n, 0);
         return Ok(());
     };
+    let bad = |row: usize, v: &dyn std::fmt::Display| format!("column `{name}`, row {row}: {v} is not a finite amount within ±10¹²");
     match column.data_type() {
         DataType::Float64 | DataType::Float32 | DataType::Float16 => {
             let doubles = cast_with_options(column, &DataType::Float64, &cast_options()).map_err(arrow_err)?;
             let doubles = doubles.as_primitive::<datafusion::arrow::datatypes::Float64Type>();
-            out.extend(doubles.iter().map(|v| v.and_then(money::to_units_f64).unwrap_or(0)));
+            for (row, v) in doubles.iter().enumerate() {
+                let u = match v {
+                    None => 0,
+                    Some(v) => match money::to_units_f64(v).filter(|u| u.abs() <= MAX_LINE_UNITS) {
+                        Some(u) => u,
+                        None if keep.get(row).copied().unwrap_or(true) => return Err(bad(row, &v)),
+                        None => 0,
+                    },
+                };
+                out.push(u);
+            }
         }
         _ => {
             let decimals = cast_with_options(column, &money::arrow_type(), &cast_options()).map_err(arrow_err)?;
             let decimals = decimals.as_primitive::<datafusion::arrow::datatypes::Decimal128Type>();
-            out.extend(decimals.iter().map(|v| v.unwrap_or(0)));
+            for (row, v) in decimals.iter().enumerate() {
+                let u = v.unwrap_or(0);
+                if u.abs() > MAX_LINE_UNITS && keep.get(row).copied().unwrap_or(true) {
+                    return Err(bad(row, &money::from_units(u)));
+                }
+                out.push(u);
+            }
         }
     }
     Ok(())

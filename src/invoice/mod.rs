@@ -61,6 +61,8 @@ pub enum InvoiceError {
     Plans { field: String, message: String },
     #[error("building invoice_lines: {0}")]
     Arrow(#[from] datafusion::arrow::error::ArrowError),
+    #[error("putting the period's folder back together after an interrupted reconcile: {0}")]
+    Recover(String),
 }
 
 /// What to invoice.
@@ -101,6 +103,9 @@ pub struct Report {
 /// Loads, invoices and writes (see the module docs).
 pub fn run(req: &Request, config: &crate::config::Config, store: &dyn CounterStore) -> Result<Report, InvoiceError> {
     let plans = config.plans().map_err(|(field, message)| InvoiceError::Plans { field, message })?;
+    // A reconcile stopped between its renames leaves the period in pieces: put it together
+    // first, or this run would issue afresh beside the stranded, issued documents.
+    crate::reconcile::recover_interrupted(&req.out, &req.period).map_err(|e| InvoiceError::Recover(e.to_string()))?;
     let period_dir = req.out.join(&req.period);
     let dir = period_dir.join(FOLDER);
     let usage: BTreeMap<TenantId, Usage> = store.tenants(&req.period)?.into_iter().collect();

@@ -232,6 +232,12 @@ pub fn build(plans: &BTreeMap<String, PlanConfig>, tenants: &BTreeMap<String, Te
     for (id, t) in tenants {
         let field = |f: &str| format!("tenants.{id}.{f}");
         let tenant = TenantId::new(id).ok_or_else(|| (format!("tenants.{id:?}"), "a tenant id cannot be blank".to_string()))?;
+        if let Some(why) = crate::ids::tenant_id_problem(id) {
+            return Err((format!("tenants.{id:?}"), why));
+        }
+        if out.tenants.contains_key(&tenant) {
+            return Err((format!("tenants.{id:?}"), format!("is the tenant {:?} again (tenant ids are compared without surrounding white space)", tenant.as_str())));
+        }
         if tenant.as_str() == UNATTRIBUTED {
             return Err((format!("tenants.{id}"), format!("`{UNATTRIBUTED}` is the reserved tenant of unattributed usage and cannot have a plan")));
         }

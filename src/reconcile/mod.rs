@@ -567,6 +567,58 @@ fn summary_table(r: &Report) -> Result<RecordBatch, ArrowError> {
 
 /// Writes the tables into a fresh folder beside the period's, then swaps it in: the period's
 /// outputs are replaced as a whole, never appended to or left half-written.
+/// The file written last into a staged period folder: with it the folder is complete, and an
+/// interrupted swap is finished rather than undone.
+const COMPLETE: &str = ".complete";
+
+/// Puts a period's folder back in one piece after a run of `reconcile` was stopped between
+/// its renames: a staged folder that was complete finishes the swap, otherwise the old folder
+/// is restored; issued invoices, which move with the folder, end up in the period's folder.
+/// Called first by `reconcile` and by `invoice`, so neither ever sees a half-swapped period
+/// (an `invoice` run that did would issue afresh, and the next `reconcile` would drop the
+/// stranded, issued documents). Refuses, changing nothing, where two invoice folders meet.
+pub fn recover_interrupted(out: &Path, period: &str) -> Result<(), ReconcileError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| ReconcileError::Io { path, source }
+    };
+    let final_dir = out.join(period);
+    let partial = out.join(format!(".{period}.partial"));
+    let old = out.join(format!(".{period}.old"));
+    if !final_dir.exists() {
+        if partial.join(COMPLETE).exists() {
+            std::fs::rename(&partial, &final_dir).map_err(io(&partial))?;
+        } else if old.exists() {
+            std::fs::rename(&old, &final_dir).map_err(io(&old))?;
+        }
+    }
+    let invoices = final_dir.join(crate::invoice::FOLDER);
+    for d in [&partial, &old] {
+        let stranded = d.join(crate::invoice::FOLDER);
+        if stranded.exists() {
+            if invoices.exists() {
+                return Err(ReconcileError::Io {
+                    path: stranded,
+                    source: std::io::Error::other(format!(
+                        "issued invoices are in two folders, this one and {}; move one aside by hand (nothing was changed)",
+                        invoices.display()
+                    )),
+                });
+            }
+            std::fs::create_dir_all(&final_dir).map_err(io(&final_dir))?;
+            std::fs::rename(&stranded, &invoices).map_err(io(&stranded))?;
+        }
+        if d.exists() {
+            std::fs::remove_dir_all(d).map_err(io(d))?;
+        }
+    }
+    let marker = final_dir.join(COMPLETE);
+    if marker.exists() {
+        std::fs::remove_file(&marker).map_err(io(&marker))?;
+    }
+    Ok(())
+}
+
 fn write(t: &Tables, out: &Path, period: &str, csv: bool) -> Result<Vec<PathBuf>, ReconcileError> {
     let io = |path: &Path| {
         let path = path.to_owned();
@@ -576,18 +628,9 @@ fn write(t: &Tables, out: &Path, period: &str, csv: bool) -> Result<Vec<PathBuf>
     let partial = out.join(format!(".{period}.partial"));
     let old = out.join(format!(".{period}.old"));
     // Issued invoices live in the period's folder but are not reconcile's to replace: they
-    // move into the new folder below, and a run stopped half-way puts them back first.
+    // move into the new folder below; a run stopped half-way is put in order first.
     let invoices = final_dir.join(crate::invoice::FOLDER);
-    for d in [&partial, &old] {
-        let stranded = d.join(crate::invoice::FOLDER);
-        if stranded.exists() && !invoices.exists() {
-            std::fs::create_dir_all(&final_dir).map_err(io(&final_dir))?;
-            std::fs::rename(&stranded, &invoices).map_err(io(&stranded))?;
-        }
-        if d.exists() {
-            std::fs::remove_dir_all(d).map_err(io(d))?;
-        }
-    }
+    recover_interrupted(out, period)?;
     std::fs::create_dir_all(&partial).map_err(io(&partial))?;
     let mut written = Vec::new();
     for (name, batch) in &t.batches {
@@ -601,6 +644,8 @@ fn write(t: &Tables, out: &Path, period: &str, csv: bool) -> Result<Vec<PathBuf>
             written.push(final_dir.join(format!("{name}.csv")));
         }
     }
+    let marker = partial.join(COMPLETE);
+    std::fs::write(&marker, b"").map_err(io(&marker))?;
     if invoices.exists() {
         std::fs::rename(&invoices, partial.join(crate::invoice::FOLDER)).map_err(io(&invoices))?;
     }
@@ -611,6 +656,8 @@ fn write(t: &Tables, out: &Path, period: &str, csv: bool) -> Result<Vec<PathBuf>
     if old.exists() {
         std::fs::remove_dir_all(&old).map_err(io(&old))?;
     }
+    let marker = final_dir.join(COMPLETE);
+    std::fs::remove_file(&marker).map_err(io(&marker))?;
     Ok(written)
 }
 

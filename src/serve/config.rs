@@ -26,6 +26,17 @@ pub struct ServeConfig {
     /// Budget and unusual-usage alerts.
     #[serde(default)]
     pub alerts: AlertsConfig,
+    /// A connection that has not sent a whole request head this long after it opened (or
+    /// after its last answer) is closed, in milliseconds.
+    #[serde(default = "ServeConfig::default_header_timeout_ms")]
+    pub header_timeout_ms: u64,
+    /// A request not answered this long after its head arrived is answered 408, in ms.
+    #[serde(default = "ServeConfig::default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// The most connections open at once; more wait to be accepted. Lowered at start-up to
+    /// fit the process's open-file limit.
+    #[serde(default = "ServeConfig::default_max_connections")]
+    pub max_connections: usize,
 }
 
 impl ServeConfig {
@@ -38,6 +49,15 @@ impl ServeConfig {
     fn default_readers() -> usize {
         4
     }
+    fn default_header_timeout_ms() -> u64 {
+        10_000
+    }
+    fn default_request_timeout_ms() -> u64 {
+        30_000
+    }
+    fn default_max_connections() -> usize {
+        1024
+    }
 }
 
 impl Default for ServeConfig {
@@ -48,6 +68,9 @@ impl Default for ServeConfig {
             readers: Self::default_readers(),
             keys: Vec::new(),
             alerts: AlertsConfig::default(),
+            header_timeout_ms: Self::default_header_timeout_ms(),
+            request_timeout_ms: Self::default_request_timeout_ms(),
+            max_connections: Self::default_max_connections(),
         }
     }
 }
@@ -139,6 +162,15 @@ impl ServeConfig {
         }
         if !(1..=64).contains(&self.readers) {
             return bad("serve.readers", "must be between 1 and 64");
+        }
+        if !(100..=600_000).contains(&self.header_timeout_ms) {
+            return bad("serve.header_timeout_ms", "must be between 100 and 600000");
+        }
+        if !(100..=600_000).contains(&self.request_timeout_ms) {
+            return bad("serve.request_timeout_ms", "must be between 100 and 600000");
+        }
+        if !(1..=1_000_000).contains(&self.max_connections) {
+            return bad("serve.max_connections", "must be between 1 and 1000000");
         }
         let a = &self.alerts;
         if !(a.check_seconds >= 0.05 && a.check_seconds <= 86_400.0) {

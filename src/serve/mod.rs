@@ -486,10 +486,94 @@ pub fn run(config: &Config, options: Options, ready: impl FnOnce(std::net::Socke
         ready(addr);
         tokio::spawn(sample_ingest(app.clone()));
         tokio::spawn(check_alerts(app.clone(), ledger, webhook, Duration::from_secs_f64(s.alerts.check_seconds)));
-        axum::serve(listener, router(app)).with_graceful_shutdown(shutdown_signal()).await?;
+        let limits = Limits {
+            header_timeout: Duration::from_millis(s.header_timeout_ms),
+            request_timeout: Duration::from_millis(s.request_timeout_ms),
+            max_connections: connection_cap(s.max_connections),
+        };
+        serve_connections(listener, router(app), limits, shutdown_signal()).await;
         tracing::info!("stopped");
         Ok::<_, anyhow::Error>(())
     })
+}
+
+/// How `tally serve` bounds what clients hold: a slow or half-sent request must not keep a
+/// connection (and its file descriptor) from real requests.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    header_timeout: Duration,
+    request_timeout: Duration,
+    max_connections: usize,
+}
+
+/// `configured`, lowered to leave room under the open-file limit for the store, the log and
+/// the webhook client (a connection over the limit would fail to accept and spin).
+fn connection_cap(configured: usize) -> usize {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct it is given.
+    let nofile = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 { lim.rlim_cur } else { 1024 };
+    let room = usize::try_from(nofile).unwrap_or(usize::MAX).saturating_sub(32).max(1);
+    if room < configured {
+        tracing::info!(configured, cap = room, open_file_limit = nofile, "serve.max_connections lowered to fit the open-file limit");
+    }
+    configured.min(room)
+}
+
+/// Accepts connections while there is room for them (the rest wait in the listen backlog,
+/// holding no descriptor), serves HTTP/1 on each with a deadline on its request head, and
+/// answers 408 to a request not answered in time. On `shutdown`, stops accepting and lets
+/// open connections finish their requests (up to the request timeout).
+async fn serve_connections(listener: tokio::net::TcpListener, router: Router, limits: Limits, shutdown: impl std::future::Future<Output = ()>) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+
+    let router = router.layer(middleware::from_fn(move |req: Request, next: Next| async move {
+        match tokio::time::timeout(limits.request_timeout, next.run(req)).await {
+            Ok(response) => response,
+            Err(_) => error(StatusCode::REQUEST_TIMEOUT, "timeout", "the request was not answered in time"),
+        }
+    }));
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+        };
+        let (stream, _) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // EMFILE and the like: wait a little rather than spin.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            let stopping = tokio::select! {
+                _ = conn.as_mut() => false,
+                stopped = stop.wait_for(|s| *s) => stopped.is_ok(),
+            };
+            if stopping {
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(limits.request_timeout, conn).await;
+            }
+        });
+    }
+    let _ = stop_tx.send(true);
+    // Wait for open connections to finish (every slot back), for at most the request timeout.
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(limits.request_timeout, slots.acquire_many(all)).await;
 }
 
 async fn shutdown_signal() {

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::document::{self, Frame, Mark};
 use super::lines::LineReader;
 use super::stream::{self, End, Start};
 use super::{Decoder, Piece};
@@ -40,9 +41,22 @@ pub struct FilePosition {
     pub head_len: u64,
     /// FNV-1a-64 of the leading bytes, hex.
     pub head: String,
-    /// The file is one JSON document (an export), read whole each time it changes.
+    /// The file is read as JSON documents (an export): it is read again from its start
+    /// whenever it changes.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub document: bool,
+    /// Where in a document `offset` lies.
+    #[serde(default, skip_serializing_if = "Frame::is_top")]
+    pub frame: Frame,
+    /// The file was not read to its end (a crash or SIGTERM stopped the read between two
+    /// pieces): the next pass resumes from here even though the file has not changed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
+    /// CRC-32 of the decoded bytes before `offset`: a file whose counted part changed (records
+    /// inserted, a rewrite that kept the first lines) is read again from the start, not taken
+    /// as grown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crc: Option<u32>,
 }
 
 impl FilePosition {
@@ -83,15 +97,33 @@ fn source_key(canonical: &Path) -> String {
     format!("file://{}", canonical.display())
 }
 
-fn is_log_file(name: &str) -> bool {
+/// Whether a file found in a directory is read: by its name, or, for a name with no
+/// extension (the objects Kinesis Data Firehose writes, CloudWatch Logs subscription data,
+/// have none), by its first bytes: gzip, or JSON.
+fn is_log_file(name: &str, path: &Path) -> bool {
     if name.starts_with('.') {
         return false;
     }
+    is_log_file_name(name) || (!name.contains('.') && looks_like_logs(path))
+}
+
+/// A name with a log extension (or Bedrock's marker object's name).
+fn is_log_file_name(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
     name == MARKER_OBJECT
         || [".json", ".jsonl", ".ndjson", ".log", ".json.gz", ".jsonl.gz", ".ndjson.gz", ".log.gz", ".gz"]
             .iter()
             .any(|ext| lower.ends_with(ext))
+}
+
+/// A file that starts with the gzip magic bytes, or with a JSON object or array (after a BOM
+/// and white space).
+fn looks_like_logs(path: &Path) -> bool {
+    let mut head = [0u8; 64];
+    let Ok(n) = File::open(path).and_then(|mut f| f.read(&mut head)) else { return false };
+    let head = &head[..n];
+    let text = head.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(head).trim_ascii_start();
+    head.starts_with(&[0x1f, 0x8b]) || matches!(text.first(), Some(b'{' | b'['))
 }
 
 /// A file to read: its path as named or found, and its canonical path (the checkpoint key).
@@ -116,25 +148,62 @@ pub struct Found {
 /// their names to it; only a symbolic link is resolved one by one. Resolving every file
 /// (`realpath`: a `readlink` per path component) was 29,000 system calls for the benchmark's
 /// 1,472 files, most of a pass's set-up time before any file was read.
-pub fn discover(paths: &[PathBuf], exclude: &[PathBuf]) -> io::Result<Vec<Found>> {
+pub fn discover(paths: &[PathBuf], exclude: &[PathBuf]) -> io::Result<Discovered> {
     let excluded: Vec<PathBuf> = exclude.iter().filter_map(|p| std::fs::canonicalize(p).ok()).collect();
-    let mut out = Vec::new();
+    let mut d = Discovered::default();
     for p in paths {
+        // A path named on the command line that does not exist is a mistake in the command:
+        // the run stops before reading anything.
         let meta = std::fs::metadata(p).map_err(|e| named(p, e))?;
         let canonical = std::fs::canonicalize(p).map_err(|e| named(p, e))?;
         if meta.is_dir() {
-            walk(p, &canonical, &mut out)?;
+            walk(p, &canonical, &mut d);
+        } else if meta.is_file() {
+            d.files.push(Found { path: p.clone(), canonical });
         } else {
-            out.push(Found { path: p.clone(), canonical });
+            d.passed_over.push(format!("{}: not a regular file ({})", p.display(), kind_of(&meta)));
         }
     }
+    let out = &mut d.files;
     out.retain(|f| !excluded.contains(&f.canonical));
     out.sort_by(|a, b| a.path.cmp(&b.path));
     let mut seen = std::collections::HashSet::new();
     out.retain(|f| seen.insert(f.canonical.clone()));
     // Stable: files of one time stay in path order.
     out.sort_by_cached_key(|f| path_time(&f.path).unwrap_or(i64::MAX));
-    Ok(out)
+    Ok(d)
+}
+
+/// What discovery found under the inputs.
+#[derive(Default)]
+pub struct Discovered {
+    /// The regular files to read, in order.
+    pub files: Vec<Found>,
+    /// Inputs that could not be looked at (a dangling symbolic link, an unreadable folder),
+    /// each named with why: failed inputs, while the rest is read.
+    pub failed: Vec<String>,
+    /// What was passed over on purpose: FIFOs, devices, sockets (reading one could block
+    /// forever, or never end).
+    pub passed_over: Vec<String>,
+}
+
+fn kind_of(meta: &std::fs::Metadata) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let t = meta.file_type();
+        if t.is_fifo() {
+            return "a FIFO";
+        }
+        if t.is_char_device() || t.is_block_device() {
+            return "a device";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+    }
+    let _ = meta;
+    "not a file or folder"
 }
 
 /// The time a path names, as seconds since the epoch: its last date, at the hour given with
@@ -177,26 +246,58 @@ fn named(path: &Path, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
-/// The log files under `dir`, whose canonical path is `canonical`.
-fn walk(dir: &Path, canonical: &Path, out: &mut Vec<Found>) -> io::Result<()> {
-    let rd = std::fs::read_dir(dir).map_err(|e| named(dir, e))?;
+/// The log files under `dir`, whose canonical path is `canonical`. What cannot be looked at
+/// is a failed input, named; what is not a regular file is passed over; the rest is read.
+fn walk(dir: &Path, canonical: &Path, d: &mut Discovered) {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) => return d.failed.push(format!("{}: cannot read the folder: {e}", dir.display())),
+    };
     for entry in rd {
-        let entry = entry?;
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => {
+                d.failed.push(format!("{}: cannot read the folder: {e}", dir.display()));
+                continue;
+            }
+        };
         let name = entry.file_name();
         let shown = name.to_string_lossy();
-        let ft = entry.file_type()?;
+        let path = entry.path();
+        let Ok(ft) = entry.file_type() else {
+            d.failed.push(format!("{}: cannot tell what it is", path.display()));
+            continue;
+        };
         if ft.is_dir() {
             if !shown.starts_with('.') {
-                walk(&entry.path(), &canonical.join(&name), out)?;
+                walk(&path, &canonical.join(&name), d);
             }
-        } else if is_log_file(&shown) {
-            let path = entry.path();
-            let canonical =
-                if ft.is_symlink() { std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone()) } else { canonical.join(&name) };
-            out.push(Found { path, canonical });
+        } else if ft.is_file() {
+            if is_log_file(&shown, &path) {
+                d.files.push(Found { canonical: canonical.join(&name), path });
+            }
+        } else if ft.is_symlink() {
+            if shown.starts_with('.') {
+                continue;
+            }
+            // What the link points at decides, as for a named file.
+            match std::fs::metadata(&path) {
+                Err(e) => d.failed.push(format!("{}: symbolic link to nothing readable: {e}", path.display())),
+                Ok(meta) if meta.is_file() => {
+                    if is_log_file(&shown, &path) {
+                        let canonical = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+                        d.files.push(Found { path, canonical });
+                    }
+                }
+                // A linked folder is not followed (it could loop, or leave the tree).
+                Ok(meta) if meta.is_dir() => {}
+                Ok(meta) => d.passed_over.push(format!("{}: not a regular file ({}, through a link)", path.display(), kind_of(&meta))),
+            }
+        } else if is_log_file_name(&shown) {
+            let kind = std::fs::symlink_metadata(&path).map(|m| kind_of(&m)).unwrap_or("not a regular file");
+            d.passed_over.push(format!("{}: not a regular file ({kind})", path.display()));
         }
     }
-    Ok(())
 }
 
 fn fnv1a_64(bytes: &[u8]) -> u64 {
@@ -215,13 +316,18 @@ pub fn plan(files: Vec<Found>, checkpoints: &std::collections::HashMap<String, S
     let mut jobs = Vec::new();
     let mut unchanged = 0;
     for Found { path, canonical } in files {
-        let size = std::fs::metadata(&path)?.len();
+        let size = match std::fs::metadata(&path) {
+            Ok(m) => m.len(),
+            // Gone since it was listed: nothing to read.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(named(&path, e)),
+        };
         let key = source_key(&canonical);
         let expected = checkpoints.get(&key).cloned();
         let stored = expected.as_deref().and_then(FilePosition::decode);
         let resume = match stored {
             Some(pos) if head_of(&path, pos.head_len)? == pos.head && size >= pos.size => {
-                if size == pos.size {
+                if size == pos.size && !pos.partial {
                     unchanged += 1;
                     continue;
                 }
@@ -277,24 +383,52 @@ pub fn read_file(
     let head_len = job.size.min(HEAD_BYTES);
     let head = head_of(&job.path, head_len)?;
     let expected = job.expected.clone();
-    let position =
-        |offset: u64, line: u64| FilePosition { v: 1, offset, line, size: job.size, head_len, head: head.clone(), document: false };
+    let position = |m: Mark, document: bool| FilePosition {
+        v: 1,
+        offset: m.offset,
+        line: m.line,
+        size: job.size,
+        head_len,
+        head: head.clone(),
+        document,
+        frame: m.frame,
+        partial: m.partial,
+        crc: m.crc,
+    };
 
     if name == MARKER_OBJECT {
         let mut piece = Piece { source: job.key.clone(), expected, ..Piece::default() };
         piece.received = 1;
         piece.rejects.push(Rejected::new(Reason::MarkerObject, "bucket permission-check object", 1, 0, b""));
-        piece.position = position(job.size, 1).encode();
+        piece.position = position(Mark { offset: job.size, line: 1, ..Mark::default() }, false).encode();
         send(piece);
         return Ok(());
     }
 
-    if job.resume.as_ref().is_some_and(|p| p.document) {
-        // A changed export is read whole again; records already counted are deduplicated.
-        return read_document(job, decoder, settings, &head, head_len, expected, send);
+    if let Some(p) = job.resume.as_ref().filter(|p| p.document) {
+        // A document stopped part-way goes on where it stopped; a changed one is read again
+        // from its start (records already counted are deduplicated).
+        let from = if p.partial && p.size == job.size { Mark { partial: false, ..mark_of(p) } } else { Mark::default() };
+        return read_documents(job, from, decoder, settings, bytes_read, shutdown, &|m| position(m, true).encode(), send);
     }
     let (mut file, gz) = open_sniffed(&job.path)?;
-    let (start_offset, start_line) = job.resume.as_ref().map_or((0, 0), |p| (p.offset, p.line));
+    let mut inflater = (gz && job.size <= WHOLE_GZ_BYTES).then(|| INFLATER.take().unwrap_or_else(Inflater::new));
+    let whole = match inflater.as_mut() {
+        Some(inf) => inf.inflate(&mut file, job.size)?,
+        None => None,
+    };
+    // Where to go on: after the counted part, if it is still what was counted.
+    let (mut start_offset, mut start_line, mut prefix_crc) = (0, 0, 0);
+    if let Some(p) = job.resume.as_ref().filter(|p| p.offset > 0) {
+        let actual = match &whole {
+            Some(text) => text.get(..p.offset as usize).map(crc32fast::hash),
+            None => prefix_crc_of(&job.path, gz, p.offset)?,
+        };
+        match actual {
+            Some(actual) if p.crc.is_none_or(|c| c == actual) => (start_offset, start_line, prefix_crc) = (p.offset, p.line, actual),
+            _ => tracing::warn!(file = %job.path.display(), "file changed before where it was counted to (not only grown); reading it again from the start (already-counted records are deduplicated)"),
+        }
+    }
     let start = Start {
         source: &job.key,
         name: None,
@@ -307,64 +441,144 @@ pub fn read_file(
         max_record_bytes: settings.max_record_bytes,
         piece_records: settings.piece_records,
     };
-    let encoded = |offset: u64, line: u64| position(offset, line).encode();
+    let encoded = |m: Mark| position(m, false).encode();
     // An unchanged position is not sent again, unless the file's size moved.
     let moved = |done: u64, _: u64| job.resume.as_ref().is_none_or(|p| p.offset != done || p.size != job.size);
 
-    let mut inflater = (gz && job.size <= WHOLE_GZ_BYTES).then(|| INFLATER.take().unwrap_or_else(Inflater::new));
-    let whole = match inflater.as_mut() {
-        Some(inf) => inf.inflate(&mut file, job.size)?,
-        None => None,
-    };
     let reached = if let Some(text) = whole {
         let inf = inflater.as_mut().expect("inflated by it");
         bytes_read.fetch_add(inf.compressed.len() as u64, Ordering::Relaxed);
-        let mut lines = LineReader::whole(text, start_offset, settings.max_record_bytes);
+        let mut lines = LineReader::whole(text, start_offset, settings.max_record_bytes).with_prefix_crc(prefix_crc);
         let reached = stream::read_lines(&mut lines, start, decoder, shutdown, &encoded, send, &moved);
         inf.text = lines.into_buf();
         reached
     } else {
         file.seek(SeekFrom::Start(0))?;
-        stream_file(file, gz, start, bytes_read, decoder, shutdown, &encoded, send, &moved)?
+        stream_file(file, gz, start, prefix_crc, bytes_read, decoder, shutdown, &encoded, send, &moved)?
     };
     if inflater.is_some() {
         INFLATER.set(inflater);
     }
     match reached.end {
-        // A pretty-printed JSON document (an export): read it whole.
-        End::Document => read_document(job, decoder, settings, &head, head_len, expected, send),
+        // JSON documents (an export, payloads back to back): streamed from the start.
+        End::Document => read_documents(job, Mark::default(), decoder, settings, bytes_read, shutdown, &|m| position(m, true).encode(), send),
         End::Fetch(e) => Err(e),
         End::Done | End::Stopped => Ok(()),
     }
 }
 
-/// Reads `file` (at its start) as a stream from `start.offset`, gunzipping it if `gz`.
+/// Where a stored position says to go on.
+fn mark_of(p: &FilePosition) -> Mark {
+    Mark { offset: p.offset, line: p.line, frame: p.frame, partial: p.partial, crc: p.crc }
+}
+
+/// The CRC-32 of a file's first `len` decoded bytes (gunzipped if `gz`); `None` when it has
+/// fewer, or they no longer decode.
+fn prefix_crc_of(path: &Path, gz: bool, len: u64) -> io::Result<Option<u32>> {
+    struct Crc(crc32fast::Hasher);
+    impl io::Write for Crc {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.update(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let file = File::open(path)?;
+    let mut reader: Box<dyn Read> =
+        if gz { Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(256 * 1024, file))) } else { Box::new(file) };
+    let mut crc = Crc(crc32fast::Hasher::new());
+    match io::copy(&mut (&mut reader).take(len), &mut crc) {
+        Ok(n) if n == len => Ok(Some(crc.0.finalize())),
+        Ok(_) => Ok(None),
+        Err(e) if gz && e.kind() != io::ErrorKind::PermissionDenied => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads `file` (at its start) as a stream from `start.offset`, gunzipping it if `gz`;
+/// `prefix_crc` is the CRC-32 of the decoded bytes before that offset.
 #[allow(clippy::too_many_arguments)]
 fn stream_file(
     mut file: File,
     gz: bool,
     start: Start<'_>,
+    prefix_crc: u32,
     bytes_read: &Arc<AtomicU64>,
     decoder: &mut Decoder<'_>,
     shutdown: &AtomicBool,
-    encoded: &dyn Fn(u64, u64) -> String,
+    encoded: &dyn Fn(Mark) -> String,
     send: &mut dyn FnMut(Piece) -> bool,
     moved: &dyn Fn(u64, u64) -> bool,
 ) -> io::Result<stream::Reached> {
     let start_offset = start.offset;
+    // A gzip member is checked (its CRC) only at its end, after its records were decoded:
+    // streamed as they are, they would be counted before the check failed. So a streamed gzip
+    // file is checked whole first, and read only up to its first corrupt member.
+    let corrupt = if gz { first_corrupt_member(&mut file)? } else { None };
     let reader: Box<dyn Read> = if gz {
+        file.seek(SeekFrom::Start(0))?;
         let counted = Counting { inner: BufReader::with_capacity(256 * 1024, file), counter: bytes_read.clone() };
         let mut dec = flate2::read::MultiGzDecoder::new(counted);
         // Pass over what was already counted; gzip cannot seek.
         io::copy(&mut (&mut dec).take(start_offset), &mut io::sink())?;
-        Box::new(dec)
+        match &corrupt {
+            Some(c) => Box::new(dec.take(c.at.saturating_sub(start_offset))),
+            None => Box::new(dec),
+        }
     } else {
         file.seek(SeekFrom::Start(start_offset))?;
         bytes_read.fetch_add(start_offset, Ordering::Relaxed);
         Box::new(Counting { inner: file, counter: bytes_read.clone() })
     };
-    let mut lines = LineReader::new(reader, start.offset, start.max_record_bytes);
-    Ok(stream::read_lines(&mut lines, start, decoder, shutdown, encoded, send, moved))
+    let (source, gz_start) = (start.source.to_string(), start.offset);
+    let mut lines = LineReader::new(reader, start.offset, start.max_record_bytes).with_prefix_crc(prefix_crc);
+    let reached = stream::read_lines(&mut lines, start, decoder, shutdown, encoded, send, moved);
+    if let (Some(c), stream::End::Done) = (&corrupt, &reached.end) {
+        if c.at >= gz_start {
+            // The corrupt member is one quarantined record; the checkpoint stays before it.
+            let position = reached.expected.clone().unwrap_or_else(|| encoded(Mark { offset: reached.offset, line: reached.line, crc: Some(lines.crc_through(reached.offset)), ..Mark::default() }));
+            let detail = format!("gzip member starting at decoded byte {} is corrupt ({}): its records are not counted, and nothing after it is read", c.at, c.why);
+            let piece = Piece {
+                source,
+                expected: reached.expected.clone(),
+                position,
+                received: 1,
+                rejects: vec![Rejected::new(Reason::TruncatedGzip, detail, reached.line + 1, c.at, b"")],
+                ..Piece::default()
+            };
+            send(piece);
+        }
+    }
+    Ok(reached)
+}
+
+/// A gzip member that fails its check.
+struct Corrupt {
+    /// Decoded offset where the member starts.
+    at: u64,
+    why: String,
+}
+
+/// Decodes a gzip file member by member, checking each (CRC and length), and returns the
+/// first that fails. A file cut short is not corrupt: what it holds is read, and a copy
+/// completed later is read on from there.
+fn first_corrupt_member(file: &mut File) -> io::Result<Option<Corrupt>> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut input = BufReader::with_capacity(256 * 1024, &*file);
+    let mut at = 0u64;
+    loop {
+        if io::BufRead::fill_buf(&mut input)?.is_empty() {
+            return Ok(None);
+        }
+        let mut member = flate2::bufread::GzDecoder::new(&mut input);
+        match io::copy(&mut member, &mut io::sink()) {
+            Ok(n) => at += n,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Ok(Some(Corrupt { at, why: e.to_string() })),
+        }
+    }
 }
 
 /// Gzip files of at most this many bytes, compressed and inflated, are inflated whole in one
@@ -437,57 +651,45 @@ impl Drop for Inflater {
     }
 }
 
-/// Reads a whole JSON document (an export) as one piece, so it commits all or nothing.
-fn read_document(
+/// Reads a file as JSON documents, streamed ([`document`]) from `from`: a position the
+/// document reader made, or the start.
+#[allow(clippy::too_many_arguments)]
+fn read_documents(
     job: &FileJob,
+    from: Mark,
     decoder: &mut Decoder<'_>,
     settings: &ReadSettings,
-    head: &str,
-    head_len: u64,
-    expected: Option<String>,
+    bytes_read: &Arc<AtomicU64>,
+    shutdown: &AtomicBool,
+    position: &dyn Fn(Mark) -> String,
     send: &mut dyn FnMut(Piece) -> bool,
 ) -> io::Result<()> {
-    let mut piece = Piece { source: job.key.clone(), expected, ..Piece::default() };
-    let (file, gz) = open_sniffed(&job.path)?;
-    let reader: Box<dyn Read> = if gz { Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(file))) } else { Box::new(file) };
-    let mut text = Vec::new();
-    let limit = settings.max_record_bytes as u64;
-    let read = reader.take(limit + 1).read_to_end(&mut text);
-    let decoded_len;
-    match read {
-        Ok(n) if n as u64 > limit => {
-            piece.received = 1;
-            let detail = format!(
-                "JSON document is longer than ingest.max_record_bytes ({limit}); convert it to NDJSON, e.g. jq -c '.events[]'"
-            );
-            piece.rejects.push(Rejected::new(Reason::LineTooLong, detail, 1, 0, &text));
-            decoded_len = n as u64;
-        }
-        Ok(n) => {
-            let body = text.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&text);
-            let skip = (text.len() - body.len()) as u64;
-            match super::check_utf8(body) {
-                Ok(text) => decoder.document(text, 1, skip, &mut piece),
-                Err(detail) => {
-                    piece.received = 1;
-                    piece.rejects.push(Rejected::new(Reason::NonUtf8, format!("document is not valid UTF-8: {detail}"), 1, 0, body));
-                }
-            }
-            decoded_len = n as u64;
-        }
-        Err(e) => {
-            piece.received = 1;
-            let reason = if gz { Reason::TruncatedGzip } else { Reason::MalformedJson };
-            piece.rejects.push(Rejected::new(reason, format!("read error: {e}"), 1, 0, &text));
-            decoded_len = text.len() as u64;
-        }
+    let (mut file, gz) = open_sniffed(&job.path)?;
+    let reader: Box<dyn Read> = if gz {
+        let counted = Counting { inner: BufReader::with_capacity(256 * 1024, file), counter: bytes_read.clone() };
+        let mut dec = flate2::read::MultiGzDecoder::new(counted);
+        io::copy(&mut (&mut dec).take(from.offset), &mut io::sink())?;
+        Box::new(dec)
+    } else {
+        file.seek(SeekFrom::Start(from.offset))?;
+        Box::new(Counting { inner: file, counter: bytes_read.clone() })
+    };
+    let start = Start {
+        source: &job.key,
+        name: None,
+        expected: job.expected.clone(),
+        offset: from.offset,
+        line: from.line,
+        gz,
+        detect_document: false,
+        follow: false,
+        max_record_bytes: settings.max_record_bytes,
+        piece_records: settings.piece_records,
+    };
+    match document::read_document(reader, start, from.frame, decoder, shutdown, position, send).end {
+        End::Fetch(e) => Err(e),
+        _ => Ok(()),
     }
-    let lines = memchr::memchr_iter(b'\n', &text).count() as u64;
-    piece.position =
-        FilePosition { v: 1, offset: decoded_len, line: lines, size: job.size, head_len, head: head.to_string(), document: true }
-            .encode();
-    send(piece);
-    Ok(())
 }
 
 #[cfg(test)]
@@ -553,7 +755,7 @@ mod tests {
         // The tree through a relative path with a `..`, and one of its files named again.
         let through = root.path().join("elsewhere/../logs");
         let again = logs.join("2025/11/03/../03/b.json");
-        let found = discover(&[through, again], &[logs.join("quarantine.jsonl")]).unwrap();
+        let found = discover(&[through, again], &[logs.join("quarantine.jsonl")]).unwrap().files;
 
         let keys: Vec<(String, String)> = found
             .iter()

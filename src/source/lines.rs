@@ -29,6 +29,9 @@ pub struct LineReader<R> {
     /// `buf` holds the whole stream (see [`LineReader::whole`]), so a line is checked against
     /// `max` when found, not by the buffer's size.
     whole: bool,
+    /// CRC-32 of the stream's bytes before `hashed` (see [`LineReader::crc_through`]).
+    hasher: crc32fast::Hasher,
+    hashed: u64,
 }
 
 const INITIAL: usize = 256 * 1024;
@@ -37,7 +40,26 @@ impl<R: Read> LineReader<R> {
     /// `pos` is the stream offset the reader starts at; `max` the longest line kept.
     pub fn new(inner: R, pos: u64, max: usize) -> Self {
         // At most `max + 1` bytes, never more: a line found whole in the buffer is then at most `max`.
-        LineReader { inner, buf: vec![0; INITIAL.min(max + 1)], start: 0, end: 0, scanned: 0, eof: false, max, pos, whole: false }
+        LineReader {
+            inner,
+            buf: vec![0; INITIAL.min(max + 1)],
+            start: 0,
+            end: 0,
+            scanned: 0,
+            eof: false,
+            max,
+            pos,
+            whole: false,
+            hasher: crc32fast::Hasher::new_with_initial_len(0, pos),
+            hashed: pos,
+        }
+    }
+
+    /// The CRC-32 of the stream's bytes before the reader's start, so that
+    /// [`LineReader::crc_through`] covers the stream from its first byte.
+    pub fn with_prefix_crc(mut self, crc: u32) -> Self {
+        self.hasher = crc32fast::Hasher::new_with_initial_len(crc, self.hashed);
+        self
     }
 
     /// The buffer, for the next [`LineReader::whole`].
@@ -53,7 +75,19 @@ impl LineReader<io::Empty> {
     pub fn whole(text: Vec<u8>, pos: u64, max: usize) -> Self {
         let start = usize::try_from(pos).map_or(text.len(), |p| p.min(text.len()));
         let end = text.len();
-        LineReader { inner: io::empty(), buf: text, start, end, scanned: 0, eof: true, max, pos, whole: true }
+        LineReader {
+            inner: io::empty(),
+            buf: text,
+            start,
+            end,
+            scanned: 0,
+            eof: true,
+            max,
+            pos,
+            whole: true,
+            hasher: crc32fast::Hasher::new_with_initial_len(0, pos),
+            hashed: pos,
+        }
     }
 }
 
@@ -69,7 +103,29 @@ impl<R: Read> LineReader<R> {
         &self.buf[self.start..self.end]
     }
 
+    /// The CRC-32 of the stream's bytes from its first (given [`LineReader::with_prefix_crc`]
+    /// when the reader started part-way) up to `upto`, a line boundary at or after the last
+    /// one asked for and not past the last line returned. A checkpoint keeps it, so a file
+    /// that changed before its counted end is told from one that only grew.
+    pub fn crc_through(&mut self, upto: u64) -> u32 {
+        self.hash_to(upto);
+        self.hasher.clone().finalize()
+    }
+
+    /// Hashes the bytes up to `upto`, still in the buffer just before `start`.
+    fn hash_to(&mut self, upto: u64) {
+        if upto > self.hashed {
+            let back = (self.pos - self.hashed) as usize;
+            let from = self.start.checked_sub(back).expect("the bytes to hash are still in the buffer");
+            self.hasher.update(&self.buf[from..from + (upto - self.hashed) as usize]);
+            self.hashed = upto;
+        }
+    }
+
     fn fill(&mut self) -> io::Result<usize> {
+        // What is about to be moved away is hashed first.
+        let pos = self.pos;
+        self.hash_to(pos);
         if self.start > 0 {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
@@ -147,23 +203,32 @@ impl<R: Read> LineReader<R> {
     /// Discards the rest of an over-long line, reading in fixed chunks.
     fn skip_long_line(&mut self) -> io::Result<Line<'static>> {
         let offset = self.pos;
+        self.hash_to(offset);
         let prefix = self.buf[self.start..self.start + SNIPPET_BYTES.min(self.end - self.start)].to_vec();
         let mut len = (self.end - self.start) as u64;
+        self.hasher.update(&self.buf[self.start..self.end]);
         self.start = 0;
         self.end = 0;
         self.scanned = 0;
         loop {
+            // Nothing before `start` (0) is left to hash: `hashed` follows `pos` here.
+            self.hashed = offset + len;
+            self.pos = offset + len;
             let n = self.fill()?;
             if let Some(i) = memchr::memchr(b'\n', &self.buf[..self.end]) {
+                self.hasher.update(&self.buf[..i + 1]);
                 len += i as u64;
                 self.pos = offset + len + 1;
+                self.hashed = self.pos;
                 self.start = i + 1;
                 return Ok(Line::TooLong { prefix, offset, len });
             }
+            self.hasher.update(&self.buf[..self.end]);
             len += self.end as u64;
             self.end = 0;
             if n == 0 {
                 self.pos = offset + len;
+                self.hashed = self.pos;
                 return Ok(Line::TooLong { prefix, offset, len });
             }
         }
@@ -228,6 +293,38 @@ mod tests {
             let resumed = collect(LineReader::whole(input.clone(), at as u64, max), input.len().max(at));
             let expected: Vec<_> = streamed.iter().filter(|(_, o, _)| *o as usize >= at).cloned().collect();
             proptest::prop_assert_eq!(resumed, expected);
+        }
+    }
+
+    proptest::proptest! {
+        /// The CRC of the bytes read, at any line boundary, is the CRC of the stream's prefix
+        /// up to there, read a few bytes at a time or whole, from the start or resumed with
+        /// the prefix's CRC, over lines too long to keep.
+        #[test]
+        fn the_crc_of_what_was_read_is_the_crc_of_that_prefix(
+            input in proptest::collection::vec(proptest::sample::select(b"ab\r\n{}".to_vec()), 0..400),
+            max in 1usize..40,
+            chunk in 1usize..50,
+            stop in 0usize..60,
+        ) {
+            let check = |mut r: LineReader<Box<dyn Read + '_>>| -> Result<(), proptest::test_runner::TestCaseError> {
+                let mut n = 0;
+                while r.next_line().unwrap().is_some() {
+                    let at = r.position();
+                    proptest::prop_assert_eq!(r.crc_through(at), crc32fast::hash(&input[..at as usize]));
+                    n += 1;
+                    if n == stop {
+                        break;
+                    }
+                }
+                Ok(())
+            };
+            check(LineReader::new(Box::new(Trickle { input: &input, chunk }) as Box<dyn Read>, 0, max))?;
+            let starts: Vec<usize> = std::iter::once(0).chain(memchr::memchr_iter(b'\n', &input).map(|i| i + 1)).collect();
+            let from = starts[stop % starts.len()];
+            let resumed = LineReader::new(Box::new(Trickle { input: &input[from..], chunk }) as Box<dyn Read>, from as u64, max)
+                .with_prefix_crc(crc32fast::hash(&input[..from]));
+            check(resumed)?;
         }
     }
 

@@ -7,6 +7,7 @@
 
 #[cfg(feature = "aws")]
 pub mod cloudwatch;
+pub mod document;
 pub mod files;
 pub mod lines;
 #[cfg(feature = "aws")]
@@ -18,12 +19,15 @@ pub mod stream;
 use std::collections::BTreeMap;
 
 use crate::quarantine::{Reason, Rejected};
-use crate::record::{self, Container, ElementBody, LogRecord, ParseOptions, Parsed, Reject};
+use crate::record::{self, Container, ElementBody, ElementKind, LogRecord, ParseOptions, Parsed, Reject};
 use crate::store::{Entry, Sums};
 use crate::usage::Metering;
 
 /// The non-JSON event Bedrock writes when logging is set up.
 pub const PERMISSION_CHECK_TEXT: &str = "Permissions are correctly set for Amazon Bedrock logs.";
+
+/// How the control messages CloudWatch Logs sends to a subscription destination start.
+pub const CONTROL_MESSAGE_PREFIX: &str = "CWL CONTROL MESSAGE";
 
 /// Where one counted record came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,7 +103,7 @@ pub struct Decoder<'c> {
 
 impl<'c> Decoder<'c> {
     pub fn new(metering: Metering<'c>, opts: ParseOptions) -> Self {
-        Decoder { metering, opts }
+        Decoder { metering: metering.with_latest(opts.latest_timestamp), opts }
     }
 
     fn reject(out: &mut Piece, r: Reject, line: u64, offset: u64, bytes: &[u8]) {
@@ -117,8 +121,7 @@ impl<'c> Decoder<'c> {
             Ok(t) => t,
             Err(detail) => return Self::reject(out, Reject::new(Reason::NonUtf8, detail), line, offset, text),
         };
-        if text == PERMISSION_CHECK_TEXT {
-            let r = Reject::new(Reason::PermissionCheck, "logging permission check");
+        if let Some(r) = expected_text(text.as_bytes()) {
             return Self::reject(out, r, line, offset, text.as_bytes());
         }
         self.document(text, line, offset, out);
@@ -143,35 +146,50 @@ impl<'c> Decoder<'c> {
             let at = base + el.offset;
             el_line += memchr::memchr_iter(b'\n', &whole[counted_to.min(at)..at]).count() as u64;
             counted_to = at;
-            let el_offset = offset + at as u64;
-            match el.body {
-                ElementBody::Json(raw) => match record::parse(raw, &self.opts) {
-                    Ok(Parsed::Record(rec)) => self.record(&rec, el_line, el_offset, raw, out),
-                    Ok(Parsed::Container(inner @ Container::Message(_))) if depth == 0 => {
-                        self.container(inner, raw, el_line, el_offset, out, depth + 1)
-                    }
-                    Ok(Parsed::Container(_)) => Self::reject(
-                        out,
-                        Reject::new(Reason::NotARecord, "a container nested inside a container"),
-                        el_line,
-                        el_offset,
-                        raw,
-                    ),
-                    Err(r) => Self::reject(out, r, el_line, el_offset, raw),
-                },
-                ElementBody::Text(text) => {
-                    let t = text.trim().as_bytes();
-                    if t == PERMISSION_CHECK_TEXT.as_bytes() {
-                        Self::reject(out, Reject::new(Reason::PermissionCheck, "logging permission check"), el_line, el_offset, t);
-                    } else {
-                        match record::parse_record(t, &self.opts) {
-                            Ok(rec) => self.record(&rec, el_line, el_offset, t, out),
-                            Err(r) => Self::reject(out, r, el_line, el_offset, t),
-                        }
+            self.body(el.body, &whole[at.min(whole.len())..], el_line, offset + at as u64, out, depth);
+        }
+    }
+
+    /// One element of a container streamed from a document (see [`document`]): `raw` is
+    /// the element's JSON, `line` and `offset` where it starts.
+    pub fn element(&mut self, raw: &[u8], kind: ElementKind, line: u64, offset: u64, out: &mut Piece) {
+        if let Err(detail) = check_utf8(raw) {
+            return Self::reject(out, Reject::new(Reason::NonUtf8, detail), line, offset, raw);
+        }
+        self.body(record::element_body(raw, kind), raw, line, offset, out, 0);
+    }
+
+    /// What an element holds, counted or rejected. `raw` is the element's bytes (for a
+    /// rejected one's snippet).
+    fn body(&mut self, body: ElementBody<'_>, raw: &[u8], line: u64, offset: u64, out: &mut Piece, depth: u8) {
+        match body {
+            ElementBody::Json(json) => match record::parse(json, &self.opts) {
+                Ok(Parsed::Record(rec)) => self.record(&rec, line, offset, json, out),
+                Ok(Parsed::Container(inner @ Container::Message(_))) if depth == 0 => {
+                    self.container(inner, json, line, offset, out, depth + 1)
+                }
+                Ok(Parsed::Container(_)) => Self::reject(
+                    out,
+                    Reject::new(Reason::NotARecord, "a container nested inside a container"),
+                    line,
+                    offset,
+                    json,
+                ),
+                Err(r) => Self::reject(out, r, line, offset, json),
+            },
+            ElementBody::Text(text) => {
+                let t = text.trim().as_bytes();
+                if let Some(r) = expected_text(t) {
+                    Self::reject(out, r, line, offset, t);
+                } else {
+                    match record::parse_record(t, &self.opts) {
+                        Ok(rec) => self.record(&rec, line, offset, t, out),
+                        Err(r) => Self::reject(out, r, line, offset, t),
                     }
                 }
-                ElementBody::Bad(r) => Self::reject(out, r, el_line, el_offset, &whole[at.min(whole.len())..]),
             }
+            ElementBody::Bad(r) => Self::reject(out, r, line, offset, raw),
+            ElementBody::Skip => {}
         }
     }
 
@@ -197,6 +215,17 @@ impl<'c> Decoder<'c> {
             Err(r) => Self::reject(out, r, line, offset, raw),
         }
     }
+}
+
+/// The texts that are expected in a log and are not records: Bedrock's permission-check
+/// event, and the control message CloudWatch Logs sends down a new subscription (delivered by
+/// Firehose beside the data). Skipped and counted, not quarantined.
+fn expected_text(text: &[u8]) -> Option<Reject> {
+    if text == PERMISSION_CHECK_TEXT.as_bytes() {
+        return Some(Reject::new(Reason::PermissionCheck, "logging permission check"));
+    }
+    text.starts_with(CONTROL_MESSAGE_PREFIX.as_bytes())
+        .then(|| Reject::new(Reason::ControlMessage, "CloudWatch Logs subscription control message"))
 }
 
 /// Checks that bytes are UTF-8 (with a SIMD check first: every byte of every line goes

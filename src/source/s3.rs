@@ -44,6 +44,7 @@ use serde::{Deserialize, Serialize};
 use super::files::{ReadSettings, MARKER_OBJECT};
 use super::remote::{Body, Remote, SourceError};
 use super::lines::LineReader;
+use super::document::{self, Frame, Mark};
 use super::stream::{self, End, Start};
 use super::{Decoder, Piece};
 use crate::ids::EpochSeconds;
@@ -107,6 +108,10 @@ pub struct OpenObject {
     /// Decoded bytes counted.
     pub offset: u64,
     pub line: u64,
+    /// The object is read as JSON documents (Firehose's back-to-back subscription payloads,
+    /// an export), and `offset` lies in this frame of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub document: Option<Frame>,
 }
 
 impl S3Position {
@@ -141,9 +146,10 @@ impl S3Position {
         Some(hour_folder(hour - lookback))
     }
 
-    fn at(&self, rel: &str, etag: &str, offset: u64, line: u64) -> String {
+    fn at(&self, rel: &str, etag: &str, m: Mark, document: bool) -> String {
         let mut p = self.clone();
-        p.open = Some(OpenObject { key: rel.to_string(), etag: etag.to_string(), offset, line });
+        let document = document.then_some(m.frame);
+        p.open = Some(OpenObject { key: rel.to_string(), etag: etag.to_string(), offset: m.offset, line: m.line, document });
         p.encode()
     }
 }
@@ -450,6 +456,8 @@ fn read_object(
 ) -> Result<Read_, SourceError> {
     let Target { key, rel, what } = *target;
     let (mut offset, mut line) = resume.as_ref().map_or((0, 0), |o| (o.offset, o.line));
+    // `Some(frame)`: read as JSON documents, from that frame.
+    let mut document = resume.as_ref().and_then(|o| o.document);
     let mut attempt = 0;
     loop {
         let fetched = remote.block_on(remote.s3.get_object().bucket(&job.bucket).key(key).send());
@@ -466,7 +474,7 @@ fn read_object(
         let etag = object.e_tag().unwrap_or_default().to_string();
         if offset > 0 && resume.as_ref().is_some_and(|o| o.etag != etag) {
             tracing::warn!(object = %what, "object was replaced since it was counted part-way; reading it again from the start (counted records are deduplicated)");
-            (offset, line) = (0, 0);
+            (offset, line, document) = (0, 0, None);
         }
         let mut body = BufReader::with_capacity(256 * 1024, Body::new(remote, what, object.body, bytes_read.clone()));
         let outcome = (|| -> io::Result<stream::Reached> {
@@ -484,22 +492,34 @@ fn read_object(
                 offset,
                 line,
                 gz,
-                detect_document: false,
+                detect_document: offset == 0,
                 follow: false,
                 max_record_bytes: settings.max_record_bytes,
                 piece_records: settings.piece_records,
             };
+            if let Some(frame) = document {
+                let position = |m: Mark| state.at(rel, &etag, m, true);
+                return Ok(document::read_document(reader, start, frame, decoder, shutdown, &position, send));
+            }
             let mut lines = LineReader::new(reader, start.offset, start.max_record_bytes);
-            Ok(stream::read_lines(&mut lines, start, decoder, shutdown, &|o, l| state.at(rel, &etag, o, l), send, &|_, _| false))
+            Ok(stream::read_lines(&mut lines, start, decoder, shutdown, &|m| state.at(rel, &etag, m, false), send, &|_, _| false))
         })();
         let failure = match outcome {
             Ok(reached) => {
                 *expected = reached.expected;
                 match reached.end {
-                    End::Done | End::Document => return Ok(Read_::Done),
+                    End::Done => return Ok(Read_::Done),
                     End::Stopped => return Ok(Read_::Stopped),
+                    // JSON documents: fetched again and streamed from the start.
+                    End::Document => {
+                        (offset, line, document) = (0, 0, Some(Frame::Top));
+                        continue;
+                    }
                     End::Fetch(e) => {
                         (offset, line) = (reached.offset, reached.line);
+                        if document.is_some() {
+                            document = Some(reached.frame);
+                        }
                         e
                     }
                 }
@@ -509,7 +529,7 @@ fn read_object(
                 // The part already counted no longer decodes: the object changed under the
                 // same ETag. Read it again from the start; counted records are deduplicated.
                 tracing::warn!(object = %what, error = %e, "cannot pass over the counted part; reading the object again from the start");
-                (offset, line) = (0, 0);
+                (offset, line, document) = (0, 0, None);
                 e
             }
         };

@@ -11,6 +11,7 @@
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::document::{Frame, Mark};
 use super::lines::{Line, LineReader};
 use super::{Decoder, Piece};
 use crate::quarantine::{Reason, Rejected};
@@ -46,8 +47,10 @@ pub struct Start<'a> {
     pub line: u64,
     /// The stream is gzip: a read error that is not a [`Fetch`] is a truncated gzip stream.
     pub gz: bool,
-    /// Stop at a first line that starts a JSON value but does not end it (a pretty-printed
-    /// export), so the caller can read the stream as one document.
+    /// Stop at a first line that starts a JSON value but is not exactly one complete value
+    /// (a pretty-printed export, payloads written back to back, an export too long for one
+    /// line, or a cut first record), so the caller reads the stream as documents
+    /// ([`super::document`]), which costs a bad first line only that line.
     pub detect_document: bool,
     /// Leave an unterminated last line that is not yet complete JSON for the next pass.
     pub follow: bool,
@@ -60,7 +63,7 @@ pub struct Start<'a> {
 pub enum End {
     /// Everything up to `offset` was handled and sent.
     Done,
-    /// The stream is a multi-line JSON document; nothing was sent.
+    /// The stream is to be read as JSON documents ([`super::document`]); nothing was sent.
     Document,
     /// `shutdown` was set, or the receiver is gone.
     Stopped,
@@ -75,23 +78,28 @@ pub struct Reached {
     pub end: End,
     pub offset: u64,
     pub line: u64,
+    /// Where in a document `offset` lies ([`Frame::Top`] for lines).
+    pub frame: Frame,
     pub expected: Option<String>,
 }
 
 /// Reads the lines of `lines` (positioned at `start.offset`: a stream's reader, or one over a
 /// whole inflated file, [`LineReader::whole`], which the caller keeps with its buffer), decoding
-/// them into pieces of at most `piece_records` records. `position(offset, line)` names the
-/// position after a line; `send` returns false when the receiver is gone. The last piece is
+/// them into pieces of at most `piece_records` records. `position` names the position after a
+/// line; `send` returns false when the receiver is gone. The last piece is
 /// sent even when empty if `send_empty_end` says the position moved.
 pub fn read_lines<R: Read>(
     lines: &mut LineReader<R>,
     start: Start<'_>,
     decoder: &mut Decoder<'_>,
     shutdown: &AtomicBool,
-    position: &dyn Fn(u64, u64) -> String,
+    position: &dyn Fn(Mark) -> String,
     send: &mut dyn FnMut(Piece) -> bool,
     send_empty_end: &dyn Fn(u64, u64) -> bool,
 ) -> Reached {
+    let at = |lines: &mut LineReader<R>, offset: u64, line: u64, partial: bool| {
+        position(Mark { offset, line, frame: Frame::Top, partial, crc: Some(lines.crc_through(offset)) })
+    };
     // Room for a full piece up front: grown by doubling from empty, the entries (128 bytes
     // each) were copied about once more per record, 1% of ingest's CPU.
     let new_piece = |expected: &Option<String>| Piece {
@@ -123,22 +131,31 @@ pub fn read_lines<R: Read>(
             }
             Err(e) => {
                 // A corrupt or truncated gzip stream: what came before stays counted, the cut
-                // line is quarantined, and the stream is done until it changes.
+                // line is quarantined, and the stream is done until it changes. The checkpoint
+                // stays before the cut line: a file that was only partly copied and is then
+                // completed has that line read whole.
                 let reason = if start.gz { Reason::TruncatedGzip } else { Reason::MalformedJson };
                 let offset = lines.position();
                 piece.received += 1;
                 piece.rejects.push(Rejected::new(reason, format!("read error: {e}"), line_no + 1, offset, lines.pending()));
-                consumed = offset + lines.pending().len() as u64;
-                line_no += 1;
-                piece.position = position(consumed, line_no);
+                consumed = offset;
+                piece.position = at(lines, consumed, line_no, false);
                 let sent = piece.position.clone();
                 let end = if send(piece) { End::Done } else { End::Stopped };
-                return Reached { end, offset: consumed, line: line_no, expected: Some(sent) };
+                return Reached { end, offset: consumed, line: line_no, frame: Frame::Top, expected: Some(sent) };
             }
         };
         let Some(line) = next else { break };
         match line {
             Line::TooLong { prefix, offset, len } => {
+                if !document_checked && offset == start.offset {
+                    document_checked = true;
+                    let p = prefix.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&prefix).trim_ascii_start();
+                    if matches!(p.first(), Some(b'{' | b'[')) {
+                        // One line longer than a record may be: an export written on one line.
+                        return Reached { end: End::Document, offset: start.offset, line: start.line, frame: Frame::Top, expected: start.expected };
+                    }
+                }
                 line_no += 1;
                 piece.received += 1;
                 let detail = format!("line of {len} bytes is longer than ingest.max_record_bytes ({})", start.max_record_bytes);
@@ -151,11 +168,16 @@ pub fn read_lines<R: Read>(
                     document_checked = true;
                     let t = bytes.trim_ascii();
                     if matches!(t.first(), Some(b'{' | b'[')) && !crate::json::is_complete_value(t) {
-                        return Reached { end: End::Document, offset: start.offset, line: start.line, expected: start.expected };
+                        return Reached { end: End::Document, offset: start.offset, line: start.line, frame: Frame::Top, expected: start.expected };
                     }
                 }
-                if !terminated && start.follow && !crate::json::is_complete_value(bytes) {
-                    // The writer may still be writing this line.
+                if !terminated && !crate::json::is_complete_value(bytes) {
+                    // The writer may still be writing this line. Without --follow it is
+                    // quarantined now, but the checkpoint stays before it, so once completed
+                    // it is read whole (never quarantined, then its tail quarantined again).
+                    if !start.follow {
+                        decoder.line(bytes, line_no + 1, offset, &mut piece);
+                    }
                     break;
                 }
                 line_no += 1;
@@ -164,16 +186,16 @@ pub fn read_lines<R: Read>(
             }
         }
         if piece.received as usize >= start.piece_records {
-            piece.position = position(consumed, line_no);
+            piece.position = at(lines, consumed, line_no, true);
             let next_expected = Some(piece.position.clone());
             if !send(std::mem::replace(&mut piece, new_piece(&next_expected))) {
-                return Reached { end: End::Stopped, offset: consumed, line: line_no, expected: next_expected };
+                return Reached { end: End::Stopped, offset: consumed, line: line_no, frame: Frame::Top, expected: next_expected };
             }
             expected = next_expected;
         }
     }
     if piece.received > 0 || send_empty_end(consumed, line_no) {
-        piece.position = position(consumed, line_no);
+        piece.position = at(lines, consumed, line_no, matches!(end, End::Stopped | End::Fetch(_)));
         piece.expected = expected;
         let sent = Some(piece.position.clone());
         if !send(piece) {
@@ -181,5 +203,5 @@ pub fn read_lines<R: Read>(
         }
         expected = sent;
     }
-    Reached { end, offset: consumed, line: line_no, expected }
+    Reached { end, offset: consumed, line: line_no, frame: Frame::Top, expected }
 }

@@ -298,6 +298,51 @@ fn a_missing_reconcile_after_final_invoices_is_refused() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("holds final invoices"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// `reconcile` killed between its folder renames leaves the period in pieces; whatever runs
+/// next (`invoice` or `reconcile`) puts it back together first, so an issued final invoice
+/// never changes and no version of it is lost. Each kill point of the swap is tried: the new
+/// folder complete but not yet in place (finished), and not yet complete (rolled back).
+#[test]
+fn an_interrupted_reconcile_never_changes_an_issued_invoice() {
+    for complete in [true, false] {
+        let f = Fixture::new();
+        f.reconcile(&f.cur("cur", "0.3"));
+        f.invoice();
+        let restated = f.cur("restated", "0.9");
+        f.reconcile(&restated);
+        f.invoice();
+        let issued: BTreeMap<String, String> = f.documents().keys().map(|n| (n.clone(), f.file(n))).collect();
+        assert!(issued.keys().any(|n| n.ends_with(".v2.json")), "a restated CUR gives deltas: {:?}", issued.keys());
+
+        // As a SIGKILL leaves it: the new tables staged (and marked complete, or not yet),
+        // the issued invoices moved in with them, the old folder moved aside.
+        let out = f.path("out");
+        let (period, partial, old) = (out.join(MONTH), out.join(format!(".{MONTH}.partial")), out.join(format!(".{MONTH}.old")));
+        std::fs::create_dir_all(&partial).unwrap();
+        for e in std::fs::read_dir(&period).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_file() {
+                std::fs::copy(&p, partial.join(p.file_name().unwrap())).unwrap();
+            }
+        }
+        if complete {
+            std::fs::write(partial.join(".complete"), b"").unwrap();
+        }
+        std::fs::rename(period.join("invoices"), partial.join("invoices")).unwrap();
+        std::fs::rename(&period, &old).unwrap();
+
+        // Then invoice, reconcile, invoice, as the issue's report ran them.
+        f.invoice();
+        f.reconcile(&restated);
+        f.invoice();
+        let after: BTreeMap<String, String> = f.documents().keys().map(|n| (n.clone(), f.file(n))).collect();
+        for (name, text) in &issued {
+            assert_eq!(after.get(name), Some(text), "complete={complete}: issued document {name} changed or vanished");
+        }
+        assert!(!partial.exists() && !old.exists(), "complete={complete}: staging folders left behind");
+    }
+}
+
 /// A run stopped while creating documents leaves `.in-flight` naming them. The next run
 /// removes the named documents that are incomplete and issues them again; complete ones stay
 /// as they are, named or not; and without the record an incomplete document is an error that

@@ -12,8 +12,10 @@ mod support;
 
 mod bad_input;
 mod demo;
+mod every_record_counts;
 mod exactly_once;
 mod gzip;
+mod hostile;
 mod invoice;
 mod invoice_golden;
 mod invoice_properties;

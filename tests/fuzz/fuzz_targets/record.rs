@@ -14,7 +14,7 @@ use tally::quarantine::Reason;
 use tally::record::{parse, parse_record, parse_str, ElementBody, LogRecord, ParseOptions, Parsed, Reject};
 
 /// A small ceiling, so the absurd-count path is reached by short inputs too.
-const OPTS: ParseOptions = ParseOptions { max_token_count: 1_000_000 };
+const OPTS: ParseOptions = ParseOptions { max_token_count: 1_000_000, latest_timestamp: None };
 
 fuzz_target!(|data: &[u8]| {
     let got = parse(data, &OPTS);
@@ -62,7 +62,7 @@ fuzz_target!(|data: &[u8]| {
     }
 
     // The default limits must hold the same way (no arithmetic on the ceiling overflows).
-    let _ = parse(data, &ParseOptions { max_token_count: u64::MAX });
+    let _ = parse(data, &ParseOptions { max_token_count: u64::MAX, latest_timestamp: None });
 });
 
 /// What a parse result is, comparable across the two entry points.

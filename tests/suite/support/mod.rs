@@ -56,7 +56,7 @@ impl Scratch {
         let pipeline = Pipeline::from_config(&config).unwrap();
         let settings = Settings::from_config(&config, false);
         let mut store = self.store();
-        let mut q = Quarantine::new(config.resolve(&config.ingest.quarantine));
+        let mut q = Quarantine::new(config.resolve(&config.ingest.quarantine)).with_limit(config.ingest.quarantine_max_bytes);
         ingest::run_once(paths, &mut store, &pipeline, &settings, &mut q, &AtomicBool::new(false), &NoProgress)
             .expect("ingest runs")
     }

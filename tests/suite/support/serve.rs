@@ -19,6 +19,11 @@ impl Server {
     /// Starts `tally --config <config> serve --listen 127.0.0.1:0 <args>` and waits for its
     /// "listening on" line. Its stderr goes to `<config dir>/serve-<n>.log`.
     pub fn start(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::start_with_open_files(config, args, env, None)
+    }
+
+    /// [`Server::start`], with the process's open-file limit set to `open_files`.
+    pub fn start_with_open_files(config: &Path, args: &[&str], env: &[(&str, &str)], open_files: Option<u64>) -> Server {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let stderr = config.parent().unwrap().join(format!("serve-{n}.log"));
@@ -26,6 +31,19 @@ impl Server {
         cmd.arg("--config").arg(config).args(["serve", "--listen", "127.0.0.1:0"]).args(args);
         for (k, v) in env {
             cmd.env(k, v);
+        }
+        if let Some(n) = open_files {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit { rlim_cur: n, rlim_max: n };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         let mut child = cmd
             .stdout(Stdio::piped())
