@@ -225,6 +225,33 @@ fn marker_object_is_skipped_and_offloaded_bodies_are_never_fetched() {
     assert_eq!(proxy.requests_with("20251103T100500Z_0001").len(), 1, "the log object is fetched once");
 }
 
+/// Kinesis Data Firehose delivers CloudWatch Logs subscription data to S3 as objects with no
+/// extension, each several gzip members of subscription payloads written back to back (with a
+/// control message among them): recognised by their bytes, read record by record.
+#[test]
+fn firehose_objects_of_back_to_back_payloads_are_read_from_s3() {
+    let Some(ep) = aws::endpoint() else { return };
+    let r = remote(&ep);
+    let bucket = new_bucket(&r);
+    let rec = |n: u32| record(&format!("abababab-0000-4000-8000-{n:012}"), "2025-11-03T10:10:00Z", "acme", u64::from(n), 1);
+    let payload = |ids: std::ops::Range<u32>| {
+        let events: Vec<serde_json::Value> =
+            ids.map(|n| serde_json::json!({"id": n.to_string(), "timestamp": 1762164600000u64, "message": rec(n)})).collect();
+        serde_json::json!({"messageType": "DATA_MESSAGE", "owner": "111122223333", "logGroup": "/aws/bedrock/invocations",
+            "logStream": "aws/bedrock/modelinvocations", "subscriptionFilters": ["to-firehose"], "logEvents": events}).to_string()
+    };
+    let control = r#"{"messageType":"CONTROL_MESSAGE","owner":"CloudwatchLogs","logGroup":"","logStream":"","subscriptionFilters":[],"logEvents":[{"id":"","timestamp":1762164600000,"message":"CWL CONTROL MESSAGE: Checking health of destination Firehose."}]}"#;
+    let object: Vec<u8> = [control.to_string(), payload(1..4), payload(4..6)].iter().flat_map(|p| gzip(p)).collect();
+    put_object(&r, &bucket, "firehose/2025/11/03/10/bedrock-to-s3-1-2025-11-03-10-10-00-0a1b2c3d", object);
+    let s = Scratch::new(&format!("[sources]\nendpoint_url = \"{ep}\"\nregion = \"us-east-1\"\n"));
+    let report = ingest(&s, &[&format!("s3://{bucket}/firehose/")]);
+    assert_eq!((report.received, report.counted, report.skipped.get("control_message").copied()), (6, 5, Some(1)), "{report:?}");
+    assert!(s.quarantined().is_empty(), "{:?}", s.quarantined());
+    let u = s.store().period_usage(&tally::ids::TenantId::new("acme").unwrap(), "2025-11").unwrap();
+    assert_eq!(u.total.input, 1 + 2 + 3 + 4 + 5);
+    assert_eq!(ingest(&s, &[&format!("s3://{bucket}/firehose/")]).received, 0);
+}
+
 fn gzip(text: &str) -> Vec<u8> {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     std::io::Write::write_all(&mut gz, text.as_bytes()).unwrap();
