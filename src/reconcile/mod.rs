@@ -567,6 +567,25 @@ fn summary_table(r: &Report) -> Result<RecordBatch, ArrowError> {
 
 /// Writes the tables into a fresh folder beside the period's, then swaps it in: the period's
 /// outputs are replaced as a whole, never appended to or left half-written.
+/// An I/O error on `path`, as a [`ReconcileError`].
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReconcileError {
+    let path = path.to_owned();
+    move |source| ReconcileError::Io { path, source }
+}
+
+/// A period's output folder, and the two beside it that a run swaps it through.
+struct Dirs {
+    final_dir: PathBuf,
+    partial: PathBuf,
+    old: PathBuf,
+}
+
+impl Dirs {
+    fn of(out: &Path, period: &str) -> Dirs {
+        Dirs { final_dir: out.join(period), partial: out.join(format!(".{period}.partial")), old: out.join(format!(".{period}.old")) }
+    }
+}
+
 /// The file written last into a staged period folder: with it the folder is complete, and an
 /// interrupted swap is finished rather than undone.
 const COMPLETE: &str = ".complete";
@@ -578,13 +597,7 @@ const COMPLETE: &str = ".complete";
 /// (an `invoice` run that did would issue afresh, and the next `reconcile` would drop the
 /// stranded, issued documents). Refuses, changing nothing, where two invoice folders meet.
 pub fn recover_interrupted(out: &Path, period: &str) -> Result<(), ReconcileError> {
-    let io = |path: &Path| {
-        let path = path.to_owned();
-        move |source| ReconcileError::Io { path, source }
-    };
-    let final_dir = out.join(period);
-    let partial = out.join(format!(".{period}.partial"));
-    let old = out.join(format!(".{period}.old"));
+    let Dirs { final_dir, partial, old } = Dirs::of(out, period);
     if !final_dir.exists() {
         if partial.join(COMPLETE).exists() {
             std::fs::rename(&partial, &final_dir).map_err(io(&partial))?;
@@ -620,13 +633,7 @@ pub fn recover_interrupted(out: &Path, period: &str) -> Result<(), ReconcileErro
 }
 
 fn write(t: &Tables, out: &Path, period: &str, csv: bool) -> Result<Vec<PathBuf>, ReconcileError> {
-    let io = |path: &Path| {
-        let path = path.to_owned();
-        move |source| ReconcileError::Io { path, source }
-    };
-    let final_dir = out.join(period);
-    let partial = out.join(format!(".{period}.partial"));
-    let old = out.join(format!(".{period}.old"));
+    let Dirs { final_dir, partial, old } = Dirs::of(out, period);
     // Issued invoices live in the period's folder but are not reconcile's to replace: they
     // move into the new folder below; a run stopped half-way is put in order first.
     let invoices = final_dir.join(crate::invoice::FOLDER);

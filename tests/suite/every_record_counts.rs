@@ -302,6 +302,17 @@ impl tally::ingest::Progress for StopAfterFirstBatch<'_> {
     fn finish(&self) {}
 }
 
+/// One ingest pass over `path`, stopped once its first batch is committed.
+fn stopped_after_its_first_batch(s: &Scratch, path: &std::path::Path) -> tally::ingest::RunReport {
+    let config = s.config();
+    let pipeline = tally::ingest::Pipeline::from_config(&config).unwrap();
+    let settings = tally::ingest::Settings::from_config(&config, false);
+    let mut q = tally::quarantine::Quarantine::new(config.resolve(&config.ingest.quarantine));
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let paths = [path.to_path_buf()];
+    tally::ingest::run_once(&paths, &mut s.store(), &pipeline, &settings, &mut q, &stop, &StopAfterFirstBatch(&stop)).unwrap()
+}
+
 /// A read stopped part-way through an export goes on where it stopped: never skipping the
 /// rest (the file has not changed, but it was not read to its end), never counting twice.
 #[test]
@@ -310,12 +321,7 @@ fn an_export_read_part_way_goes_on_where_it_stopped() {
     let (text, _) = cli_export(&recs.iter().map(|r| Value::String(r.clone())).collect::<Vec<_>>());
     let s = Scratch::new("[ingest]\nbatch_records = 100\ncommit_records = 100\nworkers = 1");
     let path = s.write("export.json", &text);
-    let config = s.config();
-    let pipeline = tally::ingest::Pipeline::from_config(&config).unwrap();
-    let settings = tally::ingest::Settings::from_config(&config, false);
-    let mut q = tally::quarantine::Quarantine::new(config.resolve(&config.ingest.quarantine));
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let first = tally::ingest::run_once(std::slice::from_ref(&path), &mut s.store(), &pipeline, &settings, &mut q, &stop, &StopAfterFirstBatch(&stop)).unwrap();
+    let first = stopped_after_its_first_batch(&s, &path);
     assert!(first.counted > 0 && first.counted < 3000, "stopped part-way: {first:?}");
     let rest = s.ingest(std::slice::from_ref(&path));
     assert_eq!((rest.files_unchanged, rest.duplicates), (0, 0), "{rest:?}");
@@ -329,12 +335,7 @@ fn an_ndjson_file_read_part_way_goes_on_where_it_stopped() {
     let text: String = records(3000).iter().map(|r| format!("{r}\n")).collect();
     let s = Scratch::new("[ingest]\nbatch_records = 100\ncommit_records = 100\nworkers = 1");
     let path = s.write("2025-11-06.ndjson", &text);
-    let config = s.config();
-    let pipeline = tally::ingest::Pipeline::from_config(&config).unwrap();
-    let settings = tally::ingest::Settings::from_config(&config, false);
-    let mut q = tally::quarantine::Quarantine::new(config.resolve(&config.ingest.quarantine));
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let first = tally::ingest::run_once(std::slice::from_ref(&path), &mut s.store(), &pipeline, &settings, &mut q, &stop, &StopAfterFirstBatch(&stop)).unwrap();
+    let first = stopped_after_its_first_batch(&s, &path);
     assert!(first.counted > 0 && first.counted < 3000, "stopped part-way: {first:?}");
     let rest = s.ingest(&[path]);
     assert_eq!(first.counted + rest.counted, 3000, "{first:?} {rest:?}");
