@@ -177,7 +177,12 @@ impl RunReport {
         self.objects_read += o.objects_read;
         self.streams_read += o.streams_read;
         self.bytes_read += o.bytes_read;
-        self.passed_over.extend(o.passed_over.iter().cloned());
+        // A FIFO passed over is passed over at every poll of --follow: said once.
+        for p in &o.passed_over {
+            if !self.passed_over.contains(p) {
+                self.passed_over.push(p.clone());
+            }
+        }
         self.received += o.received;
         self.counted += o.counted;
         self.duplicates += o.duplicates;

@@ -628,6 +628,64 @@ pub enum Number {
 }
 
 /// True when `bytes` holds exactly one complete JSON value (surrounding white space allowed).
+/// The text of a JSON string given whole, quotes included (`raw` as [`Scanner::raw_value`]
+/// delimits it): escapes decoded, in one pass that copies the runs between backslashes. A
+/// CloudWatch event's `message` (a whole record, escaped) is read this way: several times
+/// faster than a general JSON string parser on text that is one escape every few bytes.
+pub fn unescape_string(raw: &[u8]) -> Result<String, SyntaxError> {
+    let bad = |at: usize, what: &'static str| SyntaxError { at, what };
+    let inner = match raw {
+        [b'"', inner @ .., b'"'] => inner,
+        _ => return Err(bad(0, "expected a string")),
+    };
+    let mut out: Vec<u8> = Vec::with_capacity(inner.len());
+    let mut i = 0;
+    while i < inner.len() {
+        let Some(k) = memchr::memchr(b'\\', &inner[i..]) else {
+            out.extend_from_slice(&inner[i..]);
+            break;
+        };
+        out.extend_from_slice(&inner[i..i + k]);
+        let at = i + k + 1;
+        let Some(&e) = inner.get(at) else { return Err(bad(at, "unterminated escape")) };
+        i = at + 1;
+        match e {
+            b'"' | b'\\' | b'/' => out.push(e),
+            b'b' => out.push(0x08),
+            b'f' => out.push(0x0c),
+            b'n' => out.push(b'\n'),
+            b'r' => out.push(b'\r'),
+            b't' => out.push(b'\t'),
+            b'u' => {
+                let hex = |at: usize| -> Option<u32> {
+                    let h = inner.get(at..at + 4)?;
+                    u32::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok()
+                };
+                let hi = hex(i).ok_or(bad(i, "invalid \\u escape"))?;
+                i += 4;
+                let c = if (0xD800..0xDC00).contains(&hi) {
+                    // A surrogate pair: `\uD83D\uDE00`.
+                    let lo = match (inner.get(i..i + 2), hex(i + 2)) {
+                        (Some(b"\\u"), Some(lo)) if (0xDC00..0xE000).contains(&lo) => lo,
+                        _ => return Err(bad(i, "unpaired surrogate in \\u escape")),
+                    };
+                    i += 6;
+                    char::from_u32(0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00))
+                } else {
+                    char::from_u32(hi)
+                };
+                let c = c.ok_or(bad(i, "invalid \\u escape"))?;
+                out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+            }
+            _ => return Err(bad(at, "invalid escape in string")),
+        }
+    }
+    if has_control(inner) {
+        return Err(bad(0, "raw control character in a string"));
+    }
+    String::from_utf8(out).map_err(|_| bad(0, "string is not valid UTF-8"))
+}
+
 /// Whether a string's raw bytes hold a control character (below U+0020), which JSON allows
 /// only escaped: a NUL or 0x01 in a tenant id is a broken record, not a tenant.
 #[inline]
@@ -672,6 +730,33 @@ pub fn lookup_string<'a>(object: &'a [u8], key: &str) -> Option<Cow<'a, str>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// Any string serde_json writes is read back by [`unescape_string`] as serde_json
+        /// reads it.
+        #[test]
+        fn unescaping_agrees_with_serde_json(text in "\\PC*", escape_all in proptest::bool::ANY) {
+            let raw = if escape_all {
+                // Every character as \\uXXXX (surrogate pairs included).
+                let mut r = String::from("\"");
+                for u in text.encode_utf16() {
+                    r.push_str(&format!("\\u{u:04x}"));
+                }
+                r.push('"');
+                r
+            } else {
+                serde_json::to_string(&text).unwrap()
+            };
+            proptest::prop_assert_eq!(unescape_string(raw.as_bytes()).unwrap(), text);
+        }
+    }
+
+    #[test]
+    fn unescaping_refuses_what_json_refuses() {
+        for bad in [&b"\"a\\x\""[..], b"\"\\u12\"", b"\"\\ud83d\"", b"\"a\x01b\"", b"\"ab\\\"", b"abc"] {
+            assert!(unescape_string(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
 
     #[test]
     fn skips_nested_values_with_brackets_inside_strings() {

@@ -436,8 +436,8 @@ pub fn element_body(raw: &[u8], kind: ElementKind) -> ElementBody<'_> {
 /// so the caller classifies it.
 fn message_body(raw: &[u8]) -> ElementBody<'_> {
     match raw.first() {
-        Some(b'"') => match Scanner::new(raw).string() {
-            Ok(text) => ElementBody::Text(text.into_owned()),
+        Some(b'"') => match crate::json::unescape_string(raw) {
+            Ok(text) => ElementBody::Text(text),
             Err(e) => ElementBody::Bad(syntax(e)),
         },
         Some(b'{') => ElementBody::Json(raw),

@@ -178,13 +178,17 @@ impl<'c> Decoder<'c> {
                 Err(r) => Self::reject(out, r, line, offset, json),
             },
             ElementBody::Text(text) => {
-                let t = text.trim().as_bytes();
-                if let Some(r) = expected_text(t) {
-                    Self::reject(out, r, line, offset, t);
+                let t = text.trim();
+                if let Some(r) = expected_text(t.as_bytes()) {
+                    Self::reject(out, r, line, offset, t.as_bytes());
                 } else {
-                    match record::parse_record(t, &self.opts) {
-                        Ok(rec) => self.record(&rec, line, offset, t, out),
-                        Err(r) => Self::reject(out, r, line, offset, t),
+                    // Text already known to be UTF-8: strings are sliced out unchecked.
+                    match record::parse_str(t, &self.opts) {
+                        Ok(Parsed::Record(rec)) => self.record(&rec, line, offset, t.as_bytes(), out),
+                        Ok(Parsed::Container(_)) => {
+                            Self::reject(out, Reject::new(Reason::NotARecord, "a container where a record was expected"), line, offset, t.as_bytes())
+                        }
+                        Err(r) => Self::reject(out, r, line, offset, t.as_bytes()),
                     }
                 }
             }
