@@ -627,7 +627,6 @@ pub enum Number {
     TooLarge,
 }
 
-/// True when `bytes` holds exactly one complete JSON value (surrounding white space allowed).
 /// The text of a JSON string given whole, quotes included (`raw` as [`Scanner::raw_value`]
 /// delimits it): escapes decoded, in one pass that copies the runs between backslashes. A
 /// CloudWatch event's `message` (a whole record, escaped) is read this way: several times
@@ -693,6 +692,7 @@ fn has_control(bytes: &[u8]) -> bool {
     bytes.iter().any(|&b| b < 0x20)
 }
 
+/// True when `bytes` holds exactly one complete JSON value (surrounding white space allowed).
 pub fn is_complete_value(bytes: &[u8]) -> bool {
     let mut s = Scanner::new(bytes);
     s.skip_value().is_ok() && s.at_end()

@@ -147,7 +147,16 @@ fn parse_from<'a>(mut s: Scanner<'a>, opts: &ParseOptions) -> Result<Parsed<'a>,
 
 /// Parses one value that must be a record.
 pub fn parse_record<'a>(bytes: &'a [u8], opts: &ParseOptions) -> Result<LogRecord<'a>, Reject> {
-    match parse(bytes, opts)? {
+    only_record(parse(bytes, opts)?)
+}
+
+/// [`parse_record`] for text already checked to be UTF-8.
+pub fn parse_record_str<'a>(text: &'a str, opts: &ParseOptions) -> Result<LogRecord<'a>, Reject> {
+    only_record(parse_str(text, opts)?)
+}
+
+fn only_record(parsed: Parsed<'_>) -> Result<LogRecord<'_>, Reject> {
+    match parsed {
         Parsed::Record(r) => Ok(r),
         Parsed::Container(_) => Err(Reject::new(Reason::NotARecord, "a container where a record was expected")),
     }

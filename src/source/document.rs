@@ -105,6 +105,16 @@ enum Stop {
 /// Deepest nesting followed.
 const MAX_DEPTH: usize = 512;
 
+/// The bytes ran out at `at`: more are needed, or, when no bytes follow (`eof`), the value is
+/// cut short.
+fn ran_out(at: usize, eof: bool) -> Stop {
+    if eof {
+        Stop::Bad(at, "unexpected end of input")
+    } else {
+        Stop::More
+    }
+}
+
 fn skip_ws(b: &[u8], mut i: usize) -> usize {
     while let Some(c) = b.get(i) {
         if matches!(c, b' ' | b'\t' | b'\n' | b'\r') {
@@ -118,18 +128,18 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
 
 /// The end of the string starting at `b[i]` (a `"`). A raw line break inside is an error:
 /// JSON has none, and it is where a cut line shows.
-fn string_end(b: &[u8], i: usize) -> Result<usize, Stop> {
+fn string_end(b: &[u8], i: usize, eof: bool) -> Result<usize, Stop> {
     let mut j = i + 1;
     loop {
         match memchr::memchr3(b'"', b'\\', b'\n', &b[j.min(b.len())..]) {
-            None => return Err(Stop::More),
+            None => return Err(ran_out(b.len(), eof)),
             Some(k) => {
                 let at = j + k;
                 match b[at] {
                     b'"' => return Ok(at + 1),
                     b'\\' => {
                         if at + 1 >= b.len() {
-                            return Err(Stop::More);
+                            return Err(ran_out(b.len(), eof));
                         }
                         j = at + 2;
                     }
@@ -167,7 +177,7 @@ fn scalar_end(b: &[u8], i: usize, eof: bool) -> Result<usize, Stop> {
         return Err(Stop::Bad(i, "expected a JSON value"));
     }
     if have.len() < word.len() {
-        return Err(if eof { Stop::Bad(b.len(), "unexpected end of input") } else { Stop::More });
+        return Err(ran_out(b.len(), eof));
     }
     Ok(i + word.len())
 }
@@ -177,12 +187,11 @@ fn scalar_end(b: &[u8], i: usize, eof: bool) -> Result<usize, Stop> {
 /// separated by `,`, strings hold no raw line break. `eof`: no bytes follow `b`.
 fn value_end(b: &[u8], i: usize, eof: bool, stack: &mut Vec<u8>) -> Result<usize, Stop> {
     stack.clear();
-    let more = |at: usize| if eof { Stop::Bad(at, "unexpected end of input") } else { Stop::More };
     let mut i = i;
     'value: loop {
         // A value is expected at `i`.
         i = skip_ws(b, i);
-        let Some(&c) = b.get(i) else { return Err(more(i)) };
+        let Some(&c) = b.get(i) else { return Err(ran_out(i, eof)) };
         match c {
             b'{' | b'[' => {
                 if stack.len() >= MAX_DEPTH {
@@ -191,7 +200,7 @@ fn value_end(b: &[u8], i: usize, eof: bool, stack: &mut Vec<u8>) -> Result<usize
                 i = skip_ws(b, i + 1);
                 let close = if c == b'{' { b'}' } else { b']' };
                 match b.get(i) {
-                    None => return Err(more(i)),
+                    None => return Err(ran_out(i, eof)),
                     Some(&x) if x == close => i += 1,
                     Some(_) => {
                         stack.push(c);
@@ -202,14 +211,14 @@ fn value_end(b: &[u8], i: usize, eof: bool, stack: &mut Vec<u8>) -> Result<usize
                     }
                 }
             }
-            b'"' => i = string_end(b, i).map_err(|s| if s == Stop::More { more(b.len()) } else { s })?,
+            b'"' => i = string_end(b, i, eof)?,
             _ => i = scalar_end(b, i, eof)?,
         }
         // After a value: close containers, or go on to the next member or element.
         loop {
             let Some(&open) = stack.last() else { return Ok(i) };
             i = skip_ws(b, i);
-            let Some(&c) = b.get(i) else { return Err(more(i)) };
+            let Some(&c) = b.get(i) else { return Err(ran_out(i, eof)) };
             match (open, c) {
                 (_, b',') => {
                     i += 1;
@@ -231,16 +240,15 @@ fn value_end(b: &[u8], i: usize, eof: bool, stack: &mut Vec<u8>) -> Result<usize
 
 /// Past an object key and its `:` at `b[i]`.
 fn key_end(b: &[u8], i: usize, eof: bool) -> Result<usize, Stop> {
-    let more = |at: usize| if eof { Stop::Bad(at, "unexpected end of input") } else { Stop::More };
     match b.get(i) {
-        None => return Err(more(i)),
+        None => return Err(ran_out(i, eof)),
         Some(b'"') => {}
         Some(_) => return Err(Stop::Bad(i, "expected a string key")),
     }
-    let end = string_end(b, i).map_err(|s| if s == Stop::More { more(b.len()) } else { s })?;
+    let end = string_end(b, i, eof)?;
     let colon = skip_ws(b, end);
     match b.get(colon) {
-        None => Err(more(colon)),
+        None => Err(ran_out(colon, eof)),
         Some(b':') => Ok(colon + 1),
         Some(_) => Err(Stop::Bad(colon, "expected ':' after a key")),
     }
@@ -250,7 +258,6 @@ fn key_end(b: &[u8], i: usize, eof: bool) -> Result<usize, Stop> {
 /// just past that array's `[` and the frame of its elements, or `None` when the object holds
 /// no such array before a record field (it is then a record, or a one-event wrapper).
 fn container_head(b: &[u8], eof: bool, stack: &mut Vec<u8>) -> Result<Option<(usize, Frame)>, Stop> {
-    let more = |at: usize| if eof { Stop::Bad(at, "unexpected end of input") } else { Stop::More };
     let mut i = skip_ws(b, 1);
     if b.get(i) == Some(&b'}') {
         return Ok(None);
@@ -264,13 +271,13 @@ fn container_head(b: &[u8], eof: bool, stack: &mut Vec<u8>) -> Result<Option<(us
             return Ok(None);
         }
         match (container_frame(key), b.get(value_start)) {
-            (_, None) => return Err(more(value_start)),
+            (_, None) => return Err(ran_out(value_start, eof)),
             (Some(frame), Some(b'[')) => return Ok(Some((value_start + 1, frame))),
             _ => {}
         }
         i = skip_ws(b, value_end(b, value_start, eof, stack)?);
         match b.get(i) {
-            None => return Err(more(i)),
+            None => return Err(ran_out(i, eof)),
             Some(b',') => i = skip_ws(b, i + 1),
             Some(b'}') => return Ok(None),
             Some(_) => return Err(Stop::Bad(i, "expected ',' or '}' in an object")),
@@ -280,12 +287,11 @@ fn container_head(b: &[u8], eof: bool, stack: &mut Vec<u8>) -> Result<Option<(us
 
 /// Past the members that follow a record array in its object, and the object's `}`.
 fn members_end(b: &[u8], eof: bool, stack: &mut Vec<u8>) -> Result<usize, Stop> {
-    let more = |at: usize| if eof { Stop::Bad(at, "unexpected end of input") } else { Stop::More };
     let mut i = 0;
     loop {
         i = skip_ws(b, i);
         match b.get(i) {
-            None => return Err(more(i)),
+            None => return Err(ran_out(i, eof)),
             Some(b'}') => return Ok(i + 1),
             Some(b',') => {
                 let v = skip_ws(b, key_end(b, skip_ws(b, i + 1), eof)?);

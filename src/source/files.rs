@@ -417,12 +417,17 @@ pub fn read_file(
         Some(inf) => inf.inflate(&mut file, job.size)?,
         None => None,
     };
+    let counted_to = job.resume.as_ref().map_or(0, |p| p.offset);
+    // A streamed gzip file is decoded whole once before it is read (see `check_members`); that
+    // pass also gives the CRC of its counted part.
+    let members = if gz && whole.is_none() { Some(check_members(&mut file, counted_to)?) } else { None };
     // Where to go on: after the counted part, if it is still what was counted.
     let (mut start_offset, mut start_line, mut prefix_crc) = (0, 0, 0);
     if let Some(p) = job.resume.as_ref().filter(|p| p.offset > 0) {
-        let actual = match &whole {
-            Some(text) => text.get(..p.offset as usize).map(crc32fast::hash),
-            None => prefix_crc_of(&job.path, gz, p.offset)?,
+        let actual = match (&whole, &members) {
+            (Some(text), _) => text.get(..p.offset as usize).map(crc32fast::hash),
+            (None, Some(m)) => m.prefix_crc,
+            (None, None) => plain_prefix_crc(&job.path, p.offset)?,
         };
         match actual {
             Some(actual) if p.crc.is_none_or(|c| c == actual) => (start_offset, start_line, prefix_crc) = (p.offset, p.line, actual),
@@ -454,7 +459,8 @@ pub fn read_file(
         reached
     } else {
         file.seek(SeekFrom::Start(0))?;
-        stream_file(file, gz, start, prefix_crc, bytes_read, decoder, shutdown, &encoded, send, &moved)?
+        let corrupt = members.and_then(|m| m.corrupt);
+        stream_file(file, gz, corrupt, start, prefix_crc, bytes_read, decoder, shutdown, &encoded, send, &moved)?
     };
     if inflater.is_some() {
         INFLATER.set(inflater);
@@ -472,29 +478,40 @@ fn mark_of(p: &FilePosition) -> Mark {
     Mark { offset: p.offset, line: p.line, frame: p.frame, partial: p.partial, crc: p.crc }
 }
 
-/// The CRC-32 of a file's first `len` decoded bytes (gunzipped if `gz`); `None` when it has
-/// fewer, or they no longer decode.
-fn prefix_crc_of(path: &Path, gz: bool, len: u64) -> io::Result<Option<u32>> {
-    struct Crc(crc32fast::Hasher);
-    impl io::Write for Crc {
-        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-            self.0.update(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
+/// A sink that hashes the first `left` bytes written to it and passes over the rest.
+struct PrefixCrc {
+    hasher: crc32fast::Hasher,
+    left: u64,
+}
+
+impl PrefixCrc {
+    fn new(len: u64) -> PrefixCrc {
+        PrefixCrc { hasher: crc32fast::Hasher::new(), left: len }
     }
-    let file = File::open(path)?;
-    let mut reader: Box<dyn Read> =
-        if gz { Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(256 * 1024, file))) } else { Box::new(file) };
-    let mut crc = Crc(crc32fast::Hasher::new());
-    match io::copy(&mut (&mut reader).take(len), &mut crc) {
-        Ok(n) if n == len => Ok(Some(crc.0.finalize())),
-        Ok(_) => Ok(None),
-        Err(e) if gz && e.kind() != io::ErrorKind::PermissionDenied => Ok(None),
-        Err(e) => Err(e),
+
+    /// The CRC of the first `len` bytes, or `None` when fewer were written.
+    fn finish(self) -> Option<u32> {
+        (self.left == 0).then(|| self.hasher.finalize())
     }
+}
+
+impl io::Write for PrefixCrc {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        let n = b.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        self.hasher.update(&b[..n]);
+        self.left -= n as u64;
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The CRC-32 of a plain file's first `len` bytes; `None` when it has fewer.
+fn plain_prefix_crc(path: &Path, len: u64) -> io::Result<Option<u32>> {
+    let mut crc = PrefixCrc::new(len);
+    io::copy(&mut File::open(path)?.take(len), &mut crc)?;
+    Ok(crc.finish())
 }
 
 /// Reads `file` (at its start) as a stream from `start.offset`, gunzipping it if `gz`;
@@ -503,6 +520,7 @@ fn prefix_crc_of(path: &Path, gz: bool, len: u64) -> io::Result<Option<u32>> {
 fn stream_file(
     mut file: File,
     gz: bool,
+    corrupt: Option<Corrupt>,
     start: Start<'_>,
     prefix_crc: u32,
     bytes_read: &Arc<AtomicU64>,
@@ -513,10 +531,7 @@ fn stream_file(
     moved: &dyn Fn(u64, u64) -> bool,
 ) -> io::Result<stream::Reached> {
     let start_offset = start.offset;
-    // A gzip member is checked (its CRC) only at its end, after its records were decoded:
-    // streamed as they are, they would be counted before the check failed. So a streamed gzip
-    // file is checked whole first, and read only up to its first corrupt member.
-    let corrupt = if gz { first_corrupt_member(&mut file)? } else { None };
+    // A streamed gzip file is read only up to its first corrupt member (`check_members`).
     let reader: Box<dyn Read> = if gz {
         file.seek(SeekFrom::Start(0))?;
         let counted = Counting { inner: BufReader::with_capacity(256 * 1024, file), counter: bytes_read.clone() };
@@ -561,24 +576,39 @@ struct Corrupt {
     why: String,
 }
 
-/// Decodes a gzip file member by member, checking each (CRC and length), and returns the
-/// first that fails. A file cut short is not corrupt: what it holds is read, and a copy
-/// completed later is read on from there.
-fn first_corrupt_member(file: &mut File) -> io::Result<Option<Corrupt>> {
+/// What [`check_members`] found.
+struct Members {
+    /// The first member that fails its check.
+    corrupt: Option<Corrupt>,
+    /// The CRC-32 of the first decoded bytes asked for, when the file holds that many before
+    /// any corrupt member.
+    prefix_crc: Option<u32>,
+}
+
+/// Decodes a gzip file member by member, checking each (CRC and length), and finds the first
+/// that fails, with the CRC of the first `prefix` decoded bytes. A member is checked only at
+/// its end, after its records were decoded: streamed as they are, they would be counted
+/// before the check failed, so a streamed gzip file is checked whole first. A file cut short
+/// is not corrupt: what it holds is read, and a copy completed later is read on from there.
+fn check_members(file: &mut File, prefix: u64) -> io::Result<Members> {
     file.seek(SeekFrom::Start(0))?;
     let mut input = BufReader::with_capacity(256 * 1024, &*file);
+    let mut crc = PrefixCrc::new(prefix);
     let mut at = 0u64;
-    loop {
+    let corrupt = loop {
         if io::BufRead::fill_buf(&mut input)?.is_empty() {
-            return Ok(None);
+            break None;
         }
         let mut member = flate2::bufread::GzDecoder::new(&mut input);
-        match io::copy(&mut member, &mut io::sink()) {
+        match io::copy(&mut member, &mut crc) {
             Ok(n) => at += n,
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-            Err(e) => return Ok(Some(Corrupt { at, why: e.to_string() })),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break None,
+            Err(e) => break Some(Corrupt { at, why: e.to_string() }),
         }
-    }
+    };
+    // Bytes of a corrupt member are not to be trusted, nor their CRC.
+    let prefix_crc = if corrupt.as_ref().is_some_and(|c| c.at < prefix) { None } else { crc.finish() };
+    Ok(Members { corrupt, prefix_crc })
 }
 
 /// Gzip files of at most this many bytes, compressed and inflated, are inflated whole in one

@@ -274,12 +274,37 @@ mod tests {
         }
     }
 
+    /// Streams of the bytes that matter to a line splitter.
+    fn stream_bytes() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(proptest::sample::select(b"ab\r\n{}".to_vec()), 0..400)
+    }
+
+    /// Where the lines of `input` start.
+    fn line_starts(input: &[u8]) -> Vec<usize> {
+        std::iter::once(0).chain(memchr::memchr_iter(b'\n', input).map(|i| i + 1)).collect()
+    }
+
+    /// Reads up to `stop` lines of `r`, checking after each that the CRC it reports is that of
+    /// `input` up to there.
+    fn check_crc<R: Read>(mut r: LineReader<R>, input: &[u8], stop: usize) -> Result<(), proptest::test_runner::TestCaseError> {
+        let mut n = 0;
+        while r.next_line().unwrap().is_some() {
+            let at = r.position();
+            proptest::prop_assert_eq!(r.crc_through(at), crc32fast::hash(&input[..at as usize]));
+            n += 1;
+            if n == stop {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     proptest::proptest! {
         /// A stream held whole in memory splits into the same lines, offsets, over-long lines
         /// and end position as the same bytes read a few at a time.
         #[test]
         fn a_whole_buffer_reads_as_the_stream_does(
-            input in proptest::collection::vec(proptest::sample::select(b"ab\r\n{}".to_vec()), 0..400),
+            input in stream_bytes(),
             max in 1usize..40,
             chunk in 1usize..50,
             skip in 0usize..420,
@@ -288,7 +313,7 @@ mod tests {
             let whole = collect(LineReader::whole(input.clone(), 0, max), input.len());
             proptest::prop_assert_eq!(&whole, &streamed);
             // Resuming at a line start (or past the end, for a file that shrank) starts there.
-            let starts: Vec<usize> = std::iter::once(0).chain(memchr::memchr_iter(b'\n', &input).map(|i| i + 1)).collect();
+            let starts = line_starts(&input);
             let at = if skip < input.len() { starts[skip % starts.len()] } else { skip };
             let resumed = collect(LineReader::whole(input.clone(), at as u64, max), input.len().max(at));
             let expected: Vec<_> = streamed.iter().filter(|(_, o, _)| *o as usize >= at).cloned().collect();
@@ -302,29 +327,20 @@ mod tests {
         /// the prefix's CRC, over lines too long to keep.
         #[test]
         fn the_crc_of_what_was_read_is_the_crc_of_that_prefix(
-            input in proptest::collection::vec(proptest::sample::select(b"ab\r\n{}".to_vec()), 0..400),
+            input in stream_bytes(),
             max in 1usize..40,
             chunk in 1usize..50,
             stop in 0usize..60,
         ) {
-            let check = |mut r: LineReader<Box<dyn Read + '_>>| -> Result<(), proptest::test_runner::TestCaseError> {
-                let mut n = 0;
-                while r.next_line().unwrap().is_some() {
-                    let at = r.position();
-                    proptest::prop_assert_eq!(r.crc_through(at), crc32fast::hash(&input[..at as usize]));
-                    n += 1;
-                    if n == stop {
-                        break;
-                    }
-                }
-                Ok(())
-            };
-            check(LineReader::new(Box::new(Trickle { input: &input, chunk }) as Box<dyn Read>, 0, max))?;
-            let starts: Vec<usize> = std::iter::once(0).chain(memchr::memchr_iter(b'\n', &input).map(|i| i + 1)).collect();
+            check_crc(LineReader::new(Trickle { input: &input, chunk }, 0, max), &input, stop)?;
+            check_crc(LineReader::whole(input.clone(), 0, max), &input, stop)?;
+            let starts = line_starts(&input);
             let from = starts[stop % starts.len()];
-            let resumed = LineReader::new(Box::new(Trickle { input: &input[from..], chunk }) as Box<dyn Read>, from as u64, max)
+            let resumed = LineReader::new(Trickle { input: &input[from..], chunk }, from as u64, max)
                 .with_prefix_crc(crc32fast::hash(&input[..from]));
-            check(resumed)?;
+            check_crc(resumed, &input, stop)?;
+            let resumed_whole = LineReader::whole(input.clone(), from as u64, max).with_prefix_crc(crc32fast::hash(&input[..from]));
+            check_crc(resumed_whole, &input, stop)?;
         }
     }
 

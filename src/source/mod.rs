@@ -183,11 +183,8 @@ impl<'c> Decoder<'c> {
                     Self::reject(out, r, line, offset, t.as_bytes());
                 } else {
                     // Text already known to be UTF-8: strings are sliced out unchecked.
-                    match record::parse_str(t, &self.opts) {
-                        Ok(Parsed::Record(rec)) => self.record(&rec, line, offset, t.as_bytes(), out),
-                        Ok(Parsed::Container(_)) => {
-                            Self::reject(out, Reject::new(Reason::NotARecord, "a container where a record was expected"), line, offset, t.as_bytes())
-                        }
+                    match record::parse_record_str(t, &self.opts) {
+                        Ok(rec) => self.record(&rec, line, offset, t.as_bytes(), out),
                         Err(r) => Self::reject(out, r, line, offset, t.as_bytes()),
                     }
                 }

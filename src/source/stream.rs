@@ -153,7 +153,7 @@ pub fn read_lines<R: Read>(
                     let p = prefix.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&prefix).trim_ascii_start();
                     if matches!(p.first(), Some(b'{' | b'[')) {
                         // One line longer than a record may be: an export written on one line.
-                        return Reached { end: End::Document, offset: start.offset, line: start.line, frame: Frame::Top, expected: start.expected };
+                        return as_documents(start);
                     }
                 }
                 line_no += 1;
@@ -168,7 +168,7 @@ pub fn read_lines<R: Read>(
                     document_checked = true;
                     let t = bytes.trim_ascii();
                     if matches!(t.first(), Some(b'{' | b'[')) && !crate::json::is_complete_value(t) {
-                        return Reached { end: End::Document, offset: start.offset, line: start.line, frame: Frame::Top, expected: start.expected };
+                        return as_documents(start);
                     }
                 }
                 if !terminated && !crate::json::is_complete_value(bytes) {
@@ -204,4 +204,9 @@ pub fn read_lines<R: Read>(
         expected = sent;
     }
     Reached { end, offset: consumed, line: line_no, frame: Frame::Top, expected }
+}
+
+/// Nothing read: the stream is to be read as JSON documents, from where it started.
+fn as_documents(start: Start<'_>) -> Reached {
+    Reached { end: End::Document, offset: start.offset, line: start.line, frame: Frame::Top, expected: start.expected }
 }
