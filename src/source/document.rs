@@ -773,7 +773,11 @@ impl<R: Read> Reader<'_, '_, '_, R> {
             let stack = &mut self.stack;
             let resume = self.w.check(|b, eof| resumes_here(b, eof, in_array, stack))?;
             match resume {
-                Step::Done(Some(Resume::Value)) => break,
+                Step::Done(Some(Resume::Value)) => {
+                    // Top-level values again (see `resumes_here`).
+                    self.frame = Frame::Top;
+                    break;
+                }
                 Step::Done(Some(Resume::Element)) if !in_array => {
                     // Elements of an array whose start was damaged: read them as such.
                     self.frame = Frame::Array;
@@ -814,7 +818,8 @@ fn keep(damaged: &mut Vec<u8>, whole: &mut bool, bytes: &[u8], max: usize) {
 /// How reading can go on at the start of a line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Resume {
-    /// A complete value that ends its line (or is followed by another value).
+    /// A complete value that ends its line (or is followed by another value): a top-level
+    /// value, even where an array was open.
     Value,
     /// A complete value followed by `,` or `]`: an array's element.
     Element,
@@ -844,11 +849,15 @@ fn resumes_here(b: &[u8], eof: bool, in_array: bool, stack: &mut Vec<u8>) -> Res
         None | Some(b'\n') if !in_array => Some(Resume::Value),
         Some(b'{' | b'[') if !in_array => Some(Resume::Value),
         Some(b',' | b']') => Some(Resume::Element),
+        // Inside an array, a value that ends its line and is followed by another value, or by
+        // nothing, is no element: the "array" was a damaged first line (`[ERROR] …`) of NDJSON.
+        None => Some(Resume::Value),
         Some(b'\n') => {
             let next = skip_ws(b, end);
             match b.get(next) {
                 None if !eof => return Err(Stop::More),
                 Some(b',' | b']') => Some(Resume::Element),
+                None | Some(b'{' | b'[') => Some(Resume::Value),
                 _ => None,
             }
         }

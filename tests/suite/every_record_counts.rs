@@ -30,8 +30,9 @@ enum Damage {
     BadUtf8(f64),
     /// A token count that is a string.
     WrongType,
-    /// A line of text that is not JSON.
-    Garbage,
+    /// A line of text that is not JSON; `true`: one that starts like an array, as a log
+    /// line's level often does (`[ERROR] …`).
+    Garbage(bool),
 }
 
 fn damage() -> impl Strategy<Value = Damage> {
@@ -39,7 +40,7 @@ fn damage() -> impl Strategy<Value = Damage> {
         (0.0..1.0f64).prop_map(Damage::Truncate),
         (0.0..1.0f64).prop_map(Damage::BadUtf8),
         Just(Damage::WrongType),
-        Just(Damage::Garbage),
+        any::<bool>().prop_map(Damage::Garbage),
     ]
 }
 
@@ -60,7 +61,8 @@ fn damaged(text: &str, d: Damage) -> Vec<u8> {
             let j = i + text[i..].find(|c: char| !c.is_ascii_digit()).unwrap();
             format!("{}\"{}\"{}", &text[..i], &text[i..j], &text[j..]).into_bytes()
         }
-        Damage::Garbage => b"ERROR 2025-11-06 worker restarted: connection reset by peer".to_vec(),
+        Damage::Garbage(false) => b"ERROR 2025-11-06 worker restarted: connection reset by peer".to_vec(),
+        Damage::Garbage(true) => b"[ERROR] 2025-11-06 worker restarted: connection reset by peer".to_vec(),
     }
 }
 
