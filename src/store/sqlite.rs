@@ -257,6 +257,15 @@ fn backend(e: rusqlite::Error) -> StoreError {
     }
 }
 
+/// `int_add(a, b)`: the counter upsert's integer sum, refused when it would pass SQLite's
+/// 64-bit range (SQLite's own `+` silently turns such a sum into an inexact float).
+fn int_add(ctx: &rusqlite::functions::Context<'_>) -> rusqlite::Result<i64> {
+    let (a, b): (i64, i64) = (ctx.get(0)?, ctx.get(1)?);
+    a.checked_add(b).ok_or_else(|| {
+        rusqlite::Error::UserFunctionError(format!("counter overflow: {a} + {b} passes 2^63 - 1").into())
+    })
+}
+
 fn dec_add(ctx: &rusqlite::functions::Context<'_>) -> rusqlite::Result<String> {
     let parse = |i: usize| -> rusqlite::Result<Decimal> {
         // Borrowed from SQLite's value, not copied: this runs for every counter key updated.
@@ -303,8 +312,9 @@ impl SqliteStore {
         // transaction. Bounded for RSS: against 8 MB, 4 MB of less peak RSS on the benchmark
         // ingest and the same CPU time (README, "Ingest throughput").
         conn.pragma_update(None, "cache_size", -4_000).map_err(backend)?;
-        conn.create_scalar_function("dec_add", 2, FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC, dec_add)
-            .map_err(backend)?;
+        let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
+        conn.create_scalar_function("dec_add", 2, flags, dec_add).map_err(backend)?;
+        conn.create_scalar_function("int_add", 2, flags, int_add).map_err(backend)?;
         for (table, bucket, ty) in COUNTER_TABLES {
             conn.execute_batch(&counter_table_sql(table, bucket, ty)).map_err(backend)?;
         }
@@ -343,10 +353,10 @@ impl SqliteStore {
         format!(
             "INSERT INTO {table} (tenant, {bucket}, resource, {COLUMNS}) VALUES {values}
              ON CONFLICT (tenant, {bucket}, resource) DO UPDATE SET
-               input = input + excluded.input, output = output + excluded.output,
-               cache_read = cache_read + excluded.cache_read, cache_write = cache_write + excluded.cache_write,
-               requests = requests + excluded.requests, errors = errors + excluded.errors,
-               no_usage = no_usage + excluded.no_usage, est_cost = dec_add(est_cost, excluded.est_cost)"
+               input = int_add(input, excluded.input), output = int_add(output, excluded.output),
+               cache_read = int_add(cache_read, excluded.cache_read), cache_write = int_add(cache_write, excluded.cache_write),
+               requests = int_add(requests, excluded.requests), errors = int_add(errors, excluded.errors),
+               no_usage = int_add(no_usage, excluded.no_usage), est_cost = dec_add(est_cost, excluded.est_cost)"
         )
     }
 
@@ -374,7 +384,9 @@ impl SqliteStore {
                     bind(&mut st, at + 2, resource)?;
                     let counts = [u.input, u.output, u.cache_read, u.cache_write, u.requests, u.errors, u.no_usage];
                     for (i, c) in counts.into_iter().enumerate() {
-                        bind(&mut st, at + 3 + i, &(c as i64))?;
+                        let c = i64::try_from(c)
+                            .map_err(|_| StoreError::Invalid(format!("counter overflow: {c} passes 2^63 - 1")))?;
+                        bind(&mut st, at + 3 + i, &c)?;
                     }
                     bind(&mut st, at + 10, &u.est_cost.to_string())?;
                     at += 11;

@@ -45,6 +45,34 @@ fn a_quarantine_bomb_is_bounded_and_still_counted() {
     assert!(size <= 100_000, "the quarantine file is {size} bytes");
 }
 
+/// SQLite's `+` turns an integer sum past 2^63 - 1 into an inexact float, silently: a counter
+/// brought near the top (here by hand, in life by a flood of forged records) took the next
+/// record and stopped being exact. The sum is now checked: the batch is refused, named, and
+/// nothing of it is written.
+#[test]
+fn a_counter_sum_past_its_range_is_an_error_that_writes_nothing() {
+    let s = Scratch::new("");
+    let rec = |i: u32| record(&format!("cccccccc-0000-4000-8000-{i:012}"), "2025-11-06T00:00:00Z", "acme", 7, 1);
+    let first = s.write("a.ndjson", format!("{}\n", rec(1)));
+    assert_eq!(s.ingest(&[first]).counted, 1);
+    let near = i64::MAX - 3;
+    let db = rusqlite::Connection::open(s.path("tally.sqlite")).unwrap();
+    for table in ["counters_hour", "counters_day", "counters_month"] {
+        db.execute(&format!("UPDATE {table} SET input = ?1"), [near]).unwrap();
+    }
+    drop(db);
+    let second = s.write("b.ndjson", format!("{}\n", rec(2)));
+    let out = s.tally().arg("ingest").arg(&second).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("counter overflow"), "{:?}: {stderr}", out.status);
+    let db = rusqlite::Connection::open(s.path("tally.sqlite")).unwrap();
+    for table in ["counters_hour", "counters_day", "counters_month"] {
+        let (kind, input): (String, i64) =
+            db.query_row(&format!("SELECT typeof(input), input FROM {table}"), [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        assert_eq!((kind.as_str(), input), ("integer", near), "{table}");
+    }
+}
+
 // --- config and limits ---------------------------------------------------------------------
 
 /// The config error for `text`, which must name `field`.
