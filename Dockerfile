@@ -6,7 +6,7 @@ COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY fixtures ./fixtures
 COPY queries ./queries
-RUN cargo build --release --locked --features aws --bin tally
+RUN cargo build --release --locked --bin tally
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl && rm -rf /var/lib/apt/lists/*

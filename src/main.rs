@@ -324,7 +324,7 @@ fn load_config(explicit: Option<&Path>) -> anyhow::Result<Config> {
         return Err(ConfigError::Invalid {
             path,
             field: "store.backend".into(),
-            message: "\"dynamodb\" needs a tally built with the `aws` feature (cargo build --features aws)".into(),
+            message: "\"dynamodb\" needs a tally built with the `aws` feature (the default; this one was built with --no-default-features)".into(),
         }
         .into());
     }

@@ -138,7 +138,7 @@ impl CurInput {
             let _ = sources;
             Err(CurError::Folder {
                 path: arg.into(),
-                message: "reading the CUR from S3 needs a build with the `aws` feature (cargo build --features aws); or copy the export to a folder".into(),
+                message: "reading the CUR from S3 needs a build with the `aws` feature (the default; this one was built with --no-default-features); or copy the export to a folder".into(),
             })
         }
     }

@@ -335,7 +335,7 @@ fn fetch_cost_explorer(_: &crate::config::Config, _: &str) -> Result<Vec<cost_ex
     Err(ReconcileError::CostExplorer(NEEDS_AWS.into()))
 }
 
-const NEEDS_AWS: &str = "needs a build with the `aws` feature (cargo build --features aws)";
+const NEEDS_AWS: &str = "needs a build with the `aws` feature (the default; this one was built with --no-default-features)";
 
 /// Adds the `cost_explorer` table and its totals: Cost Explorer's cost per tag value against
 /// the CUR usage lines carrying that tag, and the tenant's full allocation.

@@ -280,7 +280,7 @@ impl Input {
         }
         if remote {
             return Err(format!(
-                "{arg}: reading S3 and CloudWatch Logs needs a tally built with the `aws` feature (cargo build --features aws)"
+                "{arg}: reading S3 and CloudWatch Logs needs a tally built with the `aws` feature (the default; this one was built with --no-default-features)"
             ));
         }
         Ok(Input::Path(arg.into()))
@@ -299,8 +299,8 @@ mod input_tests {
         if cfg!(feature = "aws") {
             assert!(s3.is_ok() && cw.is_ok());
         } else {
-            assert!(s3.unwrap_err().contains("--features aws"));
-            assert!(cw.unwrap_err().contains("--features aws"));
+            assert!(s3.unwrap_err().contains("--no-default-features"));
+            assert!(cw.unwrap_err().contains("--no-default-features"));
         }
     }
 }

@@ -71,7 +71,7 @@ if part serve && ! command -v wrk >/dev/null; then
     || { "${apt_get[@]}" update -q >/dev/null && DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y -q wrk >/dev/null; }
 fi
 # One build for every part (the parts run with SKIP_BUILD=1): serve.sh's, with the aws feature.
-if [[ $PROFILE == release ]]; then build_tally --features aws --bin tally; else build_tally --all-targets --features aws; fi
+if [[ $PROFILE == release ]]; then build_tally --bin tally; else build_tally --all-targets; fi
 REV=$(tally_rev)
 R="$BENCH_DIR/compare"
 mkdir -p "$R"

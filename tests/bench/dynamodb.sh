@@ -26,7 +26,7 @@ say() { echo "bench: $*" >&2; }
 
 # The counts do not depend on optimisation, so the test build serves. `--all-targets` as in
 # tests/run-all.sh: the same feature set, so no dependency is rebuilt for it.
-cargo build --all-targets --features aws >&2
+cargo build --all-targets >&2
 TALLY=target/debug/tally
 
 source tests/moto.sh

@@ -21,7 +21,7 @@ BENCH_DIR=${BENCH_DIR:-out/bench-freshness}
 say() { echo "bench: $*" >&2; }
 
 # Freshness is the poll loop and a few round trips, not CPU: the test build serves.
-cargo build --all-targets --features aws >&2  # as tests/run-all.sh: nothing rebuilt
+cargo build --all-targets >&2  # as tests/run-all.sh: nothing rebuilt
 TALLY=target/debug/tally
 
 source tests/moto.sh

@@ -35,7 +35,7 @@ command -v wrk >/dev/null || die "wrk missing: apt-get install wrk"
 
 # The dev build is built as tests/run-all.sh builds it (all targets, `aws`), so the two share
 # one build instead of replacing each other's binary.
-if [[ $PROFILE == release ]]; then build_tally --features aws --bin tally; else build_tally --all-targets --features aws; fi
+if [[ $PROFILE == release ]]; then build_tally --bin tally; else build_tally --all-targets; fi
 
 rm -rf "$BENCH_DIR" && mkdir -p "$BENCH_DIR"
 say "generating $RECORDS records for $TENANTS tenants in $MONTH"

@@ -3,7 +3,7 @@
 //! Every test here links all of tally (DataFusion, the AWS SDK, axum): as separate binaries
 //! under `tests/`, each was a ~300 MB link, and a cold CI build spent its time and its disk on
 //! seventeen of them. One binary is one link. The modules are the former test files; name a
-//! group with nextest's filter, e.g. `cargo nextest run --features aws serve::`.
+//! group with nextest's filter, e.g. `cargo nextest run serve::`.
 
 mod common;
 mod invoice_support;

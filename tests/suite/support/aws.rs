@@ -7,7 +7,7 @@
 //!   SDK's standard chain picks up, in the test process and in the `tally` binary it starts;
 //! - `TALLY_TEST_REQUIRE_AWS=1`, so an AWS test without an endpoint fails instead of skipping.
 //!
-//! Run by hand (`cargo nextest run --features aws`) without the endpoint, AWS tests print a
+//! Run by hand (`cargo nextest run`) without the endpoint, AWS tests print a
 //! note and pass without checking anything. Tests isolate themselves by name: every table,
 //! bucket or log group a test makes comes from [`unique_name`].
 
