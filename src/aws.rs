@@ -32,6 +32,30 @@ pub struct AwsSettings {
     pub max_attempts: Option<u32>,
 }
 
+/// `s3://bucket/prefix`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Url {
+    pub bucket: String,
+    pub prefix: String,
+}
+
+impl S3Url {
+    pub fn parse(url: &str) -> Result<S3Url, String> {
+        let rest = url.strip_prefix("s3://").ok_or_else(|| format!("{url}: an S3 source is s3://bucket[/prefix]"))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(format!("{url}: the bucket name is missing (s3://bucket[/prefix])"));
+        }
+        Ok(S3Url { bucket: bucket.to_string(), prefix: prefix.to_string() })
+    }
+}
+
+impl std::fmt::Display for S3Url {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "s3://{}/{}", self.bucket, self.prefix)
+    }
+}
+
 /// Builds the shared SDK configuration from the standard chain plus the overrides.
 pub async fn sdk_config(settings: &AwsSettings) -> SdkConfig {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())

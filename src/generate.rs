@@ -179,7 +179,7 @@ please draft an email to the vendor about the delayed shipment and propose two a
 
 /// Generates the data set.
 pub fn generate(spec: &Spec) -> io::Result<Summary> {
-    let (month_start, month_end) = crate::store::sqlite::month_range(&spec.month)
+    let (month_start, month_end) = crate::store::month_range(&spec.month)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
     let logs = spec.out.join("logs");
     if logs.exists() {

@@ -37,6 +37,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::ids::EpochSeconds;
 use crate::pricing::Catalog;
+use crate::progress::Progress;
 use crate::quarantine::{Quarantine, Reason, Rejected};
 use crate::record::ParseOptions;
 use crate::source::files::{self, ReadSettings};
@@ -230,17 +231,6 @@ impl From<SourceError> for IngestError {
         IngestError::Source(e)
     }
 }
-
-/// Progress reporting hooks (a no-op by default).
-pub trait Progress: Sync {
-    fn start(&self, _total_bytes: u64) {}
-    fn update(&self, _bytes: u64, _records: u64) {}
-    fn finish(&self) {}
-}
-
-/// No progress display.
-pub struct NoProgress;
-impl Progress for NoProgress {}
 
 enum Message {
     Piece(Piece),
@@ -1000,8 +990,8 @@ mod commit_tests {
     use crate::ids::{DedupKey, TenantId};
     use crate::source::Origin;
     use crate::store::sqlite::SqliteStore;
-    use crate::store::Entry;
-    use crate::usage::{CounterKey, Resource, Usage};
+    use crate::progress::NoProgress;
+    use crate::usage::{CounterKey, Entry, Resource, Usage};
 
     /// One record of `acme` on 2025-11-03 10:00 UTC, moving `file://f` from `expected` to
     /// `position`.

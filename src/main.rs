@@ -15,7 +15,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tally::config::{Config, ConfigError};
 use tally::generate::{self, Spec};
 use tally::ids::TenantId;
-use tally::ingest::{self, IngestError, Inputs, Pipeline, Progress, RunReport, Settings};
+use tally::ingest::{self, IngestError, Inputs, Pipeline, RunReport, Settings};
+use tally::progress::Progress;
 use tally::invoice::{self, InvoiceError};
 use tally::quarantine::{Quarantine, Reason};
 use tally::source::Input;
@@ -534,10 +535,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             if let Some(path) = parquet {
                 let schema = batches.first().map(|b| b.schema()).context("the query returned no schema")?;
                 let all = datafusion::arrow::compute::concat_batches(&schema, &batches)?;
-                tally::reconcile::tables::write_parquet(&path, &all)?;
+                tally::tables::write_parquet(&path, &all)?;
                 eprintln!("wrote {} rows to {}", all.num_rows(), path.display());
             } else if csv {
-                tally::reconcile::tables::write_csv(std::io::stdout().lock(), &batches)?;
+                tally::tables::write_csv(std::io::stdout().lock(), &batches)?;
             } else {
                 println!("{}", tally::reconcile::sql::pretty(&batches)?);
             }

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use rustc_hash::FxHashMap;
 
 use regex::Regex;
+use serde::Deserialize;
 
-use crate::config::{Rule, TenancyConfig};
 use crate::ids::{Target, TenantId};
 use crate::json;
 use crate::pricing::Tier;
@@ -75,6 +75,75 @@ pub struct Resolution {
     pub rule: Option<Rule>,
     /// A later rule named a different tenant.
     pub conflict: bool,
+}
+
+/// A tenant-resolution rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rule {
+    /// `requestMetadata[metadata_key]`.
+    RequestMetadata,
+    /// The application inference profile's owner in the registry.
+    Profile,
+    /// `identity_pattern` on `identity.arn`.
+    Identity,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenancyConfig {
+    /// Rules in the order they are tried; the first that names a tenant wins.
+    #[serde(default = "TenancyConfig::default_order")]
+    pub order: Vec<Rule>,
+    /// The `requestMetadata` key holding the tenant id.
+    #[serde(default = "TenancyConfig::default_metadata_key")]
+    pub metadata_key: String,
+    /// A regex on `identity.arn` with a named capture `tenant`.
+    #[serde(default)]
+    pub identity_pattern: Option<String>,
+    /// The profile registry.
+    #[serde(default)]
+    pub profiles: Vec<ProfileEntry>,
+}
+
+impl TenancyConfig {
+    pub(crate) fn default_order() -> Vec<Rule> {
+        vec![Rule::RequestMetadata, Rule::Profile, Rule::Identity]
+    }
+    fn default_metadata_key() -> String {
+        "tenant_id".into()
+    }
+}
+
+impl Default for TenancyConfig {
+    fn default() -> Self {
+        TenancyConfig {
+            order: Self::default_order(),
+            metadata_key: Self::default_metadata_key(),
+            identity_pattern: None,
+            profiles: Vec::new(),
+        }
+    }
+}
+
+/// One inference profile: dedicated to a tenant, or a shared pool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileEntry {
+    /// The profile's ARN or its id (the part after the last `/`).
+    pub profile: String,
+    /// The tenant that owns a dedicated profile.
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// True for a profile shared by several tenants (cost split by usage at reconcile).
+    #[serde(default)]
+    pub shared: bool,
+    /// The model the profile routes to; used for pricing.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// `on_demand` (default) or `batch` (priced at the batch rate).
+    #[serde(default)]
+    pub tier: Option<String>,
 }
 
 /// The configured rules, ready to apply.
@@ -162,7 +231,6 @@ impl Resolver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ProfileEntry;
 
     fn resolver() -> Resolver {
         Resolver::new(&TenancyConfig {

@@ -269,10 +269,32 @@ impl<'c> Metering<'c> {
     }
 }
 
+/// One counted record as the store sees it: its request-id key, where it counts, what it used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub dedup: DedupKey,
+    pub key: CounterKey,
+    pub usage: Usage,
+}
+
+/// Usage per hourly key, in a map with a fast hasher.
+pub type Sums = HashMap<CounterKey, Usage, rustc_hash::FxBuildHasher>;
+
+/// Adds `usage` to `key`'s sum, cloning the key only when it is new.
+#[inline]
+pub fn add_to(sums: &mut Sums, key: &CounterKey, usage: &Usage) {
+    match sums.get_mut(key) {
+        Some(total) => *total += usage,
+        None => {
+            sums.insert(key.clone(), *usage);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::TenancyConfig;
+    use crate::tenant::TenancyConfig;
     use crate::record::{parse_record, ParseOptions};
 
     #[test]

@@ -119,7 +119,7 @@ pub fn generate(spec: &CurSpec) -> anyhow::Result<CurSummary> {
     .with_context(|| format!("{} is not a generator truth file", truth_path.display()))?;
     let config = crate::config::Config::load(&spec.fixtures.join("tally.toml"))?;
     let pipeline = Pipeline::from_config(&config)?;
-    let (month_start, month_end) = crate::store::sqlite::month_range(&spec.month)?;
+    let (month_start, month_end) = crate::store::month_range(&spec.month)?;
     let drifting: Option<String> = config.tenancy.profiles.iter().find(|p| p.shared).map(|p| p.profile.clone());
 
     // CUR has no tenants: sum the truth per hour × resource.
@@ -149,7 +149,7 @@ pub fn generate(spec: &CurSpec) -> anyhow::Result<CurSummary> {
     let mut summary = CurSummary { cur2: cur2.clone(), legacy: legacy.clone(), files: 0, lines: 0, usage_lines: 0, usage_cost: Decimal::ZERO };
     let mut day_cost = Decimal::ZERO;
     let mut last_day = None;
-    let (prev_start, _) = crate::store::sqlite::month_range(&previous_month(&spec.month))?;
+    let (prev_start, _) = crate::store::month_range(&crate::month::Month::parse(&spec.month).map(|m| m.previous().to_string()).unwrap_or_default())?;
 
     // A few lines of the previous billing period, in its own partition.
     for h in 0..3 {
@@ -340,17 +340,9 @@ fn mix(x: u64) -> u64 {
 }
 
 fn money10(d: Decimal) -> Decimal {
-    d.round_dp_with_strategy(crate::cur::money::SCALE, RoundingStrategy::MidpointNearestEven).normalize()
+    d.round_dp_with_strategy(crate::money::SCALE, RoundingStrategy::MidpointNearestEven).normalize()
 }
 
-fn previous_month(month: &str) -> String {
-    let (y, m) = month.split_once('-').map(|(y, m)| (y.parse::<i32>().unwrap_or(1970), m.parse::<u32>().unwrap_or(1))).unwrap_or((1970, 1));
-    if m == 1 {
-        format!("{:04}-12", y - 1)
-    } else {
-        format!("{y:04}-{:02}", m - 1)
-    }
-}
 
 fn to_f64(d: Decimal) -> f64 {
     f64::from_str(&d.to_string()).expect("a decimal's text is a valid double")

@@ -36,8 +36,11 @@ use datafusion::parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 
+pub use super::scan::{GroupKey, GroupSums};
+use super::partition::partition_matches;
 use super::scan::{self, FilePlan, Groups, PlanError};
-use crate::ingest::Progress;
+use crate::month::Month;
+use crate::progress::Progress;
 
 /// A CUR that could not be read, naming the file.
 #[derive(Debug, thiserror::Error)]
@@ -56,34 +59,6 @@ pub enum CurError {
     Period(String),
     #[error("{input}: no CUR file for the period {period}; nothing was reconciled or changed")]
     NoFiles { input: String, period: String },
-}
-
-/// One group of Bedrock lines: day × line type × product code × usage type × resource × tag ×
-/// pricing unit × description (descriptions kept for adjustments only).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct GroupKey {
-    /// `YYYY-MM-DD` of `line_item_usage_start_date`, UTC.
-    pub day: String,
-    pub line_item_type: String,
-    pub product_code: String,
-    pub usage_type: String,
-    /// `line_item_resource_id`, empty when absent.
-    pub resource: String,
-    /// The tenant tag's value; `None` when absent or blank.
-    pub tag: Option<String>,
-    pub pricing_unit: String,
-    /// `line_item_line_item_description` for adjustments; empty for usage.
-    pub description: String,
-}
-
-/// Sums of one group, money and quantity in units of 10⁻¹⁰.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct GroupSums {
-    /// `line_item_usage_amount`, in the pricing unit.
-    pub quantity: i128,
-    /// `line_item_unblended_cost`.
-    pub cost: i128,
-    pub lines: u64,
 }
 
 /// The period's Bedrock lines.
@@ -118,7 +93,7 @@ pub enum CurInput {
     Folder(PathBuf),
     /// `s3://bucket/prefix`, read through [`super::s3::SdkStore`] with these settings.
     #[cfg(feature = "aws")]
-    S3 { url: crate::source::s3::S3Url, aws: crate::aws::AwsSettings },
+    S3 { url: crate::aws::S3Url, aws: crate::aws::AwsSettings },
 }
 
 impl CurInput {
@@ -129,7 +104,7 @@ impl CurInput {
         }
         #[cfg(feature = "aws")]
         {
-            let mut url = crate::source::s3::S3Url::parse(arg).map_err(|message| CurError::Folder { path: arg.into(), message })?;
+            let mut url = crate::aws::S3Url::parse(arg).map_err(|message| CurError::Folder { path: arg.into(), message })?;
             url.prefix = url.prefix.trim_start_matches('/').to_string();
             Ok(CurInput::S3 { url, aws: sources.aws() })
         }
@@ -346,7 +321,7 @@ fn local_files(dir: &Path, year: i32, month: u32) -> Result<Vec<CurFile>, CurErr
 
 /// Lists the period's objects.
 #[cfg(feature = "aws")]
-async fn s3_files(url: &crate::source::s3::S3Url, aws: &crate::aws::AwsSettings, year: i32, month: u32) -> Result<(Arc<dyn ObjectStore>, Vec<CurFile>), CurError> {
+async fn s3_files(url: &crate::aws::S3Url, aws: &crate::aws::AwsSettings, year: i32, month: u32) -> Result<(Arc<dyn ObjectStore>, Vec<CurFile>), CurError> {
     let folder_err = |message: String| CurError::Folder { path: url.to_string().into(), message };
     let store = super::s3::SdkStore::connect(aws, &url.bucket).await;
     let objects = super::s3::list_period(&store, url, year, month).await.map_err(|e| folder_err(e.to_string()))?;
@@ -359,21 +334,8 @@ async fn s3_files(url: &crate::source::s3::S3Url, aws: &crate::aws::AwsSettings,
 
 /// `YYYY-MM` → (year, month).
 pub fn parse_period(period: &str) -> Result<(i32, u32), CurError> {
-    let bad = || CurError::Period(period.to_string());
-    let (y, m) = period.split_once('-').ok_or_else(bad)?;
-    if y.len() != 4 || m.len() != 2 {
-        return Err(bad());
-    }
-    let (y, m): (i32, u32) = (y.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
-    if !(1..=12).contains(&m) {
-        return Err(bad());
-    }
-    Ok((y, m))
-}
-
-/// The month after (year, month).
-pub fn next_month(y: i32, m: u32) -> (i32, u32) {
-    if m == 12 { (y + 1, 1) } else { (y, m + 1) }
+    let m = Month::parse(period).map_err(|_| CurError::Period(period.to_string()))?;
+    Ok((m.year(), m.number()))
 }
 
 /// The Parquet files under `dir` that belong to the period, with their sizes, sorted by path.
@@ -409,44 +371,15 @@ fn period_files(dir: &Path, year: i32, month: u32) -> Result<Vec<(PathBuf, u64)>
     Ok(out)
 }
 
-/// Whether a folder name is compatible with the period: not a partition, or the period's.
-pub fn partition_matches(name: &str, year: i32, month: u32) -> bool {
-    if let Some((key, value)) = name.split_once('=') {
-        return match key.to_ascii_lowercase().as_str() {
-            "billing_period" => value == format!("{year:04}-{month:02}"),
-            "year" => value.parse::<i32>().ok() == Some(year),
-            "month" => value.parse::<u32>().ok() == Some(month),
-            _ => true,
-        };
-    }
-    // Legacy CUR report folders: `20241101-20241201`.
-    let b = name.as_bytes();
-    if b.len() == 17 && b[8] == b'-' && b.iter().enumerate().all(|(i, c)| i == 8 || c.is_ascii_digit()) {
-        return name[..6] == format!("{year:04}{month:02}");
-    }
-    true
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn partition_folders_select_the_period() {
-        assert!(partition_matches("BILLING_PERIOD=2025-11", 2025, 11));
-        assert!(!partition_matches("BILLING_PERIOD=2025-10", 2025, 11));
-        assert!(partition_matches("year=2024", 2024, 9) && partition_matches("month=9", 2024, 9));
-        assert!(partition_matches("month=09", 2024, 9));
-        assert!(!partition_matches("month=10", 2024, 9));
-        assert!(partition_matches("20241101-20241201", 2024, 11));
-        assert!(!partition_matches("20241001-20241101", 2024, 11));
-        assert!(partition_matches("data", 2024, 11));
-    }
 
     use datafusion::arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray};
     use datafusion::parquet::arrow::ArrowWriter;
     use datafusion::parquet::file::properties::WriterProperties;
-    use crate::cur::money;
+    use crate::money;
 
     /// Legacy-CUR rows: (code, product name, tag, billing period start, cost).
     fn legacy_batch(rows: &[(&str, &str, Option<&str>, &str, f64)]) -> RecordBatch {
@@ -500,7 +433,7 @@ mod tests {
         for dictionary in [true, false] {
             let path = dir.path().join(format!("cur-{dictionary}.parquet"));
             write(&path, dictionary, &groups);
-            let snap = load(&path, &opts, &crate::ingest::NoProgress).unwrap();
+            let snap = load(&path, &opts, &crate::progress::NoProgress).unwrap();
             assert_eq!(snap.lines(), 3, "dictionary {dictionary}");
             let by_code = |code: &str, tag: Option<&str>| {
                 snap.groups.iter().filter(|(k, _)| k.product_code == code && k.tag.as_deref() == tag).map(|(_, s)| (s.lines, s.cost)).collect::<Vec<_>>()

@@ -8,7 +8,7 @@
 pub mod classify;
 pub mod generate;
 pub mod load;
-pub mod money;
+mod partition;
 mod scan;
 #[cfg(feature = "aws")]
 pub mod s3;

@@ -11,7 +11,7 @@
 //!
 //! Which objects: [`list_period`] lists the prefix and keeps `.parquet` objects whose folders
 //! are compatible with the period, by the same partition rule as a local folder
-//! (`load::partition_matches`).
+//! (`partition::partition_matches`).
 
 use std::fmt;
 use std::ops::Range;
@@ -29,7 +29,7 @@ use datafusion::object_store::{
 use futures::stream::{self, BoxStream, StreamExt};
 
 use crate::aws::AwsSettings;
-use crate::source::s3::S3Url;
+use crate::aws::S3Url;
 
 const STORE: &str = "S3 (AWS SDK)";
 
@@ -114,7 +114,7 @@ pub async fn list_period(store: &SdkStore, url: &S3Url, year: i32, month: u32) -
         let Some(name) = parts.pop() else { return false };
         name.ends_with(".parquet")
             && !name.starts_with('.')
-            && parts.iter().all(|folder| super::load::partition_matches(folder, year, month))
+            && parts.iter().all(|folder| super::partition::partition_matches(folder, year, month))
     });
     objects.sort_by(|a, b| a.location.cmp(&b.location));
     Ok(objects)

@@ -39,8 +39,36 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::display::FormatOptions;
 use rustc_hash::FxHashMap;
 
-use super::load::{GroupKey, GroupSums};
-use super::money;
+use crate::money;
+use crate::month::Month;
+
+/// One group of Bedrock lines: day × line type × product code × usage type × resource × tag ×
+/// pricing unit × description (descriptions kept for adjustments only).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GroupKey {
+    /// `YYYY-MM-DD` of `line_item_usage_start_date`, UTC.
+    pub day: String,
+    pub line_item_type: String,
+    pub product_code: String,
+    pub usage_type: String,
+    /// `line_item_resource_id`, empty when absent.
+    pub resource: String,
+    /// The tenant tag's value; `None` when absent or blank.
+    pub tag: Option<String>,
+    pub pricing_unit: String,
+    /// `line_item_line_item_description` for adjustments; empty for usage.
+    pub description: String,
+}
+
+/// Sums of one group, money and quantity in units of 10⁻¹⁰.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GroupSums {
+    /// `line_item_usage_amount`, in the pricing unit.
+    pub quantity: i128,
+    /// `line_item_unblended_cost`.
+    pub cost: i128,
+    pub lines: u64,
+}
 
 const CODE: &str = "line_item_product_code";
 const USAGE_TYPE: &str = "line_item_usage_type";
@@ -140,8 +168,8 @@ impl FilePlan {
             .enumerate()
             .map(|(i, f)| if wanted.contains(&i) { f.as_ref().clone().with_data_type(as_dictionaries(f.data_type())) } else { f.as_ref().clone() })
             .collect();
-        let (ny, nm) = super::load::next_month(year, month);
-        let period = (month_start_nanos(year, month), month_start_nanos(ny, nm));
+        let next = Month::parse(&format!("{year:04}-{month:02}")).expect("a parsed period").next();
+        let period = (month_start_nanos(year, month), month_start_nanos(next.year(), next.number()));
         Ok(FilePlan {
             reader_schema: Arc::new(Schema::new_with_metadata(fields, file_schema.metadata().clone())),
             columns,
@@ -396,7 +424,7 @@ impl Groups {
             .iter()
             .map(|(k, sums)| {
                 let key = GroupKey {
-                    day: crate::reconcile::tables::date32_label(k.day),
+                    day: crate::tables::date32_label(k.day),
                     line_item_type: name(k.text[S_LINE_TYPE]),
                     product_code: name(k.text[S_CODE]),
                     usage_type: name(k.text[S_USAGE]),

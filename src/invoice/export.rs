@@ -15,9 +15,9 @@ use serde::{Deserialize, Serialize};
 use super::charge::{round_cents, sum_cents, AllowanceUse, LineKind, TokenUsage};
 use super::issue::{Invoice, Issued, Line, MarginRow, Status};
 use super::plan::PlanKind;
-use crate::cur::money;
+use crate::money;
 use crate::ids::TenantId;
-use crate::reconcile::tables::{self, Col};
+use crate::tables::{self, Col};
 
 /// The `schema` value of every document of this version.
 pub const SCHEMA_ID: &str = "tally.invoice/1";

@@ -16,7 +16,7 @@ use rust_decimal::Decimal;
 
 use super::charge::{self, AllowanceUse, Basis, LineKind, TokenUsage};
 use super::plan::{PlanKind, Plans};
-use crate::cur::money;
+use crate::money;
 use crate::ids::TenantId;
 use crate::usage::Usage;
 

@@ -34,7 +34,7 @@ use datafusion::parquet::errors::ParquetError;
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-use crate::cur::money;
+use crate::money;
 use crate::ids::TenantId;
 use crate::store::{CounterStore, StoreError};
 use crate::usage::Usage;
@@ -202,7 +202,7 @@ impl Tables {
         std::thread::scope(|scope| {
             let table = scope.spawn(|| {
                 let batch = export::lines_table(docs)?;
-                crate::reconcile::tables::write_parquet(parquet, &batch).map_err(|source| InvoiceError::Parquet { path: parquet.clone(), source })
+                crate::tables::write_parquet(parquet, &batch).map_err(|source| InvoiceError::Parquet { path: parquet.clone(), source })
             });
             let csvs = std::fs::write(csv, export::lines_csv(docs))
                 .map_err(io(csv))

@@ -18,7 +18,7 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 
 use super::drift::Thresholds;
-use crate::cur::{load, money};
+use crate::money;
 
 /// One tag value's cost as Cost Explorer reports it; `tag` `None` is the untagged cost.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,9 +130,8 @@ pub fn fetch(settings: &crate::aws::AwsSettings, period: &str, tag: &str) -> Res
 
 /// `YYYY-MM` → the first day of the month and of the next (Cost Explorer's end is exclusive).
 pub fn period_bounds(period: &str) -> Result<(String, String), String> {
-    let (y, m) = load::parse_period(period).map_err(|e| e.to_string())?;
-    let (ny, nm) = load::next_month(y, m);
-    Ok((format!("{y:04}-{m:02}-01"), format!("{ny:04}-{nm:02}-01")))
+    let m = crate::month::Month::parse(period).map_err(|_| crate::cur::load::CurError::Period(period.to_string()).to_string())?;
+    Ok((format!("{m}-01"), format!("{}-01", m.next())))
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use rust_decimal::Decimal;
 
 use crate::cur::classify::TokenType;
-use crate::cur::money;
+use crate::money;
 
 /// The resource label of base-model usage.
 pub const NO_RESOURCE: &str = "(none)";

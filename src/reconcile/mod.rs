@@ -17,7 +17,6 @@ pub mod allocate;
 pub mod cost_explorer;
 pub mod drift;
 pub mod sql;
-pub mod tables;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -31,15 +30,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::cur::classify::{self, TokenType};
 use crate::cur::load::{self, CurError, CurSnapshot, LoadOptions};
-use crate::cur::money;
+use crate::money;
 use crate::ids::{self, Target, TenantId};
-use crate::ingest::{Pipeline, Progress};
+use crate::ingest::Pipeline;
+use crate::progress::Progress;
 use crate::pricing::TokenPrices;
 use crate::store::{CounterStore, StoreError};
 use crate::usage::{CounterKey, Usage};
 use allocate::{Allocation, UsageLine, Weights};
 use drift::{Billed, DriftKey, DriftRow, Metered, Thresholds};
-use tables::Col;
+use crate::tables::{self, Col};
 
 /// `[reconcile]` in tally.toml.
 #[derive(Debug, Clone, Deserialize)]

@@ -194,7 +194,7 @@ fn params(q: Result<Query<Params>, QueryRejection>) -> Result<Params, Response> 
 
 fn period_of(app: &App, p: &Params) -> Result<String, Response> {
     let period = p.period.clone().unwrap_or_else(|| ids::month_of(app.now()));
-    crate::store::sqlite::month_range(&period).map_err(|e| error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()))?;
+    crate::store::month_range(&period).map_err(|e| error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()))?;
     Ok(period)
 }
 

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 
 use crate::quarantine::{Reason, Rejected};
 use crate::record::{self, Container, ElementBody, ElementKind, LogRecord, ParseOptions, Parsed, Reject};
-use crate::store::{Entry, Sums};
+use crate::usage::{Entry, Sums};
 use crate::usage::Metering;
 
 /// The non-JSON event Bedrock writes when logging is set up.
@@ -90,7 +90,7 @@ impl Piece {
     pub fn finish(&mut self) {
         self.sums.clear();
         for e in &self.entries {
-            crate::store::add_to(&mut self.sums, &e.key, &e.usage);
+            crate::usage::add_to(&mut self.sums, &e.key, &e.usage);
         }
     }
 }
@@ -260,7 +260,7 @@ pub enum Input {
     Path(std::path::PathBuf),
     /// `s3://bucket[/prefix]`.
     #[cfg(feature = "aws")]
-    S3(s3::S3Url),
+    S3(crate::aws::S3Url),
     /// `cloudwatch://<log-group>[?stream=<log-stream>]`.
     #[cfg(feature = "aws")]
     Logs(cloudwatch::LogsUrl),
@@ -273,7 +273,7 @@ impl Input {
         #[cfg(feature = "aws")]
         if remote {
             return if arg.starts_with("s3://") {
-                s3::S3Url::parse(arg).map(Input::S3)
+                crate::aws::S3Url::parse(arg).map(Input::S3)
             } else {
                 cloudwatch::LogsUrl::parse(arg).map(Input::Logs)
             };

@@ -47,6 +47,7 @@ use super::lines::LineReader;
 use super::document::{self, Frame, Mark};
 use super::stream::{self, End, Start};
 use super::{Decoder, Piece};
+use crate::aws::S3Url;
 use crate::ids::EpochSeconds;
 use crate::quarantine::{Reason, Rejected};
 
@@ -58,30 +59,6 @@ const MAX_DEPTH: usize = 8;
 
 /// Fetches of one object before giving up on it for this pass.
 const FETCH_ATTEMPTS: u32 = 5;
-
-/// `s3://bucket/prefix`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct S3Url {
-    pub bucket: String,
-    pub prefix: String,
-}
-
-impl S3Url {
-    pub fn parse(url: &str) -> Result<S3Url, String> {
-        let rest = url.strip_prefix("s3://").ok_or_else(|| format!("{url}: an S3 source is s3://bucket[/prefix]"))?;
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        if bucket.is_empty() {
-            return Err(format!("{url}: the bucket name is missing (s3://bucket[/prefix])"));
-        }
-        Ok(S3Url { bucket: bucket.to_string(), prefix: prefix.to_string() })
-    }
-}
-
-impl std::fmt::Display for S3Url {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "s3://{}/{}", self.bucket, self.prefix)
-    }
-}
 
 /// The checkpoint of one scope (wire format, version 1). Keys are stored relative to `base`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -95,8 +95,7 @@ use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use super::sqlite::month_range;
-use super::{Applied, Batch, CounterStore, IngestTotals, PeriodUsage, StoreError, WriteStats};
+use super::{month_range, Applied, Batch, CounterStore, IngestTotals, PeriodUsage, StoreError, WriteStats};
 use crate::aws::AwsSettings;
 use crate::ids::{hour_label, month_of, EpochSeconds, TenantId};
 use crate::usage::{rollup, CounterKey, Granularity, Resource, Usage};

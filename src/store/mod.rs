@@ -14,16 +14,14 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-use crate::ids::{DedupKey, EpochSeconds, TenantId};
+use crate::ids::{EpochSeconds, TenantId};
+use crate::month::Month;
 use crate::quarantine::Reason;
-use crate::usage::{CounterKey, Resource, Usage};
+use crate::usage::{add_to, CounterKey, Entry, Resource, Sums, Usage};
 
-/// One counted record as the store sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    pub dedup: DedupKey,
-    pub key: CounterKey,
-    pub usage: Usage,
+/// `[start, end)` epoch seconds of a `YYYY-MM` period, or the store's error for a bad one.
+pub fn month_range(month: &str) -> Result<(EpochSeconds, EpochSeconds), StoreError> {
+    Month::parse(month).map(Month::range).map_err(|e| StoreError::Invalid(e.to_string()))
 }
 
 /// Moves one source's position. `expected` is the position the writer started from; the
@@ -51,20 +49,6 @@ pub struct Batch {
     pub skipped: BTreeMap<Reason, u64>,
     /// Dedup entries for hours before this may be forgotten.
     pub prune_before: Option<EpochSeconds>,
-}
-
-/// Usage per hourly key, in a map with a fast hasher.
-pub type Sums = HashMap<CounterKey, Usage, rustc_hash::FxBuildHasher>;
-
-/// Adds `usage` to `key`'s sum, cloning the key only when it is new.
-#[inline]
-pub fn add_to(sums: &mut Sums, key: &CounterKey, usage: &Usage) {
-    match sums.get_mut(key) {
-        Some(total) => *total += usage,
-        None => {
-            sums.insert(key.clone(), *usage);
-        }
-    }
 }
 
 impl Batch {

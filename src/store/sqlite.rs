@@ -15,9 +15,9 @@ use rusqlite::functions::FunctionFlags;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use rust_decimal::Decimal;
 
-use super::{Applied, Batch, CounterStore, Entry, IngestTotals, PeriodUsage, StoreError, Sums};
+use super::{month_range, Applied, Batch, CounterStore, IngestTotals, PeriodUsage, StoreError};
 use crate::ids::{DedupKey, EpochSeconds, TenantId};
-use crate::usage::{rollup_days_and_months, CounterKey, Resource, Usage};
+use crate::usage::{rollup_days_and_months, CounterKey, Entry, Resource, Sums, Usage};
 
 /// 3: the dedup index is `seen_runs` (one row per key in `seen` before; [`migrate_seen`]).
 const SCHEMA_VERSION: &str = "3";
@@ -505,19 +505,6 @@ impl SqliteStore {
             rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, "empty tenant id".into())
         })
     }
-}
-
-/// `[start, end)` epoch seconds of a `YYYY-MM` month.
-pub fn month_range(month: &str) -> Result<(EpochSeconds, EpochSeconds), StoreError> {
-    let bad = || StoreError::Invalid(format!("{month:?} is not a YYYY-MM period"));
-    let b = month.as_bytes();
-    if b.len() != 7 || b[4] != b'-' || !b.iter().enumerate().all(|(i, c)| i == 4 || c.is_ascii_digit()) {
-        return Err(bad());
-    }
-    let first = chrono::NaiveDate::parse_from_str(&format!("{month}-01"), "%Y-%m-%d").map_err(|_| bad())?;
-    let next = first.checked_add_months(chrono::Months::new(1)).ok_or_else(bad)?;
-    let at = |d: chrono::NaiveDate| d.and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp();
-    Ok((at(first), at(next)))
 }
 
 impl CounterStore for SqliteStore {

@@ -294,7 +294,7 @@ fn an_export_longer_than_the_record_limit_is_read_whole() {
 /// Stops a run once its first batch is committed, as SIGTERM does.
 struct StopAfterFirstBatch<'a>(&'a std::sync::atomic::AtomicBool);
 
-impl tally::ingest::Progress for StopAfterFirstBatch<'_> {
+impl tally::progress::Progress for StopAfterFirstBatch<'_> {
     fn start(&self, _total: u64) {}
     fn update(&self, _bytes: u64, records: u64) {
         if records > 0 {

@@ -9,7 +9,8 @@ use proptest::prelude::*;
 use rust_decimal::Decimal;
 use tally::ids::{day_of, month_of, DedupKey, EpochSeconds, TenantId};
 use tally::store::sqlite::SqliteStore;
-use tally::store::{Applied, CounterStore, Entry};
+use tally::store::{Applied, CounterStore};
+use tally::usage::Entry;
 use tally::usage::{aggregate, rollup, CounterKey, Granularity, Resource, Usage};
 
 use common::conformance::{apply_ok, batch, counters, cp, hour, hours_map};
@@ -249,7 +250,7 @@ proptest! {
 fn batch_of(entries: Vec<Entry>, presummed: bool) -> tally::store::Batch {
     let mut b = batch(entries, vec![]);
     if presummed {
-        let mut sums = tally::store::Sums::default();
+        let mut sums = tally::usage::Sums::default();
         for e in &b.entries {
             *sums.entry(e.key.clone()).or_default() += &e.usage;
         }

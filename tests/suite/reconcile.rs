@@ -157,7 +157,7 @@ fn bad_cur_input_is_named() {
     let batch = RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(vec!["AmazonBedrock"])), Arc::new(Float64Array::from(vec![1.0]))]).unwrap();
     let missing = f.path("missing/part-00001.parquet");
     std::fs::create_dir_all(missing.parent().unwrap()).unwrap();
-    tally::reconcile::tables::write_parquet(&missing, &batch).unwrap();
+    tally::tables::write_parquet(&missing, &batch).unwrap();
     let r = f.reconcile(&f.path("missing"), &out, &[]);
     let err = String::from_utf8_lossy(&r.stderr);
     assert_eq!(r.status.code(), Some(1));

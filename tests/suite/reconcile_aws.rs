@@ -14,7 +14,7 @@ use crate::reconcile_support::{self, files, sql_csv, Fixture, MONTH};
 use crate::support::aws::{self, moto_post, new_bucket, put_object, remote, upload_tree};
 use tally::cur::classify;
 use tally::cur::load::{self, LoadOptions};
-use tally::ingest::NoProgress;
+use tally::progress::NoProgress;
 
 /// The fixture, its config pointed at moto for S3 (`[sources]`) and Cost Explorer.
 fn fixture_on(endpoint: &str) -> Fixture {
@@ -91,7 +91,7 @@ fn cost_explorer_differences_are_reported_per_tenant() {
     assert!(by_tag.get(&None).is_some_and(|c| *c > 0), "the fixture has untagged cost");
     // Cost Explorer agrees on every tag value but `off` (one dollar more) and the untagged
     // cost (absent), and knows a tag the CUR has no line for.
-    let units = |u: i128| tally::cur::money::from_units(u).to_string();
+    let units = |u: i128| tally::money::from_units(u).to_string();
     let mut groups = Vec::new();
     for (tag, cost) in &by_tag {
         if tag.is_none() {

@@ -14,7 +14,8 @@ use rust_decimal::Decimal;
 use support::{repo, Scratch};
 use tally::cur::classify;
 use tally::cur::load::{self, LoadOptions};
-use tally::ingest::{NoProgress, Pipeline};
+use tally::ingest::Pipeline;
+use tally::progress::NoProgress;
 use tally::reconcile::{self, drift::Thresholds};
 
 /// (period → (rows, Σ unblended cost, Σ tokens of the 1K-token rows)) from the CSV.
@@ -66,12 +67,12 @@ fn all_52_bedrock_rows_load_in_their_periods_with_their_costs() {
         assert_eq!(snap.files.len(), 8, "every chunk is read; rows are kept by billing period");
         let (n, cost, tokens) = expected.get(&period).copied().unwrap_or_default();
         assert_eq!(snap.lines(), n, "{period}: Bedrock rows");
-        let got_cost: Decimal = snap.groups.values().map(|g| tally::cur::money::from_units(g.cost)).sum();
+        let got_cost: Decimal = snap.groups.values().map(|g| tally::money::from_units(g.cost)).sum();
         assert_eq!(got_cost.normalize(), cost.normalize(), "{period}: Σ unblended cost");
         let got_tokens: i64 = snap
             .groups
             .iter()
-            .filter_map(|(k, s)| classify::tokens_per_unit(&k.pricing_unit, &k.usage_type).map(|per| (tally::cur::money::from_units(s.quantity) * per).round()))
+            .filter_map(|(k, s)| classify::tokens_per_unit(&k.pricing_unit, &k.usage_type).map(|per| (tally::money::from_units(s.quantity) * per).round()))
             .map(|d| d.to_string().parse::<i64>().unwrap())
             .sum();
         assert_eq!(got_tokens, tokens, "{period}: tokens of the 1K-token rows");

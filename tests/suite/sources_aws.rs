@@ -18,7 +18,8 @@ use support::aws::{self, files_under, new_bucket, put_object, remote, unique_nam
 use support::aws_faults::SourceFaults;
 use support::{kill, record, Scratch};
 use tally::generate::{self, Spec, Truth, TruthRow};
-use tally::ingest::{self, Inputs, NoProgress, Pipeline, RunReport, Settings};
+use tally::ingest::{self, Inputs, Pipeline, RunReport, Settings};
+use tally::progress::NoProgress;
 use tally::quarantine::Quarantine;
 use tally::source::remote::Remote;
 use tally::source::Input;

@@ -20,7 +20,8 @@ use support::{kill, record};
 use tally::generate::{self, Spec, Truth};
 use tally::store::dynamodb::DynamoStore;
 use tally::store::sqlite::SqliteStore;
-use tally::store::{Batch, CounterStore, Entry};
+use tally::store::{Batch, CounterStore};
+use tally::usage::Entry;
 
 #[test]
 fn conformance_suite_on_dynamodb() {

@@ -11,7 +11,8 @@ use std::str::FromStr;
 use rust_decimal::Decimal;
 use tally::ids::{day_of, hour_of, month_of, parse_timestamp, DedupKey, EpochSeconds, TenantId};
 use tally::quarantine::Reason;
-use tally::store::{Applied, Batch, CheckpointUpdate, CounterStore, Entry, IngestTotals, PeriodUsage, StoreError};
+use tally::store::{Applied, Batch, CheckpointUpdate, CounterStore, IngestTotals, PeriodUsage, StoreError};
+use tally::usage::Entry;
 use tally::usage::{CounterKey, Resource, Usage};
 
 /// Returns a fresh, empty store on every call.

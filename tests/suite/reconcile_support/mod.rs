@@ -9,7 +9,8 @@ use std::sync::atomic::AtomicBool;
 use tally::config::Config;
 use tally::cur::generate::{CurSpec, CurSummary};
 use tally::generate::{self, Spec};
-use tally::ingest::{self, NoProgress, Pipeline, Settings};
+use tally::ingest::{self, Pipeline, Settings};
+use tally::progress::NoProgress;
 use tally::quarantine::Quarantine;
 use tally::store::sqlite::SqliteStore;
 
@@ -69,7 +70,7 @@ pub fn files(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
 pub fn sql_csv(out: &Path, query: &str) -> String {
     let batches = tally::reconcile::sql::query(out, MONTH, query).unwrap_or_else(|e| panic!("{query}: {e}"));
     let mut buf = Vec::new();
-    tally::reconcile::tables::write_csv(&mut buf, &batches).unwrap();
+    tally::tables::write_csv(&mut buf, &batches).unwrap();
     String::from_utf8(buf).unwrap()
 }
 

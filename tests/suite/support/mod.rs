@@ -15,7 +15,8 @@ use std::process::Command;
 use std::sync::atomic::AtomicBool;
 
 use tally::config::Config;
-use tally::ingest::{self, NoProgress, Pipeline, RunReport, Settings};
+use tally::ingest::{self, Pipeline, RunReport, Settings};
+use tally::progress::NoProgress;
 use tally::quarantine::Quarantine;
 use tally::store::sqlite::SqliteStore;
 

@@ -16,7 +16,7 @@ use datafusion::parquet::basic::Compression;
 use datafusion::parquet::errors::ParquetError;
 use datafusion::parquet::file::properties::WriterProperties;
 
-use crate::cur::money;
+use crate::money;
 
 /// `YYYY-MM-DD` of an Arrow `Date32` (days since the epoch).
 pub fn date32_label(days: i32) -> String {
