@@ -6,7 +6,12 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::tenant::{Rule, TenancyConfig};
+use crate::ingest::{self, IngestConfig, Pipeline, Settings};
+use crate::pricing::Catalog;
+use crate::pricing::PricingConfig;
+use crate::source::SourcesConfig;
+use crate::store::StoreConfig;
+use crate::tenant::{Resolver, Rule, TenancyConfig};
 
 /// A config file that could not be used, naming the file and the field.
 #[derive(Debug, thiserror::Error)]
@@ -59,228 +64,6 @@ pub struct Config {
     /// The folder relative paths are resolved against (the config file's folder).
     #[serde(skip)]
     pub base_dir: PathBuf,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StoreConfig {
-    /// `sqlite` (the embedded default) or `dynamodb` (needs a build with the `aws` feature).
-    #[serde(default = "StoreConfig::default_backend")]
-    pub backend: String,
-    /// The SQLite file.
-    #[serde(default = "StoreConfig::default_path")]
-    pub path: PathBuf,
-    /// SQLite `synchronous`: `normal` survives a killed process; `full` also a power cut.
-    #[serde(default = "StoreConfig::default_synchronous")]
-    pub synchronous: String,
-    /// DynamoDB: the table (`tally init` creates it).
-    #[serde(default = "StoreConfig::default_table")]
-    pub table: String,
-    /// DynamoDB: the region; default from the standard AWS chain (`AWS_REGION`, profile).
-    #[serde(default)]
-    pub region: Option<String>,
-    /// DynamoDB: an endpoint URL such as `http://127.0.0.1:5000` (moto); default from the
-    /// standard chain (`AWS_ENDPOINT_URL`), else AWS itself. Credentials never go here.
-    #[serde(default)]
-    pub endpoint_url: Option<String>,
-    /// DynamoDB: counter shards per tenant, so one hot tenant can go past one partition's write
-    /// limit; reads sum the shards. Only ever raise it.
-    #[serde(default = "StoreConfig::default_shards")]
-    pub shards: u32,
-    /// DynamoDB: seconds a batch split over several transactions stays owned by its writer
-    /// without progress before another process may finish it.
-    #[serde(default = "StoreConfig::default_lease_seconds")]
-    pub lease_seconds: f64,
-}
-
-impl StoreConfig {
-    fn default_backend() -> String {
-        "sqlite".into()
-    }
-    fn default_path() -> PathBuf {
-        "tally.sqlite".into()
-    }
-    fn default_synchronous() -> String {
-        "normal".into()
-    }
-    fn default_table() -> String {
-        "tally".into()
-    }
-    fn default_shards() -> u32 {
-        1
-    }
-    fn default_lease_seconds() -> f64 {
-        30.0
-    }
-}
-
-impl Default for StoreConfig {
-    fn default() -> Self {
-        StoreConfig {
-            backend: Self::default_backend(),
-            path: Self::default_path(),
-            synchronous: Self::default_synchronous(),
-            table: Self::default_table(),
-            region: None,
-            endpoint_url: None,
-            shards: Self::default_shards(),
-            lease_seconds: Self::default_lease_seconds(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IngestConfig {
-    /// Records per batch: the unit in which records are checked for duplicates and, on
-    /// DynamoDB, the unit of one store transaction; unset, it depends on the store (see
-    /// [`IngestConfig::batch_records_for`]).
-    #[serde(default)]
-    pub batch_records: Option<usize>,
-    /// SQLite: records per store transaction. Batches are applied into one open transaction
-    /// until it holds this many records (or `commit_seconds` pass), and their counters are
-    /// summed and written once, at its commit.
-    #[serde(default = "IngestConfig::default_commit_records")]
-    pub commit_records: u64,
-    /// SQLite: the longest a counted batch waits for its transaction's commit, in seconds; it
-    /// bounds how far the live meters lag the ingester.
-    #[serde(default = "IngestConfig::default_commit_seconds")]
-    pub commit_seconds: f64,
-    /// How long a `requestId` is remembered for deduplication, in days.
-    #[serde(default = "IngestConfig::default_dedup_window_days")]
-    pub dedup_window_days: u32,
-    /// A line (or JSON document) longer than this is quarantined without being read into memory.
-    #[serde(default = "IngestConfig::default_max_record_bytes")]
-    pub max_record_bytes: usize,
-    /// A token count above this is quarantined as absurd.
-    #[serde(default = "IngestConfig::default_max_token_count")]
-    pub max_token_count: u64,
-    /// The dead-letter file (JSON lines).
-    #[serde(default = "IngestConfig::default_quarantine")]
-    pub quarantine: PathBuf,
-    /// The most bytes of quarantine entries one run writes; bad records past it are counted,
-    /// not written (a small gzip of junk can inflate to millions of them).
-    #[serde(default = "IngestConfig::default_quarantine_max_bytes")]
-    pub quarantine_max_bytes: u64,
-    /// A record stamped more than this many hours after the ingest's clock is quarantined as
-    /// `bad_timestamp`, so one bad clock cannot move the dedup window past everyone else.
-    #[serde(default = "IngestConfig::default_max_future_hours")]
-    pub max_future_hours: u32,
-    /// Parser threads; 0 means one per core.
-    #[serde(default)]
-    pub workers: usize,
-    /// How much lower the parser threads' scheduling priority is than the committer's (a
-    /// `nice` increment, 0–19; Linux only). The committer is the one serial stage, so on a
-    /// machine with as many busy parsers as cores it must not wait for a time slice. Higher
-    /// is faster on an idle machine and slower next to busy processes of the same scheduling
-    /// group (session or cgroup), to which the parsers yield as well.
-    #[serde(default = "IngestConfig::default_reader_nice")]
-    pub reader_nice: i32,
-    /// With `--follow`, seconds between looks for new data.
-    #[serde(default = "IngestConfig::default_poll_seconds")]
-    pub poll_seconds: f64,
-}
-
-impl IngestConfig {
-    /// Records per batch: as configured, else 20,000 on SQLite (a batch's memory is most of
-    /// an ingest's; more transactions cost little) and 50,000 on DynamoDB (each batch rewrites
-    /// the day, month and dedup items it touches, and writes are billed).
-    pub fn batch_records_for(&self, backend: &str) -> usize {
-        self.batch_records.unwrap_or(if backend == "dynamodb" { 50_000 } else { 20_000 })
-    }
-    fn default_commit_records() -> u64 {
-        100_000
-    }
-    fn default_commit_seconds() -> f64 {
-        1.0
-    }
-    fn default_dedup_window_days() -> u32 {
-        35
-    }
-    fn default_max_record_bytes() -> usize {
-        16 << 20
-    }
-    fn default_max_token_count() -> u64 {
-        10_000_000
-    }
-    fn default_max_future_hours() -> u32 {
-        24
-    }
-    fn default_quarantine_max_bytes() -> u64 {
-        crate::quarantine::DEFAULT_RUN_LIMIT
-    }
-    fn default_quarantine() -> PathBuf {
-        "quarantine.jsonl".into()
-    }
-    fn default_poll_seconds() -> f64 {
-        2.0
-    }
-    fn default_reader_nice() -> i32 {
-        5
-    }
-}
-
-impl Default for IngestConfig {
-    fn default() -> Self {
-        IngestConfig {
-            batch_records: None,
-            commit_records: Self::default_commit_records(),
-            commit_seconds: Self::default_commit_seconds(),
-            dedup_window_days: Self::default_dedup_window_days(),
-            max_record_bytes: Self::default_max_record_bytes(),
-            max_token_count: Self::default_max_token_count(),
-            quarantine: Self::default_quarantine(),
-            quarantine_max_bytes: Self::default_quarantine_max_bytes(),
-            max_future_hours: Self::default_max_future_hours(),
-            workers: 0,
-            reader_nice: Self::default_reader_nice(),
-            poll_seconds: Self::default_poll_seconds(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SourcesConfig {
-    /// The region of the buckets and log groups; default from the standard AWS chain.
-    #[serde(default)]
-    pub region: Option<String>,
-    /// An endpoint URL for S3 and CloudWatch Logs, such as `http://127.0.0.1:5000` (moto);
-    /// default from the standard chain (`AWS_ENDPOINT_URL`), else AWS itself. Credentials never
-    /// go here.
-    #[serde(default)]
-    pub endpoint_url: Option<String>,
-    /// S3: hours before the newest counted object's hour folder that every listing starts at,
-    /// so objects landing late with earlier keys are still read.
-    #[serde(default = "SourcesConfig::default_s3_lookback_hours")]
-    pub s3_lookback_hours: u32,
-}
-
-impl SourcesConfig {
-    fn default_s3_lookback_hours() -> u32 {
-        3
-    }
-
-    /// How every S3 and CloudWatch Logs read is reached: log sources and `--cur s3://`.
-    #[cfg(feature = "aws")]
-    pub fn aws(&self) -> crate::aws::AwsSettings {
-        crate::aws::AwsSettings { region: self.region.clone(), endpoint_url: self.endpoint_url.clone(), max_attempts: None }
-    }
-}
-
-impl Default for SourcesConfig {
-    fn default() -> Self {
-        SourcesConfig { region: None, endpoint_url: None, s3_lookback_hours: Self::default_s3_lookback_hours() }
-    }
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PricingConfig {
-    /// Price files, tried in order: tally's TOML format or LiteLLM's JSON (by extension).
-    /// Empty means the built-in catalog.
-    #[serde(default)]
-    pub catalogs: Vec<PathBuf>,
 }
 
 impl Config {
@@ -403,6 +186,39 @@ impl Config {
         self.plans()?;
         self.serve.validate()?;
         Ok(())
+    }
+
+    /// The pure parts of ingest: the tenant resolver, and the price catalogs named in
+    /// `[pricing]` (read here), merged in order; none named means the built-in catalog.
+    pub fn pipeline(&self) -> anyhow::Result<Pipeline> {
+        let catalog = if self.pricing.catalogs.is_empty() {
+            Catalog::builtin()
+        } else {
+            let mut merged = Catalog::default();
+            for (n, p) in self.pricing.catalogs.iter().enumerate() {
+                let path = self.resolve(p);
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    anyhow::anyhow!("config field `pricing.catalogs[{n}]`: cannot read {}: {e}", path.display())
+                })?;
+                let name = path.display().to_string();
+                let c = if name.ends_with(".json") {
+                    Catalog::from_litellm_json(&text, &name)?
+                } else {
+                    Catalog::from_toml(&text, &name)?
+                };
+                merged.merge(c);
+            }
+            merged
+        };
+        Ok(Pipeline { resolver: Resolver::new(&self.tenancy), catalog })
+    }
+
+    /// How ingest runs: `[ingest]` with the batch size the store wants, never reading tally's
+    /// own files (the store, the quarantine and its last-run report) as input.
+    pub fn ingest_settings(&self, follow: bool) -> Settings {
+        let quarantine = self.resolve(&self.ingest.quarantine);
+        let exclude = vec![self.resolve(&self.store.path), quarantine.clone(), ingest::last_run_path(&quarantine)];
+        Settings::new(&self.ingest, self.ingest.batch_records_for(&self.store.backend), follow, exclude)
     }
 
     /// The plans and tenants, checked; the error names the field.

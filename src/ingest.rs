@@ -32,9 +32,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
 use crate::ids::EpochSeconds;
 use crate::pricing::Catalog;
 use crate::progress::Progress;
@@ -43,41 +42,126 @@ use crate::record::ParseOptions;
 use crate::source::files::{self, ReadSettings};
 #[cfg(feature = "aws")]
 use crate::source::{cloudwatch, remote::{Remote, SourceError}, s3};
-use crate::source::{DecodeStats, Decoder, Input, Piece};
+use crate::source::{DecodeStats, Decoder, Input, Piece, SourcesConfig};
 use crate::store::{Batch, CheckpointUpdate, CounterStore, StoreError};
 use crate::tenant::Resolver;
 use crate::usage::Metering;
+
+/// `[ingest]`: how log files are read and counted.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Records per batch: the unit in which records are checked for duplicates and, on
+    /// DynamoDB, the unit of one store transaction; unset, it depends on the store (see
+    /// [`IngestConfig::batch_records_for`]).
+    #[serde(default)]
+    pub batch_records: Option<usize>,
+    /// SQLite: records per store transaction. Batches are applied into one open transaction
+    /// until it holds this many records (or `commit_seconds` pass), and their counters are
+    /// summed and written once, at its commit.
+    #[serde(default = "IngestConfig::default_commit_records")]
+    pub commit_records: u64,
+    /// SQLite: the longest a counted batch waits for its transaction's commit, in seconds; it
+    /// bounds how far the live meters lag the ingester.
+    #[serde(default = "IngestConfig::default_commit_seconds")]
+    pub commit_seconds: f64,
+    /// How long a `requestId` is remembered for deduplication, in days.
+    #[serde(default = "IngestConfig::default_dedup_window_days")]
+    pub dedup_window_days: u32,
+    /// A line (or JSON document) longer than this is quarantined without being read into memory.
+    #[serde(default = "IngestConfig::default_max_record_bytes")]
+    pub max_record_bytes: usize,
+    /// A token count above this is quarantined as absurd.
+    #[serde(default = "IngestConfig::default_max_token_count")]
+    pub max_token_count: u64,
+    /// The dead-letter file (JSON lines).
+    #[serde(default = "IngestConfig::default_quarantine")]
+    pub quarantine: PathBuf,
+    /// The most bytes of quarantine entries one run writes; bad records past it are counted,
+    /// not written (a small gzip of junk can inflate to millions of them).
+    #[serde(default = "IngestConfig::default_quarantine_max_bytes")]
+    pub quarantine_max_bytes: u64,
+    /// A record stamped more than this many hours after the ingest's clock is quarantined as
+    /// `bad_timestamp`, so one bad clock cannot move the dedup window past everyone else.
+    #[serde(default = "IngestConfig::default_max_future_hours")]
+    pub max_future_hours: u32,
+    /// Parser threads; 0 means one per core.
+    #[serde(default)]
+    pub workers: usize,
+    /// How much lower the parser threads' scheduling priority is than the committer's (a
+    /// `nice` increment, 0–19; Linux only). The committer is the one serial stage, so on a
+    /// machine with as many busy parsers as cores it must not wait for a time slice. Higher
+    /// is faster on an idle machine and slower next to busy processes of the same scheduling
+    /// group (session or cgroup), to which the parsers yield as well.
+    #[serde(default = "IngestConfig::default_reader_nice")]
+    pub reader_nice: i32,
+    /// With `--follow`, seconds between looks for new data.
+    #[serde(default = "IngestConfig::default_poll_seconds")]
+    pub poll_seconds: f64,
+}
+
+impl IngestConfig {
+    /// Records per batch: as configured, else 20,000 on SQLite (a batch's memory is most of
+    /// an ingest's; more transactions cost little) and 50,000 on DynamoDB (each batch rewrites
+    /// the day, month and dedup items it touches, and writes are billed).
+    pub fn batch_records_for(&self, backend: &str) -> usize {
+        self.batch_records.unwrap_or(if backend == "dynamodb" { 50_000 } else { 20_000 })
+    }
+    fn default_commit_records() -> u64 {
+        100_000
+    }
+    fn default_commit_seconds() -> f64 {
+        1.0
+    }
+    fn default_dedup_window_days() -> u32 {
+        35
+    }
+    fn default_max_record_bytes() -> usize {
+        16 << 20
+    }
+    fn default_max_token_count() -> u64 {
+        10_000_000
+    }
+    fn default_max_future_hours() -> u32 {
+        24
+    }
+    fn default_quarantine_max_bytes() -> u64 {
+        crate::quarantine::DEFAULT_RUN_LIMIT
+    }
+    fn default_quarantine() -> PathBuf {
+        "quarantine.jsonl".into()
+    }
+    fn default_poll_seconds() -> f64 {
+        2.0
+    }
+    fn default_reader_nice() -> i32 {
+        5
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            batch_records: None,
+            commit_records: Self::default_commit_records(),
+            commit_seconds: Self::default_commit_seconds(),
+            dedup_window_days: Self::default_dedup_window_days(),
+            max_record_bytes: Self::default_max_record_bytes(),
+            max_token_count: Self::default_max_token_count(),
+            quarantine: Self::default_quarantine(),
+            quarantine_max_bytes: Self::default_quarantine_max_bytes(),
+            max_future_hours: Self::default_max_future_hours(),
+            workers: 0,
+            reader_nice: Self::default_reader_nice(),
+            poll_seconds: Self::default_poll_seconds(),
+        }
+    }
+}
 
 /// The pure parts of ingest, built from config.
 pub struct Pipeline {
     pub resolver: Resolver,
     pub catalog: Catalog,
-}
-
-impl Pipeline {
-    /// Builds the resolver and loads the price catalogs named in the config.
-    pub fn from_config(config: &Config) -> anyhow::Result<Pipeline> {
-        let catalog = if config.pricing.catalogs.is_empty() {
-            Catalog::builtin()
-        } else {
-            let mut merged = Catalog::default();
-            for (n, p) in config.pricing.catalogs.iter().enumerate() {
-                let path = config.resolve(p);
-                let text = std::fs::read_to_string(&path).map_err(|e| {
-                    anyhow::anyhow!("config field `pricing.catalogs[{n}]`: cannot read {}: {e}", path.display())
-                })?;
-                let name = path.display().to_string();
-                let c = if name.ends_with(".json") {
-                    Catalog::from_litellm_json(&text, &name)?
-                } else {
-                    Catalog::from_toml(&text, &name)?
-                };
-                merged.merge(c);
-            }
-            merged
-        };
-        Ok(Pipeline { resolver: Resolver::new(&config.tenancy), catalog })
-    }
 }
 
 /// Records per piece a worker sends: small enough that pieces in flight stay a few MB.
@@ -94,7 +178,7 @@ pub struct Settings {
     /// The longest a batch waits for its transaction's commit.
     pub commit_interval: Duration,
     pub workers: usize,
-    /// Nice increment of the worker threads (see [`crate::config::IngestConfig::reader_nice`]).
+    /// Nice increment of the worker threads (see [`IngestConfig::reader_nice`]).
     pub reader_nice: i32,
     pub dedup_window: i64,
     pub parse: ParseOptions,
@@ -103,10 +187,10 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn from_config(config: &Config, follow: bool) -> Settings {
-        let i = &config.ingest;
+    /// `batch_records` as the store wants it ([`IngestConfig::batch_records_for`]); `exclude`:
+    /// tally's own files (store, quarantine, last-run report), never read as input.
+    pub fn new(i: &IngestConfig, batch_records: usize, follow: bool, exclude: Vec<PathBuf>) -> Settings {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let batch_records = i.batch_records_for(&config.store.backend);
         Settings {
             read: ReadSettings { max_record_bytes: i.max_record_bytes, piece_records: batch_records.min(PIECE_RECORDS), follow },
             batch_records,
@@ -119,11 +203,7 @@ impl Settings {
                 max_token_count: i.max_token_count,
                 latest_timestamp: Some(chrono::Utc::now().timestamp() + i64::from(i.max_future_hours) * 3600),
             },
-            exclude: vec![
-                config.resolve(&config.store.path),
-                config.resolve(&i.quarantine),
-                last_run_path(&config.resolve(&i.quarantine)),
-            ],
+            exclude,
         }
     }
 }
@@ -267,20 +347,20 @@ impl Inputs {
     /// Any inputs; AWS ones get SDK clients from the standard chain and `[sources]` (built
     /// here, without a network call).
     #[cfg_attr(not(feature = "aws"), allow(unused_variables))]
-    pub fn new(inputs: Vec<Input>, config: &Config) -> Result<Inputs, IngestError> {
+    pub fn new(inputs: Vec<Input>, sources: &SourcesConfig) -> Result<Inputs, IngestError> {
         let mut out = Inputs::paths(&[]);
         for input in inputs {
             match input {
                 Input::Path(p) => out.paths.push(p),
                 #[cfg(feature = "aws")]
-                Input::S3(url) => out.s3.push(s3::S3Source::new(url, config.sources.s3_lookback_hours)),
+                Input::S3(url) => out.s3.push(s3::S3Source::new(url, sources.s3_lookback_hours)),
                 #[cfg(feature = "aws")]
                 Input::Logs(url) => out.logs.push(cloudwatch::LogsSource::new(url)),
             }
         }
         #[cfg(feature = "aws")]
         if !out.s3.is_empty() || !out.logs.is_empty() {
-            out.remote = Some(Remote::new(&config.sources.aws()).map_err(IngestError::Input)?);
+            out.remote = Some(Remote::new(&sources.aws()).map_err(IngestError::Input)?);
         }
         Ok(out)
     }
@@ -1045,7 +1125,7 @@ mod commit_tests {
     /// Feeds two batches, the second with a stale checkpoint, through a committer over
     /// `store`; returns the run's error and report.
     fn run_with_a_refused_second_batch(store: &mut dyn CounterStore, dir: &std::path::Path) -> (IngestError, RunReport) {
-        let mut settings = Settings::from_config(&Config::default(), false);
+        let mut settings = crate::config::Config::default().ingest_settings(false);
         settings.commit_interval = Duration::from_secs(60);
         let mut quarantine = Quarantine::new(dir.join("quarantine.jsonl"));
         let mut report = RunReport::default();
@@ -1087,7 +1167,7 @@ mod commit_tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tally.db");
         let mut store = SqliteStore::open(&path, false).unwrap();
-        let mut settings = Settings::from_config(&Config::default(), false);
+        let mut settings = crate::config::Config::default().ingest_settings(false);
         settings.commit_interval = Duration::from_millis(200);
         settings.commit_records = 1_000_000;
         let mut quarantine = Quarantine::new(dir.path().join("quarantine.jsonl"));

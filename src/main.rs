@@ -15,7 +15,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tally::config::{Config, ConfigError};
 use tally::generate::{self, Spec};
 use tally::ids::TenantId;
-use tally::ingest::{self, IngestError, Inputs, Pipeline, RunReport, Settings};
+use tally::ingest::{self, IngestError, Inputs, RunReport};
 use tally::progress::Progress;
 use tally::invoice::{self, InvoiceError};
 use tally::quarantine::{Quarantine, Reason};
@@ -642,9 +642,9 @@ fn toml_string(s: &str) -> String {
 
 fn ingest_inputs(config: &Config, inputs: Vec<Input>, follow: bool, quiet: bool) -> anyhow::Result<(RunReport, Option<WriteStats>)> {
     one_malloc_arena();
-    let pipeline = Pipeline::from_config(config)?;
-    let mut inputs = Inputs::new(inputs, config)?;
-    let settings = Settings::from_config(config, follow);
+    let pipeline = config.pipeline()?;
+    let mut inputs = Inputs::new(inputs, &config.sources)?;
+    let settings = config.ingest_settings(follow);
     let mut store = open_store(config)?;
     let mut quarantine = Quarantine::new(config.resolve(&config.ingest.quarantine)).with_limit(config.ingest.quarantine_max_bytes);
     let shutdown = Arc::new(AtomicBool::new(false));
@@ -859,7 +859,7 @@ struct ReconcileOptions {
 
 fn reconcile_period(config: &Config, period: &str, cur: &str, out: &Path, o: ReconcileOptions) -> anyhow::Result<reconcile::Report> {
     let cur = tally::cur::load::CurInput::parse(cur, &config.sources)?;
-    let pipeline = Pipeline::from_config(config)?;
+    let pipeline = config.pipeline()?;
     let store = open_store(config)?;
     let request = reconcile::Request { period: period.to_string(), cur, out: out.to_path_buf(), csv: o.csv, cost_explorer: o.cost_explorer };
     Ok(reconcile::run(&request, config, &pipeline, &*store, &Bar::new(o.quiet))?)

@@ -6,6 +6,7 @@
 //! text so no float ever touches a price).
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use rust_decimal::Decimal;
@@ -75,6 +76,16 @@ impl TokenPrices {
             + self.cache_read * Decimal::from(t.cache_read)
             + self.cache_write * Decimal::from(t.cache_write)
     }
+}
+
+/// `[pricing]`: the price catalogs.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PricingConfig {
+    /// Price files, tried in order: tally's TOML format or LiteLLM's JSON (by extension).
+    /// Empty means the built-in catalog.
+    #[serde(default)]
+    pub catalogs: Vec<PathBuf>,
 }
 
 /// A catalog that could not be loaded.

@@ -35,7 +35,6 @@ use serde::Serialize;
 
 use crate::generate::{Rng, Truth};
 use crate::ids::{self, Target};
-use crate::ingest::Pipeline;
 use crate::reconcile::allocate::resource_key;
 
 /// What to generate.
@@ -118,7 +117,7 @@ pub fn generate(spec: &CurSpec) -> anyhow::Result<CurSummary> {
     ))
     .with_context(|| format!("{} is not a generator truth file", truth_path.display()))?;
     let config = crate::config::Config::load(&spec.fixtures.join("tally.toml"))?;
-    let pipeline = Pipeline::from_config(&config)?;
+    let pipeline = config.pipeline()?;
     let (month_start, month_end) = crate::store::month_range(&spec.month)?;
     let drifting: Option<String> = config.tenancy.profiles.iter().find(|p| p.shared).map(|p| p.profile.clone());
 

@@ -98,7 +98,7 @@ pub enum CurInput {
 
 impl CurInput {
     /// `--cur`: an `s3://bucket/prefix` (reached as `[sources]` says: region, endpoint) or a path.
-    pub fn parse(arg: &str, sources: &crate::config::SourcesConfig) -> Result<CurInput, CurError> {
+    pub fn parse(arg: &str, sources: &crate::source::SourcesConfig) -> Result<CurInput, CurError> {
         if !arg.starts_with("s3://") {
             return Ok(CurInput::Folder(PathBuf::from(arg)));
         }

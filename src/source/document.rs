@@ -22,33 +22,12 @@
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use serde::{Deserialize, Serialize};
-
-use super::stream::{End, Fetch, Reached, Start};
+use super::stream::{End, Fetch, Frame, Mark, Reached, Start};
 use super::{Decoder, Piece};
 use crate::quarantine::{Reason, Rejected, SNIPPET_BYTES};
 use crate::record::ElementKind;
 
-/// Where in a document a position lies.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Frame {
-    /// Between top-level values.
-    #[default]
-    Top,
-    /// Inside the `events` (or `logEvents`) array of a top-level object.
-    Events,
-    /// Inside the `results` array of a top-level object.
-    Results,
-    /// Inside a top-level array.
-    Array,
-}
-
 impl Frame {
-    pub fn is_top(&self) -> bool {
-        *self == Frame::Top
-    }
-
     fn kind(self) -> ElementKind {
         match self {
             Frame::Events => ElementKind::Event,
@@ -63,20 +42,6 @@ impl Frame {
     }
 }
 
-/// Where a position lies in a stream: what a source's position names.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Mark {
-    /// Decoded bytes consumed.
-    pub offset: u64,
-    /// Lines consumed (line breaks before `offset`).
-    pub line: u64,
-    pub frame: Frame,
-    /// The stream was not read to its end: a later pass must resume from here even if the
-    /// input has not changed.
-    pub partial: bool,
-    /// CRC-32 of the stream's bytes before `offset`, where the reader keeps one (lines).
-    pub crc: Option<u32>,
-}
 
 /// Keys of an object whose array value holds records.
 fn container_frame(key: &[u8]) -> Option<Frame> {

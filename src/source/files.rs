@@ -15,9 +15,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::document::{self, Frame, Mark};
+use super::document;
 use super::lines::LineReader;
-use super::stream::{self, End, Start};
+use super::stream::{self, End, Frame, Mark, Start};
 use super::{Decoder, Piece};
 use crate::quarantine::{Reason, Rejected};
 

@@ -18,6 +18,8 @@ pub mod stream;
 
 use std::collections::BTreeMap;
 
+use serde::Deserialize;
+
 use crate::quarantine::{Reason, Rejected};
 use crate::record::{self, Container, ElementBody, ElementKind, LogRecord, ParseOptions, Parsed, Reject};
 use crate::usage::{Entry, Sums};
@@ -250,6 +252,42 @@ fn container_start(whole: &[u8], c: &Container<'_>) -> usize {
     let start = inner.as_ptr() as usize - whole.as_ptr() as usize;
     debug_assert!(start <= whole.len());
     start
+}
+
+/// `[sources]`: how the AWS sources are reached and listed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourcesConfig {
+    /// The region of the buckets and log groups; default from the standard AWS chain.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// An endpoint URL for S3 and CloudWatch Logs, such as `http://127.0.0.1:5000` (moto);
+    /// default from the standard chain (`AWS_ENDPOINT_URL`), else AWS itself. Credentials never
+    /// go here.
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    /// S3: hours before the newest counted object's hour folder that every listing starts at,
+    /// so objects landing late with earlier keys are still read.
+    #[serde(default = "SourcesConfig::default_s3_lookback_hours")]
+    pub s3_lookback_hours: u32,
+}
+
+impl SourcesConfig {
+    fn default_s3_lookback_hours() -> u32 {
+        3
+    }
+
+    /// How every S3 and CloudWatch Logs read is reached: log sources and `--cur s3://`.
+    #[cfg(feature = "aws")]
+    pub fn aws(&self) -> crate::aws::AwsSettings {
+        crate::aws::AwsSettings { region: self.region.clone(), endpoint_url: self.endpoint_url.clone(), max_attempts: None }
+    }
+}
+
+impl Default for SourcesConfig {
+    fn default() -> Self {
+        SourcesConfig { region: None, endpoint_url: None, s3_lookback_hours: Self::default_s3_lookback_hours() }
+    }
 }
 
 /// One input of `tally ingest`: a path, or (with the `aws` feature) an S3 prefix or a

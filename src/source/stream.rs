@@ -11,10 +11,47 @@
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::document::{Frame, Mark};
+use serde::{Deserialize, Serialize};
+
 use super::lines::{Line, LineReader};
 use super::{Decoder, Piece};
 use crate::quarantine::{Reason, Rejected};
+
+/// Where in a document a position lies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Frame {
+    /// Between top-level values.
+    #[default]
+    Top,
+    /// Inside the `events` (or `logEvents`) array of a top-level object.
+    Events,
+    /// Inside the `results` array of a top-level object.
+    Results,
+    /// Inside a top-level array.
+    Array,
+}
+
+impl Frame {
+    pub fn is_top(&self) -> bool {
+        *self == Frame::Top
+    }
+}
+
+/// Where a position lies in a stream: what a source's position names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Mark {
+    /// Decoded bytes consumed.
+    pub offset: u64,
+    /// Lines consumed (line breaks before `offset`).
+    pub line: u64,
+    pub frame: Frame,
+    /// The stream was not read to its end: a later pass must resume from here even if the
+    /// input has not changed.
+    pub partial: bool,
+    /// CRC-32 of the stream's bytes before `offset`, where the reader keeps one (lines).
+    pub crc: Option<u32>,
+}
 
 /// Marks an I/O error as a failure to fetch bytes, not a fault in them.
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,14 @@
 //! The DynamoDB counter store (the `aws` feature): the same [`CounterStore`] as SQLite, on one
 //! DynamoDB table, passing the same conformance suite.
 //!
+//! It is chosen with `[store] backend = "dynamodb"` and `table`, plus `region` / `endpoint_url`
+//! when the standard AWS chain's are not the ones wanted; `tally init` creates the table, and
+//! running it again is harmless. Credentials always come from the standard chain (environment,
+//! profile, SSO, role); the config file holds none. Ingest's batches are 50,000 records here by
+//! default (`ingest.batch_records`, 20,000 on SQLite): each batch rewrites the roll-up items and
+//! the dedup buckets it touches, and those writes are billed. `docker-compose.yml` runs this
+//! backend on moto.
+//!
 //! # Table
 //!
 //! One table, string keys `pk` and `sk`, on-demand billing, TTL on `expires`
@@ -26,7 +34,13 @@
 //! Access patterns: one tenant's month (by day and by resource) is one `Query` on its `C#`
 //! partition with `sk < "T"` (one per shard); all tenants of a month are the 16 `DIR#`
 //! partitions; all hourly counters of a month (the reconciler's read) are one `Query` with
-//! `begins_with(sk, "T#")` per tenant and shard listed in the directory.
+//! `begins_with(sk, "T#")` per tenant and shard listed in the directory; the checkpoints are one
+//! `Query` on `CP`.
+//!
+//! `shards = N` spreads each batch's counter writes for a tenant over N partitions
+//! (`C#<month>#<0..N-1>#<tenant>`, a different shard per batch), so one hot tenant can go past a
+//! partition's write limit; reads sum the shards, one `Query` each. Only ever raise it: reads
+//! look at the shards below N only.
 //!
 //! # Writes scale with keys, not records
 //!
@@ -36,7 +50,10 @@
 //! consistent `BatchGetItem`), and written back whole with a condition on their version `v`, so
 //! two ingesters that see the same new request id concurrently cannot both count it: the second
 //! transaction is cancelled, re-reads and finds it. A bucket holds up to 23,000 keys
-//! (368 KB, under the 400 KB item limit), i.e. about 1.4 million records per hour.
+//! (368 KB, under the 400 KB item limit), i.e. about 1.4 million records per hour. TTL removes
+//! buckets two days after the dedup window; a prune (`prune_before` in `META`) takes effect at
+//! once, because reads ignore buckets before the horizon. The write counts of a 1M-record
+//! ingest are measured by `tests/bench/dynamodb.sh`.
 //!
 //! # Exactly once, also when a batch needs several transactions
 //!

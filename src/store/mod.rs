@@ -11,13 +11,83 @@ pub mod dynamodb;
 pub mod sqlite;
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::ids::{EpochSeconds, TenantId};
 use crate::month::Month;
 use crate::quarantine::Reason;
 use crate::usage::{add_to, CounterKey, Entry, Resource, Sums, Usage};
+
+/// `[store]`: where the counters live.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite` (the embedded default) or `dynamodb` (needs a build with the `aws` feature).
+    #[serde(default = "StoreConfig::default_backend")]
+    pub backend: String,
+    /// The SQLite file.
+    #[serde(default = "StoreConfig::default_path")]
+    pub path: PathBuf,
+    /// SQLite `synchronous`: `normal` survives a killed process; `full` also a power cut.
+    #[serde(default = "StoreConfig::default_synchronous")]
+    pub synchronous: String,
+    /// DynamoDB: the table (`tally init` creates it).
+    #[serde(default = "StoreConfig::default_table")]
+    pub table: String,
+    /// DynamoDB: the region; default from the standard AWS chain (`AWS_REGION`, profile).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// DynamoDB: an endpoint URL such as `http://127.0.0.1:5000` (moto); default from the
+    /// standard chain (`AWS_ENDPOINT_URL`), else AWS itself. Credentials never go here.
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    /// DynamoDB: counter shards per tenant, so one hot tenant can go past one partition's write
+    /// limit; reads sum the shards. Only ever raise it.
+    #[serde(default = "StoreConfig::default_shards")]
+    pub shards: u32,
+    /// DynamoDB: seconds a batch split over several transactions stays owned by its writer
+    /// without progress before another process may finish it.
+    #[serde(default = "StoreConfig::default_lease_seconds")]
+    pub lease_seconds: f64,
+}
+
+impl StoreConfig {
+    fn default_backend() -> String {
+        "sqlite".into()
+    }
+    fn default_path() -> PathBuf {
+        "tally.sqlite".into()
+    }
+    fn default_synchronous() -> String {
+        "normal".into()
+    }
+    fn default_table() -> String {
+        "tally".into()
+    }
+    fn default_shards() -> u32 {
+        1
+    }
+    fn default_lease_seconds() -> f64 {
+        30.0
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            backend: Self::default_backend(),
+            path: Self::default_path(),
+            synchronous: Self::default_synchronous(),
+            table: Self::default_table(),
+            region: None,
+            endpoint_url: None,
+            shards: Self::default_shards(),
+            lease_seconds: Self::default_lease_seconds(),
+        }
+    }
+}
 
 /// `[start, end)` epoch seconds of a `YYYY-MM` period, or the store's error for a bad one.
 pub fn month_range(month: &str) -> Result<(EpochSeconds, EpochSeconds), StoreError> {

@@ -1,11 +1,44 @@
-//! The embedded SQLite counter store.
+//! The embedded SQLite counter store, the default backend: one file, no service.
 //!
-//! Tables: `counters_hour` (tenant, hour, resource), `counters_day` and `counters_month`
-//! (tenant, bucket, resource) with the same sums; `seen_runs` (per UTC hour, sorted runs of
-//! request-id keys, see [`seen_key`]) for deduplication; `checkpoints` (source → position);
-//! `skipped` and `totals` for the ingest accounting; `meta`. Costs are decimal text, summed
-//! exactly by the `dec_add` function this module registers, never as floats. A [`Batch`], or a
-//! group of them ([`CounterStore::apply_grouped`]), is one `BEGIN IMMEDIATE` transaction.
+//! # Tables
+//!
+//! | table | key | holds |
+//! |---|---|---|
+//! | `counters_hour` | tenant, hour (epoch s, UTC), resource | input, output, cache_read, cache_write, requests, errors, no_usage, est_cost (decimal text) |
+//! | `counters_day` | tenant, day `YYYY-MM-DD`, resource | the same sums |
+//! | `counters_month` | tenant, month `YYYY-MM`, resource | the same sums ("tenant X this month" is one range read) |
+//! | `seen_runs` | hour (hours since the epoch) | the dedup index: sorted runs of 16-byte request-id keys |
+//! | `checkpoints` | source | position (versioned JSON) |
+//! | `skipped`, `totals` | reason / name | lifetime ingest accounting |
+//! | `meta` | key | `schema_version`, `max_hour` (the newest hour counted) |
+//!
+//! The dedup index keeps, per UTC hour, sorted runs of [`seen_key`]s (104 bits of the request
+//! id's 128-bit key). A batch reads the runs of the hours it touches, finds its keys by binary
+//! search and adds its new keys as one run, merged into the runs before it while they are less
+//! than `RUN_FANOUT` (4) times larger, so an hour keeps O(log n) runs. Stores of schema 2 (one
+//! `seen` row per key) are converted when first opened.
+//!
+//! # Transactions
+//!
+//! A [`Batch`], or a group of them ([`CounterStore::apply_grouped`]), is one `BEGIN IMMEDIATE`
+//! transaction. Ingest hands the store batches (`ingest.batch_records`, by default 20,000
+//! records on SQLite), their usage pre-summed per key so that writes scale with distinct keys,
+//! not records. The batches go into one open transaction until it holds `ingest.commit_records`
+//! records (default 100,000) or has been open `ingest.commit_seconds` (default 1 s); the
+//! transaction then commits, at once, every batch's counter deltas, new dedup entries, skip
+//! counts, totals and checkpoints. Duplicates are found batch by batch inside the open
+//! transaction, so a request id twice in one transaction counts once; the counters are summed
+//! over the batches and written when the sums reach `GROUP_KEYS` (8,192) keys and at the
+//! commit, so a key that several batches touch is written once or a few times and the sums stay
+//! under ~2 MB. Nothing of a transaction is visible to readers, or survives a kill, before its
+//! commit; a failure rolls all of it back, with the checkpoints, so the next run reads those
+//! batches again. The live meters therefore lag a busy ingester by at most `commit_seconds`; a
+//! `--follow` pass also commits when it ends.
+//!
+//! Costs are decimal text, summed exactly by the `dec_add` function this module registers,
+//! never as floats; counts are summed by `int_add`, which refuses a sum past 2⁶³ − 1 (the batch
+//! fails with `counter overflow` and nothing of it is written) where SQLite's `+` would turn it
+//! into an inexact float.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;

@@ -307,8 +307,8 @@ impl tally::progress::Progress for StopAfterFirstBatch<'_> {
 /// One ingest pass over `path`, stopped once its first batch is committed.
 fn stopped_after_its_first_batch(s: &Scratch, path: &std::path::Path) -> tally::ingest::RunReport {
     let config = s.config();
-    let pipeline = tally::ingest::Pipeline::from_config(&config).unwrap();
-    let settings = tally::ingest::Settings::from_config(&config, false);
+    let pipeline = config.pipeline().unwrap();
+    let settings = config.ingest_settings(false);
     let mut q = tally::quarantine::Quarantine::new(config.resolve(&config.ingest.quarantine));
     let stop = std::sync::atomic::AtomicBool::new(false);
     let paths = [path.to_path_buf()];

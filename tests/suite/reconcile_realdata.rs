@@ -14,7 +14,6 @@ use rust_decimal::Decimal;
 use support::{repo, Scratch};
 use tally::cur::classify;
 use tally::cur::load::{self, LoadOptions};
-use tally::ingest::Pipeline;
 use tally::progress::NoProgress;
 use tally::reconcile::{self, drift::Thresholds};
 
@@ -85,7 +84,7 @@ fn all_52_bedrock_rows_load_in_their_periods_with_their_costs() {
 fn without_resource_ids_the_real_cost_is_unallocated_and_balances() {
     let s = Scratch::new("[reconcile]\ntenant_tag = \"tenant_id\"");
     let config = s.config();
-    let pipeline = Pipeline::from_config(&config).unwrap();
+    let pipeline = config.pipeline().unwrap();
     let dir = repo("fixtures/cur/legacy-workshop/year=2024/month=9");
     let snap = load::load(&dir, &LoadOptions { period: "2024-08".into(), tenant_tag: "tenant_id".into() }, &NoProgress).unwrap();
     let t = reconcile::reconcile("2024-08", &snap, &[], &pipeline, Thresholds::default()).unwrap();

@@ -18,7 +18,7 @@ use support::aws::{self, files_under, new_bucket, put_object, remote, unique_nam
 use support::aws_faults::SourceFaults;
 use support::{kill, record, Scratch};
 use tally::generate::{self, Spec, Truth, TruthRow};
-use tally::ingest::{self, Inputs, Pipeline, RunReport, Settings};
+use tally::ingest::{self, Inputs, RunReport};
 use tally::progress::NoProgress;
 use tally::quarantine::Quarantine;
 use tally::source::remote::Remote;
@@ -66,10 +66,10 @@ fn scratch(fx: &Fixture, endpoint: &str, batch_records: usize) -> Scratch {
 /// One pass over `inputs` through the library.
 fn ingest(s: &Scratch, inputs: &[&str]) -> RunReport {
     let config = s.config();
-    let pipeline = Pipeline::from_config(&config).unwrap();
-    let settings = Settings::from_config(&config, false);
+    let pipeline = config.pipeline().unwrap();
+    let settings = config.ingest_settings(false);
     let inputs: Vec<Input> = inputs.iter().map(|i| Input::parse(i).unwrap()).collect();
-    let mut inputs = Inputs::new(inputs, &config).unwrap();
+    let mut inputs = Inputs::new(inputs, &config.sources).unwrap();
     let mut store = s.store();
     let mut q = Quarantine::new(config.resolve(&config.ingest.quarantine));
     ingest::run_pass(&mut inputs, &mut store, &pipeline, &settings, &mut q, &AtomicBool::new(false), &NoProgress).expect("ingest runs")

@@ -41,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
             // What the commands do with the numbers (src/main.rs, src/serve/mod.rs).
             let _ = Duration::from_secs_f64(config.ingest.poll_seconds);
             let _ = Duration::from_secs_f64(config.ingest.commit_seconds);
-            let _ = tally::ingest::Settings::from_config(&config, true);
+            let _ = config.ingest_settings(true);
             let _ = Duration::from_secs_f64(config.store.lease_seconds);
             let _ = Duration::from_secs_f64(config.serve.alerts.check_seconds);
             let _ = Duration::from_secs((u64::from(config.ingest.dedup_window_days) + 2) * 86_400);

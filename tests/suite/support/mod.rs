@@ -15,7 +15,7 @@ use std::process::Command;
 use std::sync::atomic::AtomicBool;
 
 use tally::config::Config;
-use tally::ingest::{self, Pipeline, RunReport, Settings};
+use tally::ingest::{self, RunReport};
 use tally::progress::NoProgress;
 use tally::quarantine::Quarantine;
 use tally::store::sqlite::SqliteStore;
@@ -54,8 +54,8 @@ impl Scratch {
     /// Runs one ingest pass through the library.
     pub fn ingest(&self, paths: &[PathBuf]) -> RunReport {
         let config = self.config();
-        let pipeline = Pipeline::from_config(&config).unwrap();
-        let settings = Settings::from_config(&config, false);
+        let pipeline = config.pipeline().unwrap();
+        let settings = config.ingest_settings(false);
         let mut store = self.store();
         let mut q = Quarantine::new(config.resolve(&config.ingest.quarantine)).with_limit(config.ingest.quarantine_max_bytes);
         ingest::run_once(paths, &mut store, &pipeline, &settings, &mut q, &AtomicBool::new(false), &NoProgress)
