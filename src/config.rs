@@ -221,6 +221,12 @@ impl Config {
         Settings::new(&self.ingest, self.ingest.batch_records_for(&self.store.backend), follow, exclude)
     }
 
+    /// What `tally serve` runs on: `[serve]`, the plans, the alert ledger's path resolved.
+    pub fn serve_setup(&self) -> Result<crate::serve::Setup, (String, String)> {
+        let ledger = self.resolve(&self.serve.alerts.ledger);
+        Ok(crate::serve::Setup { serve: self.serve.clone(), plans: self.plans()?, ledger })
+    }
+
     /// The plans and tenants, checked; the error names the field.
     pub fn plans(&self) -> Result<crate::invoice::plan::Plans, (String, String)> {
         crate::invoice::plan::build(&self.plans, &self.tenants)

@@ -591,10 +591,12 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 webhook_backoff: Duration::from_millis(std::env::var("TALLY_WEBHOOK_BACKOFF_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(500)),
                 backend: config.store.backend.clone(),
             };
-            tally::serve::run(&config, options, |addr| {
-                // One line on stdout when ready, for scripts and tests that chose port 0.
-                println!("listening on http://{addr}");
-            })?;
+            let setup = config.serve_setup().map_err(|(f, m)| anyhow::anyhow!("config field `{f}`: {m}"))?;
+            let listen = &config.serve.listen;
+            let listener = std::net::TcpListener::bind(listen).map_err(|e| anyhow::anyhow!("cannot listen on {listen} (serve.listen): {e}"))?;
+            // One line on stdout when bound, for scripts and tests that chose port 0.
+            println!("listening on http://{}", listener.local_addr()?);
+            tally::serve::run(setup, options, listener, tally::serve::shutdown_signal())?;
             Ok(0)
         }
         Command::Key(KeyCommand::New { tenant, admin, name }) => {
@@ -797,7 +799,7 @@ fn demo(out: &Path, tenants: usize, records: u64, json: bool, quiet: bool) -> an
     ));
     std::fs::write(&summary.config, config_text).with_context(|| format!("cannot write {}", summary.config.display()))?;
     let config = Config::load(&summary.config)?;
-    let invoices = out.join(&spec.month).join(invoice::FOLDER);
+    let invoices = out.join(&spec.month).join(tally::tables::INVOICES);
     if invoices.exists() {
         std::fs::remove_dir_all(&invoices).with_context(|| format!("cannot reset {}", invoices.display()))?;
     }
@@ -862,12 +864,13 @@ fn reconcile_period(config: &Config, period: &str, cur: &str, out: &Path, o: Rec
     let pipeline = config.pipeline()?;
     let store = open_store(config)?;
     let request = reconcile::Request { period: period.to_string(), cur, out: out.to_path_buf(), csv: o.csv, cost_explorer: o.cost_explorer };
-    Ok(reconcile::run(&request, config, &pipeline, &*store, &Bar::new(o.quiet))?)
+    Ok(reconcile::run(&request, &config.reconcile, &pipeline, &*store, &Bar::new(o.quiet))?)
 }
 
 fn invoice_period(config: &Config, period: &str, out: &Path) -> anyhow::Result<invoice::Report> {
     let store = open_store(config)?;
-    Ok(invoice::run(&invoice::Request { period: period.to_string(), out: out.to_path_buf() }, config, &*store)?)
+    let plans = config.plans().map_err(|(field, message)| invoice::InvoiceError::Plans { field, message })?;
+    Ok(invoice::run(&invoice::Request { period: period.to_string(), out: out.to_path_buf() }, &plans, &*store)?)
 }
 
 fn print_invoice(r: &invoice::Report, top: usize) {

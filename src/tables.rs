@@ -18,6 +18,10 @@ use datafusion::parquet::file::properties::WriterProperties;
 
 use crate::money;
 
+/// The folder under `<out>/<period>/` that holds the invoices (written by `invoice`, kept
+/// together with the reconciled tables by `reconcile`).
+pub const INVOICES: &str = "invoices";
+
 /// `YYYY-MM-DD` of an Arrow `Date32` (days since the epoch).
 pub fn date32_label(days: i32) -> String {
     let d = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date") + chrono::Duration::days(i64::from(days));

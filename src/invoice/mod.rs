@@ -35,14 +35,14 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 
 use crate::money;
+use crate::tables;
 use crate::ids::TenantId;
 use crate::store::{CounterStore, StoreError};
 use crate::usage::Usage;
 use export::InvoiceV1;
 use issue::{Issued, MarginRow, Status};
+use plan::Plans;
 
-/// The folder under `<out>/<period>/` that holds the invoices.
-pub const FOLDER: &str = "invoices";
 
 /// An invoice run that did not complete. Nothing already issued is ever changed by one.
 #[derive(Debug, thiserror::Error)]
@@ -101,13 +101,12 @@ pub struct Report {
 }
 
 /// Loads, invoices and writes (see the module docs).
-pub fn run(req: &Request, config: &crate::config::Config, store: &dyn CounterStore) -> Result<Report, InvoiceError> {
-    let plans = config.plans().map_err(|(field, message)| InvoiceError::Plans { field, message })?;
+pub fn run(req: &Request, plans: &Plans, store: &dyn CounterStore) -> Result<Report, InvoiceError> {
     // A reconcile stopped between its renames leaves the period in pieces: put it together
     // first, or this run would issue afresh beside the stranded, issued documents.
     crate::reconcile::recover_interrupted(&req.out, &req.period).map_err(|e| InvoiceError::Recover(e.to_string()))?;
     let period_dir = req.out.join(&req.period);
-    let dir = period_dir.join(FOLDER);
+    let dir = period_dir.join(tables::INVOICES);
     let usage: BTreeMap<TenantId, Usage> = store.tenants(&req.period)?.into_iter().collect();
     let allocation = period_dir.join("allocation.parquet");
     let reconciled = if allocation.exists() { Some(reconciled_costs(&allocation)?) } else { None };
@@ -117,7 +116,7 @@ pub fn run(req: &Request, config: &crate::config::Config, store: &dyn CounterSto
     if reconciled.is_none() && !issued.is_empty() {
         return Err(InvoiceError::FinalWithoutReconcile { period: req.period.clone(), dir, allocation });
     }
-    let billing = issue::bill(&issue::Period { period: &req.period, plans: &plans, usage: &usage, reconciled: reconciled.as_ref(), issued: &issued });
+    let billing = issue::bill(&issue::Period { period: &req.period, plans, usage: &usage, reconciled: reconciled.as_ref(), issued: &issued });
 
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
     // The tables depend on what is issued, not on the files: one thread builds them while the

@@ -187,12 +187,12 @@ pub struct Tables {
 }
 
 /// Loads, allocates, checks and writes (see the module docs).
-pub fn run(req: &Request, config: &crate::config::Config, pipeline: &Pipeline, store: &dyn CounterStore, progress: &dyn Progress) -> Result<Report, ReconcileError> {
+pub fn run(req: &Request, config: &ReconcileConfig, pipeline: &Pipeline, store: &dyn CounterStore, progress: &dyn Progress) -> Result<Report, ReconcileError> {
     if req.cost_explorer && !cfg!(feature = "aws") {
         // Refused before the CUR is read, not after.
         return Err(ReconcileError::CostExplorer(NEEDS_AWS.into()));
     }
-    let opts = LoadOptions { period: req.period.clone(), tenant_tag: config.reconcile.tenant_tag.clone() };
+    let opts = LoadOptions { period: req.period.clone(), tenant_tag: config.tenant_tag.clone() };
     let started = std::time::Instant::now();
     // The counters are read while the CUR loads (the store stays on this thread).
     let (cur, hours) = std::thread::scope(|scope| {
@@ -203,11 +203,11 @@ pub fn run(req: &Request, config: &crate::config::Config, pipeline: &Pipeline, s
     });
     let (cur, hours) = (cur?, hours?);
     tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, groups = cur.groups.len(), hours = hours.len(), "CUR loaded");
-    let mut t = reconcile(&req.period, &cur, &hours, pipeline, config.reconcile.thresholds())?;
+    let mut t = reconcile(&req.period, &cur, &hours, pipeline, config.thresholds())?;
     tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "allocated");
     if req.cost_explorer {
         let groups = fetch_cost_explorer(config, &req.period)?;
-        cross_check(&mut t, &cur, &groups, config.reconcile.thresholds())?;
+        cross_check(&mut t, &cur, &groups, config.thresholds())?;
     }
     t.report.output = req.out.join(&req.period);
     t.report.files_written = write(&t, &req.out, &req.period, req.csv)?;
@@ -320,18 +320,18 @@ pub fn reconcile(period: &str, cur: &CurSnapshot, hours: &[(CounterKey, Usage)],
 }
 
 #[cfg(feature = "aws")]
-fn fetch_cost_explorer(config: &crate::config::Config, period: &str) -> Result<Vec<cost_explorer::CeGroup>, ReconcileError> {
+fn fetch_cost_explorer(config: &ReconcileConfig, period: &str) -> Result<Vec<cost_explorer::CeGroup>, ReconcileError> {
     // Cost Explorer answers in us-east-1 only.
     let settings = crate::aws::AwsSettings {
         region: Some("us-east-1".into()),
-        endpoint_url: config.reconcile.cost_explorer_endpoint_url.clone(),
+        endpoint_url: config.cost_explorer_endpoint_url.clone(),
         max_attempts: None,
     };
-    cost_explorer::fetch(&settings, period, &config.reconcile.tenant_tag).map_err(ReconcileError::CostExplorer)
+    cost_explorer::fetch(&settings, period, &config.tenant_tag).map_err(ReconcileError::CostExplorer)
 }
 
 #[cfg(not(feature = "aws"))]
-fn fetch_cost_explorer(_: &crate::config::Config, _: &str) -> Result<Vec<cost_explorer::CeGroup>, ReconcileError> {
+fn fetch_cost_explorer(_: &ReconcileConfig, _: &str) -> Result<Vec<cost_explorer::CeGroup>, ReconcileError> {
     Err(ReconcileError::CostExplorer(NEEDS_AWS.into()))
 }
 
@@ -605,9 +605,9 @@ pub fn recover_interrupted(out: &Path, period: &str) -> Result<(), ReconcileErro
             std::fs::rename(&old, &final_dir).map_err(io(&old))?;
         }
     }
-    let invoices = final_dir.join(crate::invoice::FOLDER);
+    let invoices = final_dir.join(crate::tables::INVOICES);
     for d in [&partial, &old] {
-        let stranded = d.join(crate::invoice::FOLDER);
+        let stranded = d.join(crate::tables::INVOICES);
         if stranded.exists() {
             if invoices.exists() {
                 return Err(ReconcileError::Io {
@@ -636,7 +636,7 @@ fn write(t: &Tables, out: &Path, period: &str, csv: bool) -> Result<Vec<PathBuf>
     let Dirs { final_dir, partial, old } = Dirs::of(out, period);
     // Issued invoices live in the period's folder but are not reconcile's to replace: they
     // move into the new folder below; a run stopped half-way is put in order first.
-    let invoices = final_dir.join(crate::invoice::FOLDER);
+    let invoices = final_dir.join(crate::tables::INVOICES);
     recover_interrupted(out, period)?;
     std::fs::create_dir_all(&partial).map_err(io(&partial))?;
     let mut written = Vec::new();
@@ -654,7 +654,7 @@ fn write(t: &Tables, out: &Path, period: &str, csv: bool) -> Result<Vec<PathBuf>
     let marker = partial.join(COMPLETE);
     std::fs::write(&marker, b"").map_err(io(&marker))?;
     if invoices.exists() {
-        std::fs::rename(&invoices, partial.join(crate::invoice::FOLDER)).map_err(io(&invoices))?;
+        std::fs::rename(&invoices, partial.join(crate::tables::INVOICES)).map_err(io(&invoices))?;
     }
     if final_dir.exists() {
         std::fs::rename(&final_dir, &old).map_err(io(&final_dir))?;

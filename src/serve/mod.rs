@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod quota;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -31,12 +32,12 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
 use crate::ids::{self, EpochSeconds, TenantId};
 use crate::invoice::plan::Plans;
 use crate::store::{CounterStore, PeriodUsage, StoreError};
 use crate::usage::{Resource, Usage};
 use auth::{Caller, Denied, Keys};
+use config::ServeConfig;
 use cache::{Cache, Source};
 use metrics::Metrics;
 
@@ -448,15 +449,28 @@ fn limit_malloc_arenas() {
     }
 }
 
-/// Runs the server until SIGTERM or Ctrl-C. `ready` is called with the bound address.
-pub fn run(config: &Config, options: Options, ready: impl FnOnce(std::net::SocketAddr)) -> anyhow::Result<()> {
+/// What `tally serve` runs on, built from the config ([`crate::config::Config::serve_setup`]).
+pub struct Setup {
+    pub serve: ServeConfig,
+    pub plans: Plans,
+    /// The alert ledger's file.
+    pub ledger: PathBuf,
+}
+
+/// Serves on `listener` until `shutdown` completes (the command line passes
+/// [`shutdown_signal`]: SIGTERM or Ctrl-C).
+pub fn run(
+    setup: Setup,
+    options: Options,
+    listener: std::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     limit_malloc_arenas();
-    let s = &config.serve;
+    let Setup { serve: s, plans, ledger: ledger_path } = setup;
     let keys = s.keys().map_err(|(f, m)| anyhow::anyhow!("config field `{f}`: {m}"))?;
     if keys.is_empty() {
         tracing::warn!("no [[serve.keys]] configured: every /v1 request will be refused (make one with `tally key new`)");
     }
-    let plans = config.plans().map_err(|(f, m)| anyhow::anyhow!("config field `{f}`: {m}"))?;
     let mut stores = Vec::with_capacity(s.readers);
     for _ in 0..s.readers {
         stores.push(Mutex::new((options.open)()?));
@@ -472,7 +486,6 @@ pub fn run(config: &Config, options: Options, ready: impl FnOnce(std::net::Socke
         as_of: options.as_of,
         backend: options.backend.clone(),
     });
-    let ledger_path = config.resolve(&s.alerts.ledger);
     let ledger = alerts::Ledger::open(&ledger_path).map_err(|e| anyhow::anyhow!("cannot read the alert ledger {}: {e}", ledger_path.display()))?;
     let webhook = match &s.alerts.webhook {
         Some(url) => Some(alerts::Webhook::new(url, s.alerts.attempts, options.webhook_backoff)?),
@@ -480,10 +493,10 @@ pub fn run(config: &Config, options: Options, ready: impl FnOnce(std::net::Socke
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("tally-serve").build()?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(&s.listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {} (serve.listen): {e}", s.listen))?;
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, backend = %options.backend, cache_ms = s.cache_ms, "serving live meters");
-        ready(addr);
         tokio::spawn(sample_ingest(app.clone()));
         tokio::spawn(check_alerts(app.clone(), ledger, webhook, Duration::from_secs_f64(s.alerts.check_seconds)));
         let limits = Limits {
@@ -491,7 +504,7 @@ pub fn run(config: &Config, options: Options, ready: impl FnOnce(std::net::Socke
             request_timeout: Duration::from_millis(s.request_timeout_ms),
             max_connections: connection_cap(s.max_connections),
         };
-        serve_connections(listener, router(app), limits, shutdown_signal()).await;
+        serve_connections(listener, router(app), limits, shutdown).await;
         tracing::info!("stopped");
         Ok::<_, anyhow::Error>(())
     })
@@ -576,7 +589,8 @@ async fn serve_connections(listener: tokio::net::TcpListener, router: Router, li
     let _ = tokio::time::timeout(limits.request_timeout, slots.acquire_many(all)).await;
 }
 
-async fn shutdown_signal() {
+/// SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {

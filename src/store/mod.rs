@@ -4,7 +4,7 @@
 //! dedup index, the new ones are summed into hourly, daily and monthly counters, and the
 //! source positions the batch came from are moved — all in one atomic write. If the write
 //! fails nothing of it is visible; if it succeeds all of it is. The behaviour is pinned by the
-//! conformance suite in `tests/common/conformance.rs`, which every backend runs.
+//! conformance suite in `tests/suite/common/conformance.rs`, which every backend runs.
 
 #[cfg(feature = "aws")]
 pub mod dynamodb;
