@@ -9,6 +9,7 @@ use serde::Deserialize;
 use crate::ingest::{self, IngestConfig, Pipeline, Settings};
 use crate::pricing::Catalog;
 use crate::pricing::PricingConfig;
+use crate::serve::config::is_http_url;
 use crate::source::SourcesConfig;
 use crate::store::StoreConfig;
 use crate::tenant::{Resolver, Rule, TenancyConfig};
@@ -276,11 +277,6 @@ impl Config {
     }
 }
 
-/// `http://` or `https://` and a host, no spaces.
-pub(crate) fn is_http_url(u: &str) -> bool {
-    let rest = u.strip_prefix("http://").or_else(|| u.strip_prefix("https://"));
-    rest.is_some_and(|r| !r.is_empty() && !r.contains(char::is_whitespace))
-}
 
 /// The field a config text's validation error names (panics if the text is valid).
 #[cfg(test)]

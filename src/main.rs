@@ -20,7 +20,7 @@ use tally::progress::Progress;
 use tally::invoice::{self, InvoiceError};
 use tally::quarantine::{Quarantine, Reason};
 use tally::source::Input;
-use tally::cur::generate::CurSpec;
+use tally::generate::cur::CurSpec;
 use tally::reconcile::{self as reconcile, ReconcileError};
 use tally::store::sqlite::SqliteStore;
 use tally::store::{CounterStore, PeriodUsage, WriteStats};
@@ -547,7 +547,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::GenerateCur { fixtures, out, month, lines, rows_per_file, drift, tag, seed, json } => {
             let out = out.unwrap_or_else(|| fixtures.join("cur"));
             let spec = CurSpec { tenant_tag: tag, drift, lines, rows_per_file, seed, ..CurSpec::new(fixtures, out, month) };
-            let summary = tally::cur::generate::generate(&spec)?;
+            let summary = tally::generate::cur::generate(&spec)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
             } else {
@@ -815,7 +815,7 @@ fn demo(out: &Path, tenants: usize, records: u64, json: bool, quiet: bool) -> an
     // Before reconcile the period can only be invoiced provisionally (list-price estimates).
     let provisional = invoice_period(&config, &spec.month, out)?;
     // The nightly reconcile on a CUR generated to bill the same logs, then the final invoices.
-    let cur = tally::cur::generate::generate(&CurSpec::new(out.to_path_buf(), out.join("cur"), spec.month.clone()))?;
+    let cur = tally::generate::cur::generate(&CurSpec::new(out.to_path_buf(), out.join("cur"), spec.month.clone()))?;
     let reconciled = reconcile_period(&config, &spec.month, &cur.cur2.to_string_lossy(), out, ReconcileOptions { quiet: quiet || json, ..Default::default() })?;
     let invoiced = invoice_period(&config, &spec.month, out)?;
     if json {

@@ -179,7 +179,7 @@ impl ServeConfig {
         if !(1..=100).contains(&a.attempts) {
             return bad("serve.alerts.attempts", "must be between 1 and 100");
         }
-        if a.webhook.as_deref().is_some_and(|u| !crate::config::is_http_url(u)) {
+        if a.webhook.as_deref().is_some_and(|u| !is_http_url(u)) {
             return bad("serve.alerts.webhook", "must be an http:// or https:// URL");
         }
         Ok(())
@@ -222,6 +222,12 @@ fn parse_hash(text: &str) -> Option<[u8; 32]> {
         out[i] = u8::from_str_radix(s, 16).ok()?;
     }
     Some(out)
+}
+
+/// `http://` or `https://` and a host, no spaces.
+pub fn is_http_url(u: &str) -> bool {
+    let rest = u.strip_prefix("http://").or_else(|| u.strip_prefix("https://"));
+    rest.is_some_and(|r| !r.is_empty() && !r.contains(char::is_whitespace))
 }
 
 #[cfg(test)]

@@ -153,6 +153,7 @@ mod hostile;
 mod invoice;
 mod invoice_golden;
 mod invoice_properties;
+mod layers;
 mod properties;
 mod readme;
 mod realdata;

@@ -99,9 +99,9 @@ fn the_same_inputs_write_the_same_bytes_and_a_restated_cur_replaces_them() {
     assert!(first == files(&out.join(MONTH)), "a re-run wrote different bytes");
 
     // AWS restates the period: the pool is now billed 50% over list instead of 30%.
-    let mut spec = tally::cur::generate::CurSpec::new(f.dir.path().to_path_buf(), f.path("cur"), MONTH.into());
+    let mut spec = tally::generate::cur::CurSpec::new(f.dir.path().to_path_buf(), f.path("cur"), MONTH.into());
     spec.drift = dec("0.5");
-    let restated = tally::cur::generate::generate(&spec).unwrap();
+    let restated = tally::generate::cur::generate(&spec).unwrap();
     assert!(restated.usage_cost > f.cur.usage_cost);
     ok(&f.reconcile(&restated.cur2, &out, &[]));
     let total = rows(&sql_csv(&out, "SELECT sum(cost) FROM allocation"));

@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use std::sync::atomic::AtomicBool;
 
 use tally::config::Config;
-use tally::cur::generate::{CurSpec, CurSummary};
+use tally::generate::cur::{CurSpec, CurSummary};
 use tally::generate::{self, Spec};
 use tally::ingest;
 use tally::progress::NoProgress;
@@ -41,7 +41,7 @@ impl Fixture {
         let settings = config.ingest_settings(false);
         let report = ingest::run_once(std::slice::from_ref(&summary.logs), &mut store, &pipeline, &settings, &mut q, &AtomicBool::new(false), &NoProgress).unwrap();
         assert_eq!(report.counted, 6_000);
-        let cur = tally::cur::generate::generate(&CurSpec::new(dir.path().to_path_buf(), dir.path().join("cur"), MONTH.into())).unwrap();
+        let cur = tally::generate::cur::generate(&CurSpec::new(dir.path().to_path_buf(), dir.path().join("cur"), MONTH.into())).unwrap();
         Fixture { dir, config: summary.config, cur }
     }
 

@@ -33,7 +33,7 @@ use datafusion::parquet::file::properties::WriterProperties;
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde::Serialize;
 
-use crate::generate::{Rng, Truth};
+use super::{Rng, Truth};
 use crate::ids::{self, Target};
 use crate::reconcile::allocate::resource_key;
 

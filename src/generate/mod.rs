@@ -1,10 +1,13 @@
 //! A fixture generator: a realistic month of invocation logs for N tenants, in the S3 delivery
 //! layout (gzip NDJSON per hour) plus plain NDJSON CloudWatch dumps, with a matching
 //! `tally.toml` and the ground truth the ingester must reproduce.
+//! `cur` makes the matching Cost and Usage Report.
 //!
 //! The truth is computed here from what was generated (which tenant each record was made
 //! for), not by running tally's own resolver or aggregation, so tests comparing the two check
 //! something real. Output is a pure function of the spec and seed.
+
+pub mod cur;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
