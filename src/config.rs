@@ -70,7 +70,8 @@ pub struct Config {
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Config::from_toml(&text, path, base)
     }
@@ -163,7 +164,13 @@ impl Config {
                 return Err((field("profile"), "must not be empty".into()));
             }
             if let Some(first) = profiles.insert(p.profile.trim(), n) {
-                return Err((field("profile"), format!("{:?} is registered twice (also tenancy.profiles[{first}]): one profile has one owner", p.profile.trim())));
+                return Err((
+                    field("profile"),
+                    format!(
+                        "{:?} is registered twice (also tenancy.profiles[{first}]): one profile has one owner",
+                        p.profile.trim()
+                    ),
+                ));
             }
             if let Some(why) = p.tenant.as_deref().and_then(crate::ids::tenant_id_problem) {
                 return Err((field("tenant"), why));
@@ -277,7 +284,6 @@ impl Config {
     }
 }
 
-
 /// The field a config text's validation error names (panics if the text is valid).
 #[cfg(test)]
 pub(crate) fn invalid_field(text: &str) -> String {
@@ -307,7 +313,10 @@ mod tests {
         assert_eq!(field_of("[ingest]\ncommit_seconds = 7200"), "ingest.commit_seconds");
         assert_eq!(field_of("[tenancy]\nidentity_pattern = 'role/(.*)'"), "tenancy.identity_pattern");
         assert_eq!(field_of("[[tenancy.profiles]]\nprofile = 'p'\n"), "tenancy.profiles[0].tenant");
-        assert_eq!(field_of("[[tenancy.profiles]]\nprofile = 'p'\ntenant = 'a'\ntier = 'spot'"), "tenancy.profiles[0].tier");
+        assert_eq!(
+            field_of("[[tenancy.profiles]]\nprofile = 'p'\ntenant = 'a'\ntier = 'spot'"),
+            "tenancy.profiles[0].tier"
+        );
         assert_eq!(field_of("[store]\nbackend = 'postgres'"), "store.backend");
         assert_eq!(field_of("[store]\nbackend = 'dynamodb'\ntable = 'a b'"), "store.table");
         assert_eq!(field_of("[store]\nbackend = 'dynamodb'\nshards = 0"), "store.shards");
@@ -315,7 +324,10 @@ mod tests {
         assert_eq!(field_of("[store]\nbackend = 'dynamodb'\nregion = ''"), "store.region");
         assert_eq!(field_of("[store]\nbackend = 'dynamodb'\nlease_seconds = 0"), "store.lease_seconds");
         let d = load("[store]\nbackend = 'dynamodb'\ntable = 'tally-prod'\nregion = 'eu-west-1'\nshards = 4").unwrap();
-        assert_eq!((d.store.table.as_str(), d.store.region.as_deref(), d.store.shards), ("tally-prod", Some("eu-west-1"), 4));
+        assert_eq!(
+            (d.store.table.as_str(), d.store.region.as_deref(), d.store.shards),
+            ("tally-prod", Some("eu-west-1"), 4)
+        );
         assert_eq!(field_of("[sources]\nendpoint_url = '127.0.0.1:5000'"), "sources.endpoint_url");
         assert_eq!(field_of("[sources]\ns3_lookback_hours = 0"), "sources.s3_lookback_hours");
         assert_eq!(field_of("[sources]\nregion = ' '"), "sources.region");

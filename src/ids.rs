@@ -208,7 +208,8 @@ pub fn parse_timestamp(s: &str) -> Option<EpochSeconds> {
 fn parse_any_timestamp(s: &str) -> Option<EpochSeconds> {
     let b = s.as_bytes();
     // The common case, `2025-08-22T09:41:06Z`, without the general parser.
-    if b.len() == 20 && b[4] == b'-' && b[7] == b'-' && b[10] == b'T' && b[13] == b':' && b[16] == b':' && b[19] == b'Z' {
+    if b.len() == 20 && b[4] == b'-' && b[7] == b'-' && b[10] == b'T' && b[13] == b':' && b[16] == b':' && b[19] == b'Z'
+    {
         let num = |r: std::ops::Range<usize>| -> Option<u32> {
             let mut v = 0u32;
             for &c in &b[r] {

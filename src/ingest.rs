@@ -41,7 +41,11 @@ use crate::quarantine::{Quarantine, Reason, Rejected};
 use crate::record::ParseOptions;
 use crate::source::files::{self, ReadSettings};
 #[cfg(feature = "aws")]
-use crate::source::{cloudwatch, remote::{Remote, SourceError}, s3};
+use crate::source::{
+    cloudwatch,
+    remote::{Remote, SourceError},
+    s3,
+};
 use crate::source::{DecodeStats, Decoder, Input, Piece, SourcesConfig};
 use crate::store::{Batch, CheckpointUpdate, CounterStore, StoreError};
 use crate::tenant::Resolver;
@@ -192,7 +196,11 @@ impl Settings {
     pub fn new(i: &IngestConfig, batch_records: usize, follow: bool, exclude: Vec<PathBuf>) -> Settings {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Settings {
-            read: ReadSettings { max_record_bytes: i.max_record_bytes, piece_records: batch_records.min(PIECE_RECORDS), follow },
+            read: ReadSettings {
+                max_record_bytes: i.max_record_bytes,
+                piece_records: batch_records.min(PIECE_RECORDS),
+                follow,
+            },
             batch_records,
             commit_records: i.commit_records,
             commit_interval: Duration::from_secs_f64(i.commit_seconds),
@@ -504,17 +512,26 @@ pub fn run_pass(
                         tx.send(Message::Piece(p)).is_ok()
                     };
                     let failed = match &job {
-                        Job::File(j) => files::read_file(j, &mut decoder, &settings.read, &bytes_read, shutdown, &mut send)
-                            .err()
-                            .map(|e| format!("{}: {e}", j.path.display()))
-                            .or_else(|| read.refused_whole(j.resume.is_none()).map(|why| format!("{}: {why}", j.path.display()))),
+                        Job::File(j) => {
+                            files::read_file(j, &mut decoder, &settings.read, &bytes_read, shutdown, &mut send)
+                                .err()
+                                .map(|e| format!("{}: {e}", j.path.display()))
+                                .or_else(|| {
+                                    read.refused_whole(j.resume.is_none())
+                                        .map(|why| format!("{}: {why}", j.path.display()))
+                                })
+                        }
                         #[cfg(feature = "aws")]
                         Job::S3(j) => remote
-                            .and_then(|r| s3::read_job(r, j, &mut decoder, &settings.read, &bytes_read, shutdown, &mut send).err())
+                            .and_then(|r| {
+                                s3::read_job(r, j, &mut decoder, &settings.read, &bytes_read, shutdown, &mut send).err()
+                            })
                             .map(|e| e.to_string()),
                         #[cfg(feature = "aws")]
                         Job::Stream(j) => remote
-                            .and_then(|r| cloudwatch::read_job(r, j, &mut decoder, &settings.read, shutdown, &mut send).err())
+                            .and_then(|r| {
+                                cloudwatch::read_job(r, j, &mut decoder, &settings.read, shutdown, &mut send).err()
+                            })
                             .map(|e| e.to_string()),
                     };
                     if let Some(msg) = failed {
@@ -681,8 +698,13 @@ pub fn follow(
             Err(e) => return Err(e),
         };
         if pass.received > 0 {
-            tracing::info!(received = pass.received, counted = pass.counted, duplicates = pass.duplicates,
-                skipped = pass.skipped_total(), "ingest pass");
+            tracing::info!(
+                received = pass.received,
+                counted = pass.counted,
+                duplicates = pass.duplicates,
+                skipped = pass.skipped_total(),
+                "ingest pass"
+            );
         }
         total.merge(&pass);
         let until = Instant::now() + poll;
@@ -998,7 +1020,10 @@ impl Merging {
                     crate::ids::hour_label(entry.key.hour),
                     self.window / 86_400
                 );
-                self.rejected.push((display.clone(), Rejected::new(Reason::OutsideDedupWindow, detail, origin.line, origin.offset, b"")));
+                self.rejected.push((
+                    display.clone(),
+                    Rejected::new(Reason::OutsideDedupWindow, detail, origin.line, origin.offset, b""),
+                ));
             }
         }
         batch.entries.append(&mut piece.entries);
@@ -1011,7 +1036,11 @@ impl Merging {
             Some(&i) => self.checkpoints[i].position = piece.position,
             None => {
                 self.index.insert(piece.source.clone(), self.checkpoints.len());
-                self.checkpoints.push(CheckpointUpdate { source: piece.source, expected: piece.expected, position: piece.position });
+                self.checkpoints.push(CheckpointUpdate {
+                    source: piece.source,
+                    expected: piece.expected,
+                    position: piece.position,
+                });
             }
         }
     }
@@ -1068,9 +1097,9 @@ mod tests {
 mod commit_tests {
     use super::*;
     use crate::ids::{DedupKey, TenantId};
+    use crate::progress::NoProgress;
     use crate::source::Origin;
     use crate::store::sqlite::SqliteStore;
-    use crate::progress::NoProgress;
     use crate::usage::{CounterKey, Entry, Resource, Usage};
 
     /// One record of `acme` on 2025-11-03 10:00 UTC, moving `file://f` from `expected` to
@@ -1078,7 +1107,11 @@ mod commit_tests {
     fn piece(expected: Option<&str>, position: &str, request_id: &str) -> Piece {
         let entry = Entry {
             dedup: DedupKey::from_request_id(request_id),
-            key: CounterKey { tenant: TenantId::new("acme").unwrap(), hour: 1_762_164_000, resource: Resource::new("m") },
+            key: CounterKey {
+                tenant: TenantId::new("acme").unwrap(),
+                hour: 1_762_164_000,
+                resource: Resource::new("m"),
+            },
             usage: Usage { input: 3, requests: 1, ..Usage::default() },
         };
         let mut p = Piece {
@@ -1124,7 +1157,10 @@ mod commit_tests {
 
     /// Feeds two batches, the second with a stale checkpoint, through a committer over
     /// `store`; returns the run's error and report.
-    fn run_with_a_refused_second_batch(store: &mut dyn CounterStore, dir: &std::path::Path) -> (IngestError, RunReport) {
+    fn run_with_a_refused_second_batch(
+        store: &mut dyn CounterStore,
+        dir: &std::path::Path,
+    ) -> (IngestError, RunReport) {
         let mut settings = crate::config::Config::default().ingest_settings(false);
         settings.commit_interval = Duration::from_secs(60);
         let mut quarantine = Quarantine::new(dir.join("quarantine.jsonl"));
@@ -1177,7 +1213,8 @@ mod commit_tests {
         std::thread::scope(|scope| {
             let feeder = scope.spawn(move || {
                 let reader = SqliteStore::open(path, false).unwrap();
-                let seen = || (reader.totals().unwrap().counted, reader.checkpoints().unwrap().get("file://f").cloned());
+                let seen =
+                    || (reader.totals().unwrap().counted, reader.checkpoints().unwrap().get("file://f").cloned());
                 tx.send(Message::Piece(piece(None, "1", "r1"))).unwrap();
                 // The first batch is far below `commit_records` and the next one is not sent
                 // until the first is visible: only the interval can commit it.

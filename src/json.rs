@@ -511,7 +511,9 @@ impl Masks {
     #[cfg(target_arch = "x86_64")]
     #[inline]
     fn of(block: &[u8; STRUCT_BLOCK]) -> Masks {
-        use std::arch::x86_64::{__m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8};
+        use std::arch::x86_64::{
+            __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+        };
         let mut m = Masks { quote: 0, backslash: 0, open: 0, close: 0 };
         for k in 0..STRUCT_BLOCK / 16 {
             // SAFETY: SSE2 is always available on x86_64; the unaligned load reads 16 of the 64
@@ -540,7 +542,9 @@ impl Masks {
     #[target_feature(enable = "avx2")]
     #[inline]
     fn of_avx2(block: &[u8; STRUCT_BLOCK]) -> Masks {
-        use std::arch::x86_64::{__m256i, _mm256_cmpeq_epi8, _mm256_loadu_si256, _mm256_movemask_epi8, _mm256_or_si256, _mm256_set1_epi8};
+        use std::arch::x86_64::{
+            __m256i, _mm256_cmpeq_epi8, _mm256_loadu_si256, _mm256_movemask_epi8, _mm256_or_si256, _mm256_set1_epi8,
+        };
         let mut m = Masks { quote: 0, backslash: 0, open: 0, close: 0 };
         for k in 0..STRUCT_BLOCK / 32 {
             // SAFETY: the unaligned load reads 32 of the 64 bytes `block` borrows (k < 2).
@@ -780,9 +784,10 @@ mod tests {
                     block[q] = b'"';
                 }
                 let halves = [&block[..8], &block[8..]];
-                let by_words = halves.iter().enumerate().find_map(|(i, h)| {
-                    first_special_in_word((*h).try_into().expect("8 bytes")).map(|at| i * 8 + at)
-                });
+                let by_words = halves
+                    .iter()
+                    .enumerate()
+                    .find_map(|(i, h)| first_special_in_word((*h).try_into().expect("8 bytes")).map(|at| i * 8 + at));
                 assert_eq!(first_special(&block), by_words, "{:?}", String::from_utf8_lossy(&block));
                 assert_eq!(by_words, [q, b].into_iter().filter(|&i| i < BLOCK).min());
             }
@@ -919,7 +924,8 @@ mod tests {
         });
         prop_oneof![
             proptest::collection::vec(tree.clone(), 0..6).prop_map(serde_json::Value::Array),
-            proptest::collection::btree_map("[a-z]{1,8}", tree, 0..6).prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            proptest::collection::btree_map("[a-z]{1,8}", tree, 0..6)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
         ]
         .prop_map(|v| v.to_string())
     }
@@ -942,7 +948,8 @@ mod tests {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                *b = [b'"', b'\\', b'{', b'}', b'[', b']', b'a', 0xFB, 0xFD, 0xDB, 0x5B, 0x7B][(x % 12) as usize] ^ if x % 97 == 0 { 0x20 } else { 0 };
+                *b = [b'"', b'\\', b'{', b'}', b'[', b']', b'a', 0xFB, 0xFD, 0xDB, 0x5B, 0x7B][(x % 12) as usize]
+                    ^ if x % 97 == 0 { 0x20 } else { 0 };
             }
             let (a, b) = (Masks::of(&block), Masks::of_bytes(&block));
             assert_eq!((a.quote, a.backslash, a.open, a.close), (b.quote, b.backslash, b.open, b.close), "{block:?}");
@@ -950,7 +957,11 @@ mod tests {
             if std::is_x86_feature_detected!("avx2") {
                 // SAFETY: the CPU supports AVX2.
                 let c = unsafe { Masks::of_avx2(&block) };
-                assert_eq!((c.quote, c.backslash, c.open, c.close), (b.quote, b.backslash, b.open, b.close), "{block:?}");
+                assert_eq!(
+                    (c.quote, c.backslash, c.open, c.close),
+                    (b.quote, b.backslash, b.open, b.close),
+                    "{block:?}"
+                );
             }
         }
     }

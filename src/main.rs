@@ -13,15 +13,15 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use tally::config::{Config, ConfigError};
+use tally::generate::cur::CurSpec;
 use tally::generate::{self, Spec};
 use tally::ids::TenantId;
 use tally::ingest::{self, IngestError, Inputs, RunReport};
-use tally::progress::Progress;
 use tally::invoice::{self, InvoiceError};
+use tally::progress::Progress;
 use tally::quarantine::{Quarantine, Reason};
-use tally::source::Input;
-use tally::generate::cur::CurSpec;
 use tally::reconcile::{self as reconcile, ReconcileError};
+use tally::source::Input;
 use tally::store::sqlite::SqliteStore;
 use tally::store::{CounterStore, PeriodUsage, WriteStats};
 use tally::usage::Usage;
@@ -36,10 +36,14 @@ mod exit {
 }
 
 #[derive(Parser)]
-#[command(name = "tally", version, about = "Meter and bill generative-AI usage per tenant, from Amazon Bedrock's own records.",
+#[command(
+    name = "tally",
+    version,
+    about = "Meter and bill generative-AI usage per tenant, from Amazon Bedrock's own records.",
     long_about = "Meter and bill generative-AI usage per tenant, from Amazon Bedrock's own records.\n\n\
     Ingest model-invocation logs into per-tenant counters (exactly once), and read them back.\n\
-    Start with `tally demo`, which runs the pipeline on generated fixtures.")]
+    Start with `tally demo`, which runs the pipeline on generated fixtures."
+)]
 struct Cli {
     /// The config file. Without it, `tally.toml` in the current folder is used if present,
     /// otherwise built-in defaults.
@@ -318,7 +322,9 @@ fn init_logging(format: &str) {
 fn load_config(explicit: Option<&Path>) -> anyhow::Result<Config> {
     let (config, path) = match explicit {
         Some(p) => (Config::load(p)?, p.to_path_buf()),
-        None if Path::new("tally.toml").exists() => (Config::load(Path::new("tally.toml"))?, PathBuf::from("tally.toml")),
+        None if Path::new("tally.toml").exists() => {
+            (Config::load(Path::new("tally.toml"))?, PathBuf::from("tally.toml"))
+        }
         None => return Ok(Config::defaults_in(PathBuf::from("."))),
     };
     if config.store.backend == "dynamodb" && !cfg!(feature = "aws") {
@@ -369,7 +375,11 @@ fn dynamodb_store(config: &Config) -> anyhow::Result<tally::store::dynamodb::Dyn
     let st = &config.store;
     let settings = DynamoSettings {
         table: st.table.clone(),
-        aws: tally::aws::AwsSettings { region: st.region.clone(), endpoint_url: st.endpoint_url.clone(), max_attempts: None },
+        aws: tally::aws::AwsSettings {
+            region: st.region.clone(),
+            endpoint_url: st.endpoint_url.clone(),
+            max_attempts: None,
+        },
         shards: st.shards,
         lease: Duration::from_secs_f64(st.lease_seconds),
         // Dedup buckets outlive the dedup window by two days.
@@ -426,7 +436,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let (report, writes) = ingest_inputs(&config, inputs, follow, quiet || json)?;
             let last_run = ingest::last_run_path(&config.resolve(&config.ingest.quarantine));
             // A run that read nothing new leaves the last one that did on show.
-            let read_something = report.files_read + report.objects_read + report.streams_read + report.files_failed > 0;
+            let read_something =
+                report.files_read + report.objects_read + report.streams_read + report.files_failed > 0;
             if read_something {
                 if let Err(e) = ingest::LastRun::of(&report).save(&last_run) {
                     tracing::warn!(file = %last_run.display(), error = %e, "cannot save the run report for `tally status`");
@@ -501,8 +512,32 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
-        Command::Generate { out, tenants, records, month, seed, body_bytes, plain_fraction, duplicate_fraction, records_per_object, hours, json } => {
-            let spec = Spec { out, tenants, records, month, seed, body_bytes, plain_fraction, duplicate_fraction, records_per_object, hours, ..Spec::default() };
+        Command::Generate {
+            out,
+            tenants,
+            records,
+            month,
+            seed,
+            body_bytes,
+            plain_fraction,
+            duplicate_fraction,
+            records_per_object,
+            hours,
+            json,
+        } => {
+            let spec = Spec {
+                out,
+                tenants,
+                records,
+                month,
+                seed,
+                body_bytes,
+                plain_fraction,
+                duplicate_fraction,
+                records_per_object,
+                hours,
+                ..Spec::default()
+            };
             let summary = generate::generate(&spec)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -546,7 +581,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::GenerateCur { fixtures, out, month, lines, rows_per_file, drift, tag, seed, json } => {
             let out = out.unwrap_or_else(|| fixtures.join("cur"));
-            let spec = CurSpec { tenant_tag: tag, drift, lines, rows_per_file, seed, ..CurSpec::new(fixtures, out, month) };
+            let spec =
+                CurSpec { tenant_tag: tag, drift, lines, rows_per_file, seed, ..CurSpec::new(fixtures, out, month) };
             let summary = tally::generate::cur::generate(&spec)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -582,18 +618,24 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             let as_of = match as_of {
                 None => None,
-                Some(t) => Some(tally::ids::parse_timestamp(&t).with_context(|| format!("--as-of {t:?}: not an RFC 3339 time such as 2025-11-15T12:00:00Z"))?),
+                Some(t) => Some(
+                    tally::ids::parse_timestamp(&t)
+                        .with_context(|| format!("--as-of {t:?}: not an RFC 3339 time such as 2025-11-15T12:00:00Z"))?,
+                ),
             };
             let shared = Arc::new(config.clone());
             let options = tally::serve::Options {
                 open: Arc::new(move || open_reader(&shared)),
                 as_of,
-                webhook_backoff: Duration::from_millis(std::env::var("TALLY_WEBHOOK_BACKOFF_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(500)),
+                webhook_backoff: Duration::from_millis(
+                    std::env::var("TALLY_WEBHOOK_BACKOFF_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(500),
+                ),
                 backend: config.store.backend.clone(),
             };
             let setup = config.serve_setup().map_err(|(f, m)| anyhow::anyhow!("config field `{f}`: {m}"))?;
             let listen = &config.serve.listen;
-            let listener = std::net::TcpListener::bind(listen).map_err(|e| anyhow::anyhow!("cannot listen on {listen} (serve.listen): {e}"))?;
+            let listener = std::net::TcpListener::bind(listen)
+                .map_err(|e| anyhow::anyhow!("cannot listen on {listen} (serve.listen): {e}"))?;
             // One line on stdout when bound, for scripts and tests that chose port 0.
             println!("listening on http://{}", listener.local_addr()?);
             tally::serve::run(setup, options, listener, tally::serve::shutdown_signal())?;
@@ -642,13 +684,19 @@ fn toml_string(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
 }
 
-fn ingest_inputs(config: &Config, inputs: Vec<Input>, follow: bool, quiet: bool) -> anyhow::Result<(RunReport, Option<WriteStats>)> {
+fn ingest_inputs(
+    config: &Config,
+    inputs: Vec<Input>,
+    follow: bool,
+    quiet: bool,
+) -> anyhow::Result<(RunReport, Option<WriteStats>)> {
     one_malloc_arena();
     let pipeline = config.pipeline()?;
     let mut inputs = Inputs::new(inputs, &config.sources)?;
     let settings = config.ingest_settings(follow);
     let mut store = open_store(config)?;
-    let mut quarantine = Quarantine::new(config.resolve(&config.ingest.quarantine)).with_limit(config.ingest.quarantine_max_bytes);
+    let mut quarantine =
+        Quarantine::new(config.resolve(&config.ingest.quarantine)).with_limit(config.ingest.quarantine_max_bytes);
     let shutdown = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, shutdown.clone()).context("cannot install signal handler")?;
@@ -673,8 +721,10 @@ impl Bar {
         }
         let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
         bar.set_style(
-            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({bytes_per_sec}) {msg}")
-                .expect("valid template"),
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({bytes_per_sec}) {msg}",
+            )
+            .expect("valid template"),
         );
         Bar(Some(bar))
     }
@@ -730,7 +780,10 @@ fn print_report(r: &RunReport) {
         println!("quarantined {} records → {}", r.quarantined, r.quarantine_file);
     }
     if r.quarantine_omitted > 0 {
-        println!("  of which {} counted but not written: the run reached ingest.quarantine_max_bytes", r.quarantine_omitted);
+        println!(
+            "  of which {} counted but not written: the run reached ingest.quarantine_max_bytes",
+            r.quarantine_omitted
+        );
     }
     if r.unattributed > 0 || r.conflicts > 0 {
         println!("unattributed records: {}; tenant-rule conflicts: {}", r.unattributed, r.conflicts);
@@ -769,7 +822,14 @@ fn usage_header() -> String {
 fn usage_cells(u: &Usage) -> String {
     format!(
         "{:>9} {:>7} {:>8} {:>12} {:>12} {:>12} {:>12} {:>14}",
-        u.requests, u.errors, u.no_usage, u.input, u.output, u.cache_read, u.cache_write, u.est_cost.round_dp(6)
+        u.requests,
+        u.errors,
+        u.no_usage,
+        u.input,
+        u.output,
+        u.cache_read,
+        u.cache_write,
+        u.est_cost.round_dp(6)
     )
 }
 
@@ -789,7 +849,8 @@ fn print_meter(u: &PeriodUsage) {
 fn demo(out: &Path, tenants: usize, records: u64, json: bool, quiet: bool) -> anyhow::Result<u8> {
     let spec = Spec { out: out.to_path_buf(), tenants, records, ..Spec::default() };
     let summary = generate::generate(&spec)?;
-    let mut config_text = std::fs::read_to_string(&summary.config).with_context(|| format!("cannot read {}", summary.config.display()))?;
+    let mut config_text = std::fs::read_to_string(&summary.config)
+        .with_context(|| format!("cannot read {}", summary.config.display()))?;
     config_text.push_str(&tally::invoice::plan::demo_plans(tenants));
     // An admin key for `tally serve` on the demo counters, printed below (only its hash is kept).
     let admin_key = tally::serve::auth::new_key()?;
@@ -797,7 +858,8 @@ fn demo(out: &Path, tenants: usize, records: u64, json: bool, quiet: bool) -> an
         "\n[[serve.keys]]\nhash = \"{}\"\nadmin = true\nname = \"demo-admin\"\n",
         tally::serve::auth::hash_text(&admin_key)
     ));
-    std::fs::write(&summary.config, config_text).with_context(|| format!("cannot write {}", summary.config.display()))?;
+    std::fs::write(&summary.config, config_text)
+        .with_context(|| format!("cannot write {}", summary.config.display()))?;
     let config = Config::load(&summary.config)?;
     let invoices = out.join(&spec.month).join(tally::tables::INVOICES);
     if invoices.exists() {
@@ -816,16 +878,30 @@ fn demo(out: &Path, tenants: usize, records: u64, json: bool, quiet: bool) -> an
     let provisional = invoice_period(&config, &spec.month, out)?;
     // The nightly reconcile on a CUR generated to bill the same logs, then the final invoices.
     let cur = tally::generate::cur::generate(&CurSpec::new(out.to_path_buf(), out.join("cur"), spec.month.clone()))?;
-    let reconciled = reconcile_period(&config, &spec.month, &cur.cur2.to_string_lossy(), out, ReconcileOptions { quiet: quiet || json, ..Default::default() })?;
+    let reconciled = reconcile_period(
+        &config,
+        &spec.month,
+        &cur.cur2.to_string_lossy(),
+        out,
+        ReconcileOptions { quiet: quiet || json, ..Default::default() },
+    )?;
     let invoiced = invoice_period(&config, &spec.month, out)?;
     if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"ingest": report, "period": spec.month, "reconcile": reconciled, "invoice": invoiced}))?
+            serde_json::to_string_pretty(
+                &serde_json::json!({"ingest": report, "period": spec.month, "reconcile": reconciled, "invoice": invoiced})
+            )?
         );
         return Ok(0);
     }
-    println!("tally demo · {} records for {} tenants in {} (generated under {})\n", records, spec.tenants, spec.month, out.display());
+    println!(
+        "tally demo · {} records for {} tenants in {} (generated under {})\n",
+        records,
+        spec.tenants,
+        spec.month,
+        out.display()
+    );
     print_report(&report);
     println!(
         "\nprovisional invoices before reconcile: {} (charge {}, estimated cost {})",
@@ -851,7 +927,6 @@ fn demo(out: &Path, tenants: usize, records: u64, json: bool, quiet: bool) -> an
     Ok(0)
 }
 
-
 #[derive(Default)]
 struct ReconcileOptions {
     csv: bool,
@@ -859,11 +934,23 @@ struct ReconcileOptions {
     quiet: bool,
 }
 
-fn reconcile_period(config: &Config, period: &str, cur: &str, out: &Path, o: ReconcileOptions) -> anyhow::Result<reconcile::Report> {
+fn reconcile_period(
+    config: &Config,
+    period: &str,
+    cur: &str,
+    out: &Path,
+    o: ReconcileOptions,
+) -> anyhow::Result<reconcile::Report> {
     let cur = tally::cur::load::CurInput::parse(cur, &config.sources)?;
     let pipeline = config.pipeline()?;
     let store = open_store(config)?;
-    let request = reconcile::Request { period: period.to_string(), cur, out: out.to_path_buf(), csv: o.csv, cost_explorer: o.cost_explorer };
+    let request = reconcile::Request {
+        period: period.to_string(),
+        cur,
+        out: out.to_path_buf(),
+        csv: o.csv,
+        cost_explorer: o.cost_explorer,
+    };
     Ok(reconcile::run(&request, &config.reconcile, &pipeline, &*store, &Bar::new(o.quiet))?)
 }
 

@@ -90,7 +90,9 @@ mod tests {
 
     #[test]
     fn doubles_read_back_as_the_decimal_that_was_written() {
-        for text in ["0.093944", "0.0000474", "0.0000012", "5.5", "0.0000000001", "9999.9999999999", "123456.789", "-0.25"] {
+        for text in
+            ["0.093944", "0.0000474", "0.0000012", "5.5", "0.0000000001", "9999.9999999999", "123456.789", "-0.25"]
+        {
             let v: f64 = text.parse().unwrap();
             assert_eq!(from_units(to_units_f64(v).unwrap()), dec(text), "{text}");
         }

@@ -42,11 +42,19 @@ impl Month {
     }
 
     pub fn next(self) -> Month {
-        if self.month == 12 { Month { year: self.year + 1, month: 1 } } else { Month { year: self.year, month: self.month + 1 } }
+        if self.month == 12 {
+            Month { year: self.year + 1, month: 1 }
+        } else {
+            Month { year: self.year, month: self.month + 1 }
+        }
     }
 
     pub fn previous(self) -> Month {
-        if self.month == 1 { Month { year: self.year - 1, month: 12 } } else { Month { year: self.year, month: self.month - 1 } }
+        if self.month == 1 {
+            Month { year: self.year - 1, month: 12 }
+        } else {
+            Month { year: self.year, month: self.month - 1 }
+        }
     }
 
     /// The first day.
@@ -74,7 +82,10 @@ mod tests {
     #[test]
     fn months_parse_strictly_and_step_across_years() {
         let m = Month::parse("2025-12").unwrap();
-        assert_eq!((m.year(), m.number(), m.next().to_string(), m.previous().to_string()), (2025, 12, "2026-01".into(), "2025-11".into()));
+        assert_eq!(
+            (m.year(), m.number(), m.next().to_string(), m.previous().to_string()),
+            (2025, 12, "2026-01".into(), "2025-11".into())
+        );
         assert_eq!(Month::parse("2026-01").unwrap().previous().to_string(), "2025-12");
         assert_eq!(Month::parse("2025-11").unwrap().range(), (1_761_955_200, 1_764_547_200));
         for bad in ["2025-13", "2025-00", "2025-1", "+202-01", "2025/01", "", "2025-011"] {

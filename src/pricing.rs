@@ -39,7 +39,12 @@ pub struct TokenPrices {
 impl TokenPrices {
     fn half(&self) -> TokenPrices {
         let h = |d: Decimal| d / Decimal::TWO;
-        TokenPrices { input: h(self.input), output: h(self.output), cache_read: h(self.cache_read), cache_write: h(self.cache_write) }
+        TokenPrices {
+            input: h(self.input),
+            output: h(self.output),
+            cache_read: h(self.cache_read),
+            cache_write: h(self.cache_write),
+        }
     }
 }
 
@@ -224,7 +229,8 @@ impl Catalog {
             }
             let num = |field: &str, v: Option<&RawValue>| -> Result<Option<Decimal>, CatalogError> {
                 v.map(|v| {
-                    let d = json_number(v.get()).ok_or_else(|| err(format!("{key}.{field}: not an exact number: {}", v.get())))?;
+                    let d = json_number(v.get())
+                        .ok_or_else(|| err(format!("{key}.{field}: not an exact number: {}", v.get())))?;
                     checked_price(d).map_err(|why| err(format!("{key}.{field}: {why}")))
                 })
                 .transpose()
@@ -233,7 +239,8 @@ impl Catalog {
                 input: num("input_cost_per_token", e.input_cost_per_token)?.unwrap_or_default(),
                 output: num("output_cost_per_token", e.output_cost_per_token)?.unwrap_or_default(),
                 cache_read: num("cache_read_input_token_cost", e.cache_read_input_token_cost)?.unwrap_or_default(),
-                cache_write: num("cache_creation_input_token_cost", e.cache_creation_input_token_cost)?.unwrap_or_default(),
+                cache_write: num("cache_creation_input_token_cost", e.cache_creation_input_token_cost)?
+                    .unwrap_or_default(),
             };
             let half = on_demand.half();
             let batch = TokenPrices {
@@ -265,12 +272,8 @@ fn checked_price(d: Decimal) -> Result<Decimal, String> {
 /// A JSON number's text as an exact decimal (`3.5e-08` → 0.000000035).
 fn json_number(text: &str) -> Option<Decimal> {
     let t = text.trim();
-    if t.contains(['e', 'E']) {
-        Decimal::from_scientific(t).ok()
-    } else {
-        Decimal::from_str(t).ok()
-    }
-    .map(|d| d.normalize())
+    if t.contains(['e', 'E']) { Decimal::from_scientific(t).ok() } else { Decimal::from_str(t).ok() }
+        .map(|d| d.normalize())
 }
 
 /// A price written as a string (`"0.035"`) or an integer; floats are refused so a price is
@@ -294,9 +297,9 @@ impl<'de> Deserialize<'de> for ExactDecimal {
                 .map_err(|_| serde::de::Error::custom(format!("{s:?} is not a decimal number"))),
             Raw::Int(i) if i >= 0 => Ok(ExactDecimal(Decimal::from(i))),
             Raw::Int(_) => Err(serde::de::Error::custom("a price cannot be negative")),
-            Raw::Float(f) => Err(serde::de::Error::custom(format!(
-                "write prices as strings so they stay exact, e.g. \"{f}\""
-            ))),
+            Raw::Float(f) => {
+                Err(serde::de::Error::custom(format!("write prices as strings so they stay exact, e.g. \"{f}\"")))
+            }
         }
     }
 }
@@ -325,7 +328,8 @@ mod tests {
 
     #[test]
     fn floats_are_refused() {
-        let e = Catalog::from_toml("[[price]]\nmodel = \"m\"\nper = \"1M\"\ninput = 0.035\n", "prices.toml").unwrap_err();
+        let e =
+            Catalog::from_toml("[[price]]\nmodel = \"m\"\nper = \"1M\"\ninput = 0.035\n", "prices.toml").unwrap_err();
         assert!(e.to_string().contains("strings"), "{e}");
     }
 

@@ -134,7 +134,9 @@ fn parse_from<'a>(mut s: Scanner<'a>, opts: &ParseOptions) -> Result<Parsed<'a>,
         other => {
             // A scalar is only peeked at by its first byte: `not json` starts like `null`.
             return Err(match s.skip_value() {
-                Ok(()) if s.at_end() => Reject::new(Reason::NotARecord, format!("top-level value is {}", kind_name(other))),
+                Ok(()) if s.at_end() => {
+                    Reject::new(Reason::NotARecord, format!("top-level value is {}", kind_name(other)))
+                }
                 _ => Reject::new(Reason::NonJson, "not a JSON value"),
             });
         }
@@ -181,7 +183,9 @@ fn opt_count(s: &mut Scanner<'_>, field: &str, opts: &ParseOptions) -> Result<Op
                 Reason::AbsurdCount,
                 format!("field `{field}` is {n}, above the ceiling of {}", opts.max_token_count),
             )),
-            Number::TooLarge => Err(Reject::new(Reason::AbsurdCount, format!("field `{field}` does not fit in 64 bits"))),
+            Number::TooLarge => {
+                Err(Reject::new(Reason::AbsurdCount, format!("field `{field}` does not fit in 64 bits")))
+            }
             Number::Negative => Err(Reject::new(Reason::NegativeCount, format!("field `{field}` is negative"))),
             Number::Fractional => Err(Reject::new(Reason::WrongType, format!("field `{field}` is not a whole number"))),
         },
@@ -342,7 +346,9 @@ fn check_metadata(raw: &[u8]) -> Result<(), Reject> {
     let mut first = true;
     while s.next_key(&mut first).map_err(syntax)?.is_some() {
         match s.peek_kind().map_err(syntax)? {
-            Kind::String => drop(s.string().map_err(|e| Reject::new(Reason::MalformedJson, format!("requestMetadata: {e}")))?),
+            Kind::String => {
+                drop(s.string().map_err(|e| Reject::new(Reason::MalformedJson, format!("requestMetadata: {e}")))?)
+            }
             _ => s.skip_value().map_err(syntax)?,
         }
     }
@@ -522,7 +528,10 @@ mod tests {
             r#"{{"output":{{"outputBodyJson":[{{"a":"}}"}}],"outputTokenCount":38}},"input":{{"cacheWriteInputTokenCount":5,"inputBodyJson":{{"x":[1,2,{{}}]}},"inputTokenCount":4}},{BASE},"schemaType":"ModelInvocationLog"}}"#
         );
         let r = check(&text).unwrap();
-        assert_eq!((r.input_tokens, r.output_tokens, r.cache_write_tokens, r.cache_read_tokens), (Some(4), Some(38), Some(5), None));
+        assert_eq!(
+            (r.input_tokens, r.output_tokens, r.cache_write_tokens, r.cache_read_tokens),
+            (Some(4), Some(38), Some(5), None)
+        );
         assert!(!r.no_usage_reported());
     }
 
@@ -537,7 +546,10 @@ mod tests {
     fn bad_fields_have_their_own_reasons() {
         assert_eq!(reason(r#"{"requestId":"r","modelId":"m"}"#), Reason::MissingTimestamp);
         assert_eq!(reason(r#"{"timestamp":"2025-01-01T00:00:00Z","modelId":"m"}"#), Reason::MissingRequestId);
-        assert_eq!(reason(r#"{"timestamp":"2025-01-01T00:00:00Z","requestId":"","modelId":"m"}"#), Reason::MissingRequestId);
+        assert_eq!(
+            reason(r#"{"timestamp":"2025-01-01T00:00:00Z","requestId":"","modelId":"m"}"#),
+            Reason::MissingRequestId
+        );
         assert_eq!(reason(r#"{"timestamp":"2025-01-01T00:00:00Z","requestId":"r"}"#), Reason::MissingModelId);
         assert_eq!(reason(&format!(r#"{{{BASE},"input":{{"inputTokenCount":"12"}}}}"#)), Reason::WrongType);
         assert_eq!(reason(&format!(r#"{{{BASE},"input":{{"inputTokenCount":-1}}}}"#)), Reason::NegativeCount);

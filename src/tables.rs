@@ -7,7 +7,9 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, BooleanArray, Decimal128Array, Int64Array, StringArray, TimestampSecondArray};
+use datafusion::arrow::array::{
+    ArrayRef, BooleanArray, Decimal128Array, Int64Array, StringArray, TimestampSecondArray,
+};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;

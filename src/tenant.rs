@@ -188,12 +188,18 @@ impl Resolver {
             Target::ApplicationProfile { id } => id.as_str(),
             _ => model_id.rsplit('/').next().unwrap_or(model_id),
         };
-        self.profiles.get(id).or_else(|| {
-            self.profiles.iter().find(|(k, _)| k.rsplit('/').next() == Some(id)).map(|(_, v)| v)
-        })
+        self.profiles
+            .get(id)
+            .or_else(|| self.profiles.iter().find(|(k, _)| k.rsplit('/').next() == Some(id)).map(|(_, v)| v))
     }
 
-    fn by_rule(&self, rule: Rule, rec: &LogRecord<'_>, profile: Option<&ProfileInfo>, names: &mut Names) -> Option<TenantId> {
+    fn by_rule(
+        &self,
+        rule: Rule,
+        rec: &LogRecord<'_>,
+        profile: Option<&ProfileInfo>,
+        names: &mut Names,
+    ) -> Option<TenantId> {
         match rule {
             Rule::RequestMetadata => {
                 let meta = rec.request_metadata?;

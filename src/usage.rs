@@ -230,8 +230,9 @@ impl<'c> Metering<'c> {
 
     /// Measures one record. The only reject left at this stage is a bad timestamp.
     pub fn measure(&mut self, rec: &LogRecord<'_>) -> Result<Measured, Reject> {
-        let ts = ids::parse_timestamp(&rec.timestamp)
-            .ok_or_else(|| Reject::new(Reason::BadTimestamp, format!("`timestamp` {:?} is not an ISO-8601 UTC time", rec.timestamp)))?;
+        let ts = ids::parse_timestamp(&rec.timestamp).ok_or_else(|| {
+            Reject::new(Reason::BadTimestamp, format!("`timestamp` {:?} is not an ISO-8601 UTC time", rec.timestamp))
+        })?;
         if self.latest.is_some_and(|latest| ts > latest) {
             return Err(Reject::new(
                 Reason::BadTimestamp,
@@ -294,8 +295,8 @@ pub fn add_to(sums: &mut Sums, key: &CounterKey, usage: &Usage) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tenant::TenancyConfig;
     use crate::record::{parse_record, ParseOptions};
+    use crate::tenant::TenancyConfig;
 
     #[test]
     fn a_record_is_measured_with_exact_cost_in_its_own_hour() {

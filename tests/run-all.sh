@@ -28,6 +28,9 @@ source tests/moto.sh
 start_moto
 export TALLY_TEST_REQUIRE_AWS=1
 
+# Formatting first: it fails in seconds (the rules are in rustfmt.toml).
+cargo fmt --check
+
 # A clean build gains nothing from incremental state, which would take ~3 GB of CI's disk.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 cargo build --all-targets

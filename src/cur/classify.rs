@@ -19,7 +19,8 @@ pub enum TokenType {
 }
 
 impl TokenType {
-    pub const TOKENS: [TokenType; 4] = [TokenType::Input, TokenType::Output, TokenType::CacheRead, TokenType::CacheWrite];
+    pub const TOKENS: [TokenType; 4] =
+        [TokenType::Input, TokenType::Output, TokenType::CacheRead, TokenType::CacheWrite];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -100,7 +101,12 @@ mod tests {
         check("USE1-ClaudeV2-input-tokens", "1K tokens", TokenType::Input, Some(1_000));
         check("USE1-ClaudeV2-output-tokens", "1K tokens", TokenType::Output, Some(1_000));
         check("USE1-Claude4.6Sonnet-cache-read-input-token-count", "1K tokens", TokenType::CacheRead, Some(1_000));
-        check("USE1-Claude4Sonnet-cache-write-input-token-count-cross-region-global", "1K tokens", TokenType::CacheWrite, Some(1_000));
+        check(
+            "USE1-Claude4Sonnet-cache-write-input-token-count-cross-region-global",
+            "1K tokens",
+            TokenType::CacheWrite,
+            Some(1_000),
+        );
         check("USE1-Claude4.6Sonnet-output-tokens-cross-region-global", "1K tokens", TokenType::Output, Some(1_000));
         check("USE1-NovaMicro-input-tokens-batch", "1K tokens", TokenType::Input, Some(1_000));
         check("USE1-Nova2.0Lite-input-tokens-flex", "1K tokens", TokenType::Input, Some(1_000));

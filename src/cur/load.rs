@@ -36,9 +36,9 @@ use datafusion::parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 
-pub use super::scan::{GroupKey, GroupSums};
 use super::partition::partition_matches;
 use super::scan::{self, FilePlan, Groups, PlanError};
+pub use super::scan::{GroupKey, GroupSums};
 use crate::month::Month;
 use crate::progress::Progress;
 
@@ -49,7 +49,9 @@ pub enum CurError {
     Folder { path: PathBuf, message: String },
     #[error("cur file {path}: not a readable Parquet file: {message}")]
     NotParquet { path: PathBuf, message: String },
-    #[error("cur file {path}: missing column `{column}` (a CUR line item always has it; is this a Cost and Usage Report?)")]
+    #[error(
+        "cur file {path}: missing column `{column}` (a CUR line item always has it; is this a Cost and Usage Report?)"
+    )]
     MissingColumn { path: PathBuf, column: String },
     #[error("cur file {path}: column `{column}` has type {found}, expected {expected}")]
     WrongType { path: PathBuf, column: String, found: String, expected: String },
@@ -104,7 +106,8 @@ impl CurInput {
         }
         #[cfg(feature = "aws")]
         {
-            let mut url = crate::aws::S3Url::parse(arg).map_err(|message| CurError::Folder { path: arg.into(), message })?;
+            let mut url =
+                crate::aws::S3Url::parse(arg).map_err(|message| CurError::Folder { path: arg.into(), message })?;
             url.prefix = url.prefix.trim_start_matches('/').to_string();
             Ok(CurInput::S3 { url, aws: sources.aws() })
         }
@@ -160,11 +163,13 @@ pub fn load(dir: &Path, opts: &LoadOptions, progress: &dyn Progress) -> Result<C
 pub fn load_from(input: &CurInput, opts: &LoadOptions, progress: &dyn Progress) -> Result<CurSnapshot, CurError> {
     let (year, month) = parse_period(&opts.period)?;
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()
-        .map_err(|e| CurError::Folder { path: input.to_string().into(), message: format!("cannot start the reader runtime: {e}") })?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build().map_err(|e| {
+            CurError::Folder {
+                path: input.to_string().into(),
+                message: format!("cannot start the reader runtime: {e}"),
+            }
+        })?;
     let (store, files, in_flight): (Arc<dyn ObjectStore>, Vec<CurFile>, usize) = match input {
         CurInput::Folder(dir) => (Arc::new(LocalFileSystem::new()), local_files(dir, year, month)?, threads),
         #[cfg(feature = "aws")]
@@ -183,24 +188,29 @@ pub fn load_from(input: &CurInput, opts: &LoadOptions, progress: &dyn Progress) 
     progress.start(total);
     runtime.block_on(async {
         // Footers first (small reads), so a file that is not a CUR fails before any is scanned.
-        let opened: Vec<Arc<OpenFile>> = futures::stream::iter(files.into_iter().map(|file| open(store.clone(), file, year, month, opts)))
-            .buffered(in_flight)
-            .map(|r| r.map(Arc::new))
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect::<Result<_, _>>()?;
+        let opened: Vec<Arc<OpenFile>> =
+            futures::stream::iter(files.into_iter().map(|file| open(store.clone(), file, year, month, opts)))
+                .buffered(in_flight)
+                .map(|r| r.map(Arc::new))
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .collect::<Result<_, _>>()?;
         let tasks = opened.iter().flat_map(|f| {
             let groups = f.metadata.metadata().row_groups();
             let code = code_leaf(f);
-            let share = |rg: &RowGroupMetaData| f.file.size * rg.num_rows().max(0) as u64 / (f.metadata.metadata().file_metadata().num_rows().max(1) as u64);
+            let share = |rg: &RowGroupMetaData| {
+                f.file.size * rg.num_rows().max(0) as u64
+                    / (f.metadata.metadata().file_metadata().num_rows().max(1) as u64)
+            };
             groups.iter().enumerate().map(move |(i, rg)| {
                 let all_bedrock = code.is_some_and(|c| scan::all_bedrock(rg.column(c).statistics()));
                 let (f, bytes) = (f.clone(), share(rg));
                 async move {
                     let name = f.file.name.clone();
                     let joined = tokio::spawn(scan_row_group(f, i, all_bedrock)).await;
-                    let groups = joined.map_err(|e| CurError::Read { path: name, message: format!("a reader task failed: {e}") })??;
+                    let groups = joined
+                        .map_err(|e| CurError::Read { path: name, message: format!("a reader task failed: {e}") })??;
                     Ok::<_, CurError>((groups, bytes))
                 }
             })
@@ -227,20 +237,32 @@ pub fn load_from(input: &CurInput, opts: &LoadOptions, progress: &dyn Progress) 
 }
 
 /// Reads a file's footer and plans how to read it from its schema.
-async fn open(store: Arc<dyn ObjectStore>, file: CurFile, year: i32, month: u32, opts: &LoadOptions) -> Result<OpenFile, CurError> {
+async fn open(
+    store: Arc<dyn ObjectStore>,
+    file: CurFile,
+    year: i32,
+    month: u32,
+    opts: &LoadOptions,
+) -> Result<OpenFile, CurError> {
     let not_parquet = |e: ParquetError| CurError::NotParquet { path: file.name.clone(), message: e.to_string() };
     let mut reader = StoreReader::new(&store, &file);
     // The schema Parquet's own types give (not an embedded Arrow schema), so every writer's
     // files are read alike.
-    let metadata = ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new().with_skip_arrow_metadata(true))
-        .await
-        .map_err(not_parquet)?;
+    let metadata =
+        ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new().with_skip_arrow_metadata(true))
+            .await
+            .map_err(not_parquet)?;
     let plan = FilePlan::new(metadata.schema(), year, month, &opts.tenant_tag).map_err(|e| match e {
         PlanError::MissingColumn(column) => CurError::MissingColumn { path: file.name.clone(), column },
-        PlanError::WrongType { column, found, expected } => CurError::WrongType { path: file.name.clone(), column, found, expected },
+        PlanError::WrongType { column, found, expected } => {
+            CurError::WrongType { path: file.name.clone(), column, found, expected }
+        }
     })?;
-    let metadata = ArrowReaderMetadata::try_new(metadata.metadata().clone(), ArrowReaderOptions::new().with_schema(plan.reader_schema()))
-        .map_err(|e| CurError::Read { path: file.name.clone(), message: e.to_string() })?;
+    let metadata = ArrowReaderMetadata::try_new(
+        metadata.metadata().clone(),
+        ArrowReaderOptions::new().with_schema(plan.reader_schema()),
+    )
+    .map_err(|e| CurError::Read { path: file.name.clone(), message: e.to_string() })?;
     Ok(OpenFile { store, file, metadata, plan: Arc::new(plan) })
 }
 
@@ -250,7 +272,11 @@ fn code_leaf(f: &OpenFile) -> Option<usize> {
 }
 
 /// One row group's Bedrock lines, summed.
-async fn scan_row_group(f: Arc<OpenFile>, row_group: usize, all_bedrock: bool) -> Result<Vec<(GroupKey, GroupSums)>, CurError> {
+async fn scan_row_group(
+    f: Arc<OpenFile>,
+    row_group: usize,
+    all_bedrock: bool,
+) -> Result<Vec<(GroupKey, GroupSums)>, CurError> {
     let read_err = |message: String| CurError::Read { path: f.file.name.clone(), message };
     let reader = StoreReader::new(&f.store, &f.file);
     let mask = ProjectionMask::roots(f.metadata.parquet_schema(), f.plan.projection(all_bedrock));
@@ -290,14 +316,21 @@ impl AsyncFileReader for StoreReader {
         async move { self.store.get_range(&self.location, range).await.map_err(store_err) }.boxed()
     }
 
-    fn get_byte_ranges(&mut self, ranges: Vec<std::ops::Range<u64>>) -> BoxFuture<'_, Result<Vec<bytes::Bytes>, ParquetError>> {
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<std::ops::Range<u64>>,
+    ) -> BoxFuture<'_, Result<Vec<bytes::Bytes>, ParquetError>> {
         async move { self.store.get_ranges(&self.location, &ranges).await.map_err(store_err) }.boxed()
     }
 
-    fn get_metadata<'a>(&'a mut self, options: Option<&'a ArrowReaderOptions>) -> BoxFuture<'a, Result<Arc<ParquetMetaData>, ParquetError>> {
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, Result<Arc<ParquetMetaData>, ParquetError>> {
         async move {
             let size = self.size;
-            let reader = ParquetMetaDataReader::new().with_metadata_options(options.map(|o| o.metadata_options().clone()));
+            let reader =
+                ParquetMetaDataReader::new().with_metadata_options(options.map(|o| o.metadata_options().clone()));
             Ok(Arc::new(reader.load_and_finish(self, size).await?))
         }
         .boxed()
@@ -312,8 +345,10 @@ fn local_files(dir: &Path, year: i32, month: u32) -> Result<Vec<CurFile>, CurErr
     period_files(dir, year, month)?
         .into_iter()
         .map(|(path, size)| {
-            let absolute = std::path::absolute(&path).map_err(|e| CurError::Folder { path: path.clone(), message: e.to_string() })?;
-            let location = ObjectPath::from_absolute_path(&absolute).map_err(|e| CurError::Folder { path: path.clone(), message: e.to_string() })?;
+            let absolute = std::path::absolute(&path)
+                .map_err(|e| CurError::Folder { path: path.clone(), message: e.to_string() })?;
+            let location = ObjectPath::from_absolute_path(&absolute)
+                .map_err(|e| CurError::Folder { path: path.clone(), message: e.to_string() })?;
             Ok(CurFile { location, name: path, size })
         })
         .collect()
@@ -321,13 +356,22 @@ fn local_files(dir: &Path, year: i32, month: u32) -> Result<Vec<CurFile>, CurErr
 
 /// Lists the period's objects.
 #[cfg(feature = "aws")]
-async fn s3_files(url: &crate::aws::S3Url, aws: &crate::aws::AwsSettings, year: i32, month: u32) -> Result<(Arc<dyn ObjectStore>, Vec<CurFile>), CurError> {
+async fn s3_files(
+    url: &crate::aws::S3Url,
+    aws: &crate::aws::AwsSettings,
+    year: i32,
+    month: u32,
+) -> Result<(Arc<dyn ObjectStore>, Vec<CurFile>), CurError> {
     let folder_err = |message: String| CurError::Folder { path: url.to_string().into(), message };
     let store = super::s3::SdkStore::connect(aws, &url.bucket).await;
     let objects = super::s3::list_period(&store, url, year, month).await.map_err(|e| folder_err(e.to_string()))?;
     let files = objects
         .into_iter()
-        .map(|o| CurFile { name: PathBuf::from(format!("s3://{}/{}", url.bucket, o.location.as_ref())), location: o.location, size: o.size })
+        .map(|o| CurFile {
+            name: PathBuf::from(format!("s3://{}/{}", url.bucket, o.location.as_ref())),
+            location: o.location,
+            size: o.size,
+        })
         .collect();
     Ok((Arc::new(store), files))
 }
@@ -375,11 +419,10 @@ fn period_files(dir: &Path, year: i32, month: u32) -> Result<Vec<(PathBuf, u64)>
 mod tests {
     use super::*;
 
-
+    use crate::money;
     use datafusion::arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray};
     use datafusion::parquet::arrow::ArrowWriter;
     use datafusion::parquet::file::properties::WriterProperties;
-    use crate::money;
 
     /// Legacy-CUR rows: (code, product name, tag, billing period start, cost).
     fn legacy_batch(rows: &[(&str, &str, Option<&str>, &str, f64)]) -> RecordBatch {
@@ -395,14 +438,18 @@ mod tests {
             ("line_item_line_item_type", text(&|_| Some("Usage".into()))),
             ("line_item_usage_type", text(&|_| Some("USE1-Claude3Haiku-input-tokens".into()))),
             ("line_item_resource_id", text(&|_| None)),
-            ("line_item_unblended_cost", Arc::new(rows.iter().map(|r| Some(r.4)).collect::<Float64Array>()) as ArrayRef),
+            (
+                "line_item_unblended_cost",
+                Arc::new(rows.iter().map(|r| Some(r.4)).collect::<Float64Array>()) as ArrayRef,
+            ),
         ])
         .unwrap()
     }
 
     fn write(path: &Path, dictionary: bool, row_groups: &[RecordBatch]) {
         let props = WriterProperties::builder().set_dictionary_enabled(dictionary).build();
-        let mut w = ArrowWriter::try_new(std::fs::File::create(path).unwrap(), row_groups[0].schema(), Some(props)).unwrap();
+        let mut w =
+            ArrowWriter::try_new(std::fs::File::create(path).unwrap(), row_groups[0].schema(), Some(props)).unwrap();
         for rg in row_groups {
             w.write(rg).unwrap();
             w.flush().unwrap();
@@ -423,7 +470,13 @@ mod tests {
                 ("AmazonBedrock", "Amazon Bedrock", Some("  "), "2025-11-01T00:00:00Z", 0.2),
             ]),
             legacy_batch(&[
-                ("7g37zhparap7eesm9k78jrzqc", "Claude 3 Haiku (Amazon Bedrock Edition)", Some("acme"), "2025-11-01T00:00:00Z", 0.3),
+                (
+                    "7g37zhparap7eesm9k78jrzqc",
+                    "Claude 3 Haiku (Amazon Bedrock Edition)",
+                    Some("acme"),
+                    "2025-11-01T00:00:00Z",
+                    0.3,
+                ),
                 ("AmazonEC2", "Amazon Elastic Compute Cloud", Some("acme"), "2025-11-01T00:00:00Z", 5.0),
                 ("AmazonBedrock", "Amazon Bedrock", Some("acme"), "2025-10-01T00:00:00Z", 7.0),
             ]),
@@ -436,11 +489,18 @@ mod tests {
             let snap = load(&path, &opts, &crate::progress::NoProgress).unwrap();
             assert_eq!(snap.lines(), 3, "dictionary {dictionary}");
             let by_code = |code: &str, tag: Option<&str>| {
-                snap.groups.iter().filter(|(k, _)| k.product_code == code && k.tag.as_deref() == tag).map(|(_, s)| (s.lines, s.cost)).collect::<Vec<_>>()
+                snap.groups
+                    .iter()
+                    .filter(|(k, _)| k.product_code == code && k.tag.as_deref() == tag)
+                    .map(|(_, s)| (s.lines, s.cost))
+                    .collect::<Vec<_>>()
             };
             assert_eq!(by_code("AmazonBedrock", Some("acme")), vec![(1, money::to_units_text("0.1").unwrap())]);
             assert_eq!(by_code("AmazonBedrock", None), vec![(1, money::to_units_text("0.2").unwrap())]);
-            assert_eq!(by_code("7g37zhparap7eesm9k78jrzqc", Some("acme")), vec![(1, money::to_units_text("0.3").unwrap())]);
+            assert_eq!(
+                by_code("7g37zhparap7eesm9k78jrzqc", Some("acme")),
+                vec![(1, money::to_units_text("0.3").unwrap())]
+            );
             assert!(snap.groups.keys().all(|k| k.day == "2025-11-03" && k.resource.is_empty()));
             results.push(snap.groups);
         }

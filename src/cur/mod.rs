@@ -7,6 +7,6 @@
 pub mod classify;
 pub mod load;
 mod partition;
-mod scan;
 #[cfg(feature = "aws")]
 pub mod s3;
+mod scan;

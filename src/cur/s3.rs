@@ -23,8 +23,9 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use datafusion::object_store::path::Path;
 use datafusion::object_store::{
-    Attributes, CopyOptions, Error as StoreError, GetOptions, GetRange, GetResult, GetResultPayload, ListResult, MultipartUpload,
-    ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult, Result as StoreResult,
+    Attributes, CopyOptions, Error as StoreError, GetOptions, GetRange, GetResult, GetResultPayload, ListResult,
+    MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult,
+    Result as StoreResult,
 };
 use futures::stream::{self, BoxStream, StreamExt};
 
@@ -93,7 +94,14 @@ impl SdkStore {
 
     async fn head(&self, location: &Path) -> StoreResult<ObjectMeta> {
         let key = location.as_ref();
-        let head = self.client.head_object().bucket(&self.bucket).key(key).send().await.map_err(|e| sdk_error(&self.url(key), e))?;
+        let head = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| sdk_error(&self.url(key), e))?;
         Ok(ObjectMeta {
             location: location.clone(),
             last_modified: head.last_modified().map(to_chrono).unwrap_or_default(),
@@ -142,7 +150,12 @@ where
     let detail: Box<dyn std::error::Error + Send + Sync> = match &e {
         SdkError::ServiceError(s) => {
             let status = s.raw().status().as_u16();
-            format!("{} (HTTP {status}): {}", if code.is_empty() { "error" } else { code.as_str() }, s.err().message().unwrap_or("no message")).into()
+            format!(
+                "{} (HTTP {status}): {}",
+                if code.is_empty() { "error" } else { code.as_str() },
+                s.err().message().unwrap_or("no message")
+            )
+            .into()
         }
         _ => DisplayErrorContext(&e).to_string().into(),
     };
@@ -166,7 +179,9 @@ fn content_range(header: &str) -> Option<(Range<u64>, u64)> {
 }
 
 fn read_only(operation: &str) -> StoreError {
-    StoreError::NotSupported { source: format!("{operation}: tally reads the CUR bucket and never writes to it").into() }
+    StoreError::NotSupported {
+        source: format!("{operation}: tally reads the CUR bucket and never writes to it").into(),
+    }
 }
 
 #[async_trait]
@@ -194,7 +209,10 @@ impl ObjectStore for SdkStore {
         if let Some(range) = &options.range {
             req = req.range(match range {
                 GetRange::Bounded(r) if r.start >= r.end => {
-                    return Err(StoreError::Generic { store: STORE, source: format!("{}: empty range {r:?}", self.url(key)).into() })
+                    return Err(StoreError::Generic {
+                        store: STORE,
+                        source: format!("{}: empty range {r:?}", self.url(key)).into(),
+                    })
                 }
                 GetRange::Bounded(r) => format!("bytes={}-{}", r.start, r.end - 1),
                 GetRange::Offset(o) => format!("bytes={o}-"),
@@ -231,7 +249,12 @@ impl ObjectStore for SdkStore {
                 }
             }
         });
-        Ok(GetResult { payload: GetResultPayload::Stream(body.boxed()), meta, range, attributes: Attributes::default() })
+        Ok(GetResult {
+            payload: GetResultPayload::Stream(body.boxed()),
+            meta,
+            range,
+            attributes: Attributes::default(),
+        })
     }
 
     fn delete_stream(&self, locations: BoxStream<'static, StoreResult<Path>>) -> BoxStream<'static, StoreResult<Path>> {

@@ -98,7 +98,10 @@ pub enum PlanError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum MapOrColumn {
     /// `map_column[key]` (CUR 2.0).
-    Map { column: String, key: String },
+    Map {
+        column: String,
+        key: String,
+    },
     /// A flat column (legacy CUR).
     Column(String),
     Absent,
@@ -141,7 +144,13 @@ impl FilePlan {
             match has(c) {
                 None => {}
                 Some(t) if t.is_numeric() || is_text(&t) => {}
-                Some(t) => return Err(PlanError::WrongType { column: c.into(), found: t.to_string(), expected: "a number".into() }),
+                Some(t) => {
+                    return Err(PlanError::WrongType {
+                        column: c.into(),
+                        found: t.to_string(),
+                        expected: "a number".into(),
+                    })
+                }
             }
         }
         let map_or_column = |map: &str, key: String, flat: String| match (has(map), has(&flat)) {
@@ -153,7 +162,10 @@ impl FilePlan {
         let product = map_or_column("product", "product_name".into(), "product_product_name".into());
 
         let mut columns = Vec::new();
-        for name in [CODE, USAGE_TYPE, COST, START, LINE_TYPE, RESOURCE, UNIT, DESCRIPTION, AMOUNT, PERIOD].into_iter().chain(tag.column()) {
+        for name in [CODE, USAGE_TYPE, COST, START, LINE_TYPE, RESOURCE, UNIT, DESCRIPTION, AMOUNT, PERIOD]
+            .into_iter()
+            .chain(tag.column())
+        {
             if let Ok(i) = file_schema.index_of(name) {
                 if !columns.contains(&i) {
                     columns.push(i);
@@ -166,7 +178,13 @@ impl FilePlan {
             .fields()
             .iter()
             .enumerate()
-            .map(|(i, f)| if wanted.contains(&i) { f.as_ref().clone().with_data_type(as_dictionaries(f.data_type())) } else { f.as_ref().clone() })
+            .map(|(i, f)| {
+                if wanted.contains(&i) {
+                    f.as_ref().clone().with_data_type(as_dictionaries(f.data_type()))
+                } else {
+                    f.as_ref().clone()
+                }
+            })
             .collect();
         let next = Month::parse(&format!("{year:04}-{month:02}")).expect("a parsed period").next();
         let period = (month_start_nanos(year, month), month_start_nanos(next.year(), next.number()));
@@ -204,7 +222,6 @@ pub fn all_bedrock(stats: Option<&datafusion::parquet::file::statistics::Statist
         && s.max_bytes_opt() == Some(BEDROCK.as_bytes())
 }
 
-
 fn month_start_nanos(year: i32, month: u32) -> i64 {
     let d = chrono::NaiveDate::from_ymd_opt(year, month, 1).expect("a valid period");
     d.and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp() * 1_000_000_000
@@ -217,7 +234,8 @@ fn as_dictionaries(t: &DataType) -> DataType {
         DataType::Utf8 => DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
         DataType::Map(entries, sorted) => match entries.data_type() {
             DataType::Struct(kv) => {
-                let kv: Vec<Field> = kv.iter().map(|f| f.as_ref().clone().with_data_type(as_dictionaries(f.data_type()))).collect();
+                let kv: Vec<Field> =
+                    kv.iter().map(|f| f.as_ref().clone().with_data_type(as_dictionaries(f.data_type()))).collect();
                 let entries = entries.as_ref().clone().with_data_type(DataType::Struct(kv.into()));
                 DataType::Map(Arc::new(entries), *sorted)
             }
@@ -416,7 +434,6 @@ impl Groups {
         Ok(())
     }
 
-
     /// The groups with their strings.
     pub fn into_keys(self) -> Vec<(GroupKey, GroupSums)> {
         let name = |id: Id| self.strings.names[id as usize].to_string();
@@ -452,15 +469,25 @@ impl Groups {
 
     /// Fills `self.ids[slot]` with one id per row of `column` (`column[map_key]` for a map);
     /// a missing column is all NULL.
-    fn text(&mut self, column: Option<&ArrayRef>, map_key: Option<&str>, slot: usize, how: Text, n: usize) -> Result<(), String> {
+    fn text(
+        &mut self,
+        column: Option<&ArrayRef>,
+        map_key: Option<&str>,
+        slot: usize,
+        how: Text,
+        n: usize,
+    ) -> Result<(), String> {
         let mut out = std::mem::take(&mut self.ids[slot]);
         out.clear();
         match (column, map_key) {
             (None, _) => out.resize(n, null_id(how)),
-            (Some(column), None) => element_ids(&mut self.strings, &mut self.dictionaries[slot], column, how, &mut out)?,
+            (Some(column), None) => {
+                element_ids(&mut self.strings, &mut self.dictionaries[slot], column, how, &mut out)?
+            }
             (Some(column), Some(key)) => {
                 let map = column.as_map_opt().ok_or_else(|| format!("expected a map, found {}", column.data_type()))?;
-                let (key_slot, value_slot) = if slot == S_TAG { (S_TAG_KEYS, S_TAG_VALUES) } else { (S_PRODUCT_KEYS, S_PRODUCT_VALUES) };
+                let (key_slot, value_slot) =
+                    if slot == S_TAG { (S_TAG_KEYS, S_TAG_VALUES) } else { (S_PRODUCT_KEYS, S_PRODUCT_VALUES) };
                 let mut keys = std::mem::take(&mut self.ids[key_slot]);
                 let mut values = std::mem::take(&mut self.ids[value_slot]);
                 element_ids(&mut self.strings, &mut self.dictionaries[key_slot], map.keys(), Text::Plain, &mut keys)?;
@@ -485,12 +512,22 @@ impl Groups {
 
 /// The id of NULL.
 fn null_id(how: Text) -> Id {
-    if how == Text::Tag { NO_TAG } else { 0 }
+    if how == Text::Tag {
+        NO_TAG
+    } else {
+        0
+    }
 }
 
 /// One id per element of a text array: a dictionary's values are interned once per column
 /// chunk, other text one value at a time (remembering the last: CUR lines come in runs).
-fn element_ids(strings: &mut Interner, cache: &mut DictionaryIds, array: &ArrayRef, how: Text, out: &mut Vec<Id>) -> Result<(), String> {
+fn element_ids(
+    strings: &mut Interner,
+    cache: &mut DictionaryIds,
+    array: &ArrayRef,
+    how: Text,
+    out: &mut Vec<Id>,
+) -> Result<(), String> {
     out.clear();
     if let Some(dict) = array.as_dictionary_opt::<Int32Type>() {
         let values = dict.values();
@@ -544,7 +581,9 @@ fn same_values(a: &ArrayRef, b: &ArrayRef) -> bool {
     }
     match (a.as_string_opt::<i32>(), b.as_string_opt::<i32>()) {
         (Some(a), Some(b)) => {
-            a.len() == b.len() && a.values().as_ptr() == b.values().as_ptr() && a.offsets().as_ptr() == b.offsets().as_ptr()
+            a.len() == b.len()
+                && a.values().as_ptr() == b.values().as_ptr()
+                && a.offsets().as_ptr() == b.offsets().as_ptr()
         }
         _ => false,
     }
@@ -569,7 +608,8 @@ fn utf8(column: &ArrayRef) -> Result<ArrayRef, String> {
 
 /// A date or time column as `CAST(column AS TIMESTAMP)` (nanoseconds, UTC).
 fn timestamps(column: &ArrayRef) -> Result<datafusion::arrow::array::PrimitiveArray<TimestampNanosecondType>, String> {
-    let ts = cast_with_options(column, &DataType::Timestamp(TimeUnit::Nanosecond, None), &cast_options()).map_err(arrow_err)?;
+    let ts = cast_with_options(column, &DataType::Timestamp(TimeUnit::Nanosecond, None), &cast_options())
+        .map_err(arrow_err)?;
     Ok(ts.as_primitive::<TimestampNanosecondType>().clone())
 }
 
@@ -586,7 +626,9 @@ fn units(name: &str, column: Option<&ArrayRef>, n: usize, keep: &[bool], out: &m
         out.resize(n, 0);
         return Ok(());
     };
-    let bad = |row: usize, v: &dyn std::fmt::Display| format!("column `{name}`, row {row}: {v} is not a finite amount within ±10¹²");
+    let bad = |row: usize, v: &dyn std::fmt::Display| {
+        format!("column `{name}`, row {row}: {v} is not a finite amount within ±10¹²")
+    };
     match column.data_type() {
         DataType::Float64 | DataType::Float32 | DataType::Float16 => {
             let doubles = cast_with_options(column, &DataType::Float64, &cast_options()).map_err(arrow_err)?;

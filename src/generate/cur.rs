@@ -24,7 +24,9 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, Float64Array, MapBuilder, StringArray, StringBuilder, TimestampMillisecondArray};
+use datafusion::arrow::array::{
+    ArrayRef, Float64Array, MapBuilder, StringArray, StringBuilder, TimestampMillisecondArray,
+};
 use datafusion::arrow::datatypes::{Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::parquet::arrow::ArrowWriter;
@@ -61,7 +63,16 @@ pub struct CurSpec {
 
 impl CurSpec {
     pub fn new(fixtures: PathBuf, out: PathBuf, month: String) -> CurSpec {
-        CurSpec { fixtures, out, month, tenant_tag: "tenant".into(), drift: Decimal::new(3, 1), lines: 0, rows_per_file: 250_000, seed: 1 }
+        CurSpec {
+            fixtures,
+            out,
+            month,
+            tenant_tag: "tenant".into(),
+            drift: Decimal::new(3, 1),
+            lines: 0,
+            rows_per_file: 250_000,
+            seed: 1,
+        }
     }
 }
 
@@ -113,7 +124,8 @@ pub fn generate(spec: &CurSpec) -> anyhow::Result<CurSummary> {
     use anyhow::Context;
     let truth_path = spec.fixtures.join("truth.json");
     let truth: Truth = serde_json::from_reader(io::BufReader::new(
-        File::open(&truth_path).with_context(|| format!("cannot open {} (run `tally generate` first)", truth_path.display()))?,
+        File::open(&truth_path)
+            .with_context(|| format!("cannot open {} (run `tally generate` first)", truth_path.display()))?,
     ))
     .with_context(|| format!("{} is not a generator truth file", truth_path.display()))?;
     let config = crate::config::Config::load(&spec.fixtures.join("tally.toml"))?;
@@ -145,10 +157,19 @@ pub fn generate(spec: &CurSpec) -> anyhow::Result<CurSummary> {
     }
     let mut w = Writers::new(spec, &cur2, &legacy)?;
     let mut rng = Rng(spec.seed ^ 0xc0_57);
-    let mut summary = CurSummary { cur2: cur2.clone(), legacy: legacy.clone(), files: 0, lines: 0, usage_lines: 0, usage_cost: Decimal::ZERO };
+    let mut summary = CurSummary {
+        cur2: cur2.clone(),
+        legacy: legacy.clone(),
+        files: 0,
+        lines: 0,
+        usage_lines: 0,
+        usage_cost: Decimal::ZERO,
+    };
     let mut day_cost = Decimal::ZERO;
     let mut last_day = None;
-    let (prev_start, _) = crate::store::month_range(&crate::month::Month::parse(&spec.month).map(|m| m.previous().to_string()).unwrap_or_default())?;
+    let (prev_start, _) = crate::store::month_range(
+        &crate::month::Month::parse(&spec.month).map(|m| m.previous().to_string()).unwrap_or_default(),
+    )?;
 
     // A few lines of the previous billing period, in its own partition.
     for h in 0..3 {
@@ -172,7 +193,10 @@ pub fn generate(spec: &CurSpec) -> anyhow::Result<CurSummary> {
         let prices = crate::reconcile::token_prices(&pipeline, resource);
         let target = Target::parse(resource);
         let profile = pipeline.resolver.profile(resource, &target);
-        let model = profile.and_then(|p| p.model.clone()).or_else(|| target.model().map(str::to_string)).unwrap_or_else(|| resource.clone());
+        let model = profile
+            .and_then(|p| p.model.clone())
+            .or_else(|| target.model().map(str::to_string))
+            .unwrap_or_else(|| resource.clone());
         let marketplace = resource == MARKETPLACE_MODEL;
         let line_resource = match resource_key(resource) {
             None => String::new(),
@@ -183,18 +207,38 @@ pub fn generate(spec: &CurSpec) -> anyhow::Result<CurSummary> {
         let markup = if is_drifting { Decimal::ONE + spec.drift } else { Decimal::ONE };
         let owner = profile.and_then(|p| p.owner.clone());
         let tag = owner.filter(|o| o.as_str().bytes().last().is_some_and(|b| b % 2 == 1)).map(|o| o.to_string());
-        let qualifier = if matches!(&target, Target::SystemProfile { prefix, .. } if prefix == "global") { "-cross-region-global" } else { "" };
+        let qualifier = if matches!(&target, Target::SystemProfile { prefix, .. } if prefix == "global") {
+            "-cross-region-global"
+        } else {
+            ""
+        };
         for (i, &tokens) in counts.iter().enumerate() {
             if tokens == 0 {
                 continue;
             }
-            let per_token = prices.map(|p| [p.input, p.output, p.cache_read, p.cache_write][i]).unwrap_or_default() * markup;
+            let per_token =
+                prices.map(|p| [p.input, p.output, p.cache_read, p.cache_write][i]).unwrap_or_default() * markup;
             let (usage_type, unit, per_unit, product_code, product_name) = if marketplace {
-                let kind = ["InputTokenCount", "OutputTokenCount", "CacheReadInputTokenCount", "CacheWriteInputTokenCount"][i];
-                (format!("USE1-MP:USE1_{kind}-Units"), "Units", Decimal::from(1_000_000), MARKETPLACE_CODE.to_string(), "Claude 3 Haiku (Amazon Bedrock Edition)".to_string())
+                let kind =
+                    ["InputTokenCount", "OutputTokenCount", "CacheReadInputTokenCount", "CacheWriteInputTokenCount"][i];
+                (
+                    format!("USE1-MP:USE1_{kind}-Units"),
+                    "Units",
+                    Decimal::from(1_000_000),
+                    MARKETPLACE_CODE.to_string(),
+                    "Claude 3 Haiku (Amazon Bedrock Edition)".to_string(),
+                )
             } else {
-                let kind = ["input-tokens", "output-tokens", "cache-read-input-token-count", "cache-write-input-token-count"][i];
-                (format!("USE1-{}-{kind}{qualifier}", model_code(&model)), "1K tokens", Decimal::from(1_000), "AmazonBedrock".to_string(), "Amazon Bedrock".to_string())
+                let kind =
+                    ["input-tokens", "output-tokens", "cache-read-input-token-count", "cache-write-input-token-count"]
+                        [i];
+                (
+                    format!("USE1-{}-{kind}{qualifier}", model_code(&model)),
+                    "1K tokens",
+                    Decimal::from(1_000),
+                    "AmazonBedrock".to_string(),
+                    "Amazon Bedrock".to_string(),
+                )
             };
             let rate = (per_token * per_unit).normalize();
             for p in 0..parts {
@@ -240,7 +284,14 @@ pub fn generate(spec: &CurSpec) -> anyhow::Result<CurSummary> {
 
 /// The lines each day ends with: usage of a profile nobody metered, a weekly credit, on the
 /// first day tax and a refund, and some non-Bedrock lines.
-fn extras(w: &mut Writers, hour: i64, month_start: i64, rng: &mut Rng, s: &mut CurSummary, day_cost: Decimal) -> anyhow::Result<u64> {
+fn extras(
+    w: &mut Writers,
+    hour: i64,
+    month_start: i64,
+    rng: &mut Rng,
+    s: &mut CurSummary,
+    day_cost: Decimal,
+) -> anyhow::Result<u64> {
     let mut n = 0;
     let orphan = orphan_line(hour, month_start, rng);
     s.usage_lines += 1;
@@ -342,7 +393,6 @@ fn money10(d: Decimal) -> Decimal {
     d.round_dp_with_strategy(crate::money::SCALE, RoundingStrategy::MidpointNearestEven).normalize()
 }
 
-
 fn to_f64(d: Decimal) -> f64 {
     f64::from_str(&d.to_string()).expect("a decimal's text is a valid double")
 }
@@ -428,7 +478,10 @@ impl Writers {
 }
 
 fn write_batch(path: &Path, batch: &RecordBatch) -> anyhow::Result<()> {
-    let props = WriterProperties::builder().set_compression(Compression::SNAPPY).set_max_row_group_row_count(Some(128 * 1024)).build();
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(128 * 1024))
+        .build();
     let mut w = ArrowWriter::try_new(File::create(path)?, batch.schema(), Some(props))?;
     w.write(batch)?;
     w.close()?;
@@ -436,14 +489,20 @@ fn write_batch(path: &Path, batch: &RecordBatch) -> anyhow::Result<()> {
 }
 
 fn common_columns(lines: &[Line]) -> Vec<(String, ArrayRef)> {
-    let text = |f: &dyn Fn(&Line) -> String| -> ArrayRef { Arc::new(StringArray::from_iter_values(lines.iter().map(f))) };
+    let text =
+        |f: &dyn Fn(&Line) -> String| -> ArrayRef { Arc::new(StringArray::from_iter_values(lines.iter().map(f))) };
     let time = |f: &dyn Fn(&Line) -> i64| -> ArrayRef {
         Arc::new(TimestampMillisecondArray::from_iter_values(lines.iter().map(|l| f(l) * 1000)).with_timezone("UTC"))
     };
-    let num = |f: &dyn Fn(&Line) -> Decimal| -> ArrayRef { Arc::new(Float64Array::from_iter_values(lines.iter().map(|l| to_f64(f(l))))) };
+    let num = |f: &dyn Fn(&Line) -> Decimal| -> ArrayRef {
+        Arc::new(Float64Array::from_iter_values(lines.iter().map(|l| to_f64(f(l)))))
+    };
     vec![
         ("identity_line_item_id".into(), text(&|l| format!("{:016x}{:016x}", mix(l.id), mix(l.id ^ 0x5eed)))),
-        ("identity_time_interval".into(), text(&|l| format!("{}/{}", ids::hour_label(l.start), ids::hour_label(l.start + 3600)))),
+        (
+            "identity_time_interval".into(),
+            text(&|l| format!("{}/{}", ids::hour_label(l.start), ids::hour_label(l.start + 3600))),
+        ),
         ("bill_billing_period_start_date".into(), time(&|l| l.period_start)),
         ("bill_payer_account_id".into(), text(&|_| PAYER.into())),
         ("line_item_usage_account_id".into(), text(&|l| l.account.clone())),
@@ -493,12 +552,21 @@ fn cur2_batch(lines: &[Line], tag: &str) -> anyhow::Result<RecordBatch> {
 /// tagged, `product_inference_type` in every other file, columns in another order.
 fn legacy_batch(lines: &[Line], tag: &str, n: u64) -> anyhow::Result<RecordBatch> {
     let mut cols = common_columns(lines);
-    cols.push(("product_product_name".into(), Arc::new(StringArray::from_iter_values(lines.iter().map(|l| l.product_name.clone())))));
+    cols.push((
+        "product_product_name".into(),
+        Arc::new(StringArray::from_iter_values(lines.iter().map(|l| l.product_name.clone()))),
+    ));
     if n % 2 == 0 {
-        cols.push(("product_inference_type".into(), Arc::new(StringArray::from_iter_values(lines.iter().map(|_| "On-demand")))));
+        cols.push((
+            "product_inference_type".into(),
+            Arc::new(StringArray::from_iter_values(lines.iter().map(|_| "On-demand"))),
+        ));
     }
     if lines.iter().any(|l| l.tag.is_some()) {
-        cols.push((format!("resource_tags_user_{tag}"), Arc::new(StringArray::from_iter(lines.iter().map(|l| Some(l.tag.clone().unwrap_or_default()))))));
+        cols.push((
+            format!("resource_tags_user_{tag}"),
+            Arc::new(StringArray::from_iter(lines.iter().map(|l| Some(l.tag.clone().unwrap_or_default())))),
+        ));
     }
     if n % 2 == 1 {
         cols.reverse();

@@ -167,8 +167,16 @@ const POOL_MODEL: &str = "amazon.nova-lite-v1:0";
 /// The models callers use, in the forms they are logged in; (modelId, is_embedding, caches).
 const MODELS: [(&str, bool, bool); 8] = [
     ("anthropic.claude-3-haiku-20240307-v1:0", false, false),
-    ("arn:aws:bedrock:us-east-1:111122223333:inference-profile/us.anthropic.claude-haiku-4-5-20251001-v1:0", false, true),
-    ("arn:aws:bedrock:us-east-1:111122223333:inference-profile/global.anthropic.claude-sonnet-4-20250514-v1:0", false, true),
+    (
+        "arn:aws:bedrock:us-east-1:111122223333:inference-profile/us.anthropic.claude-haiku-4-5-20251001-v1:0",
+        false,
+        true,
+    ),
+    (
+        "arn:aws:bedrock:us-east-1:111122223333:inference-profile/global.anthropic.claude-sonnet-4-20250514-v1:0",
+        false,
+        true,
+    ),
     ("amazon.nova-micro-v1:0", false, false),
     ("amazon.nova-lite-v1:0", false, true),
     ("arn:aws:bedrock:us-east-1::foundation-model/amazon.nova-pro-v1:0", false, false),
@@ -207,7 +215,13 @@ pub fn generate(spec: &Spec) -> io::Result<Summary> {
     // Zipf-like tenant sizes: a few big tenants, a long tail.
     let weights: Vec<f64> = (0..tenants.len()).map(|k| 1.0 / ((k + 1) as f64).powf(1.1)).collect();
     let total_w: f64 = weights.iter().sum();
-    let cumulative: Vec<f64> = weights.iter().scan(0.0, |acc, w| { *acc += w / total_w; Some(*acc) }).collect();
+    let cumulative: Vec<f64> = weights
+        .iter()
+        .scan(0.0, |acc, w| {
+            *acc += w / total_w;
+            Some(*acc)
+        })
+        .collect();
 
     let month_hours = ((month_end - month_start) / 3600) as u64;
     let hours = spec.hours.map_or(month_hours, |h| h.clamp(1, month_hours));
@@ -272,7 +286,8 @@ pub fn generate(spec: &Spec) -> io::Result<Summary> {
             fs::create_dir_all(&dir)?;
             let name = format!("{}_{:016x}.json.gz", t.format("%Y%m%dT%H%M%SZ"), rng.next() ^ i as u64);
             let path = dir.join(name);
-            let mut gz = flate2::write::GzEncoder::new(BufWriter::new(File::create(&path)?), flate2::Compression::new(6));
+            let mut gz =
+                flate2::write::GzEncoder::new(BufWriter::new(File::create(&path)?), flate2::Compression::new(6));
             for (_, l) in chunk {
                 gz.write_all(l.as_bytes())?;
                 gz.write_all(b"\n")?;
@@ -328,7 +343,12 @@ fn parse_back(line: &str) -> (u64, u64, u64, u64, u64, u64) {
     let v: serde_json::Value = serde_json::from_str(line).expect("generated JSON is valid");
     let n = |p: &str| v.pointer(p).and_then(|x| x.as_u64());
     let error = v.get("errorCode").is_some();
-    let counts = [n("/input/inputTokenCount"), n("/output/outputTokenCount"), n("/input/cacheReadInputTokenCount"), n("/input/cacheWriteInputTokenCount")];
+    let counts = [
+        n("/input/inputTokenCount"),
+        n("/output/outputTokenCount"),
+        n("/input/cacheReadInputTokenCount"),
+        n("/input/cacheWriteInputTokenCount"),
+    ];
     let none = counts.iter().all(Option::is_none);
     let c = |i: usize| counts[i].unwrap_or(0);
     (c(0), c(1), c(2), c(3), u64::from(error), u64::from(none && !error))
@@ -396,7 +416,12 @@ fn write_record(line: &mut String, rng: &mut Rng, t: &Tenant, ts: i64, body: usi
             r#","input":{{"inputContentType":"application/json","inputBodyJson":{{"messages":[{{"role":"user","content":[{{"text":"{prompt}\nquote: \"ok\""}}]}}],"inferenceConfig":{{"maxTokens":1024}}}},"inputTokenCount":{input}"#
         );
         if caches && rng.chance(0.3) {
-            let _ = write!(line, r#","cacheReadInputTokenCount":{},"cacheWriteInputTokenCount":{}"#, rng.around(2000.0), rng.around(300.0));
+            let _ = write!(
+                line,
+                r#","cacheReadInputTokenCount":{},"cacheWriteInputTokenCount":{}"#,
+                rng.around(2000.0),
+                rng.around(300.0)
+            );
         } else if caches {
             line.push_str(r#","cacheReadInputTokenCount":0,"cacheWriteInputTokenCount":0"#);
         }
@@ -431,7 +456,11 @@ fn config_text(tenants: &[Tenant]) -> String {
     );
     let _ = write!(s, "\n[[tenancy.profiles]]\nprofile = \"{SHARED_POOL}\"\nshared = true\nmodel = \"{POOL_MODEL}\"\n");
     for t in tenants.iter().filter(|t| t.how == Attribution::DedicatedProfile) {
-        let _ = write!(s, "\n[[tenancy.profiles]]\nprofile = \"{}\"\ntenant = \"{}\"\nmodel = \"{AIP_MODEL}\"\n", t.aip, t.name);
+        let _ = write!(
+            s,
+            "\n[[tenancy.profiles]]\nprofile = \"{}\"\ntenant = \"{}\"\nmodel = \"{AIP_MODEL}\"\n",
+            t.aip, t.name
+        );
     }
     s
 }

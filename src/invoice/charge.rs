@@ -42,7 +42,13 @@ impl TokenUsage {
 
 impl From<&crate::usage::Usage> for TokenUsage {
     fn from(u: &crate::usage::Usage) -> Self {
-        TokenUsage { input: u.input, output: u.output, cache_read: u.cache_read, cache_write: u.cache_write, requests: u.requests }
+        TokenUsage {
+            input: u.input,
+            output: u.output,
+            cache_read: u.cache_read,
+            cache_write: u.cache_write,
+            requests: u.requests,
+        }
     }
 }
 
@@ -137,7 +143,9 @@ pub fn charges(plan: &Plan, sub: &Subscription, basis: &Basis) -> (Vec<Charge>, 
             lines.push(fee(plan, monthly_fee));
             let (over_line, used) = match a {
                 Allowance::Tokens { included } => token_overage(basis.usage.tokens(), included, overage_rate, "quota"),
-                Allowance::Credits { included, credit_usd } => credit_overage(basis.estimated_cost, included, credit_usd, overage_rate),
+                Allowance::Credits { included, credit_usd } => {
+                    credit_overage(basis.estimated_cost, included, credit_usd, overage_rate)
+                }
             };
             lines.extend(over_line);
             allowance = Some(used);
@@ -179,7 +187,12 @@ fn fee(plan: &Plan, monthly_fee: Decimal) -> Charge {
 fn token_overage(used: u64, included: u64, rate: Decimal, what: &str) -> (Option<Charge>, AllowanceUse) {
     let over = used.saturating_sub(included);
     let thousands = Decimal::from(over) / Decimal::ONE_THOUSAND;
-    let position = AllowanceUse { unit: Unit::Tokens, included: Decimal::from(included), used: Decimal::from(used), over: Decimal::from(over) };
+    let position = AllowanceUse {
+        unit: Unit::Tokens,
+        included: Decimal::from(included),
+        used: Decimal::from(used),
+        over: Decimal::from(over),
+    };
     let amount = round_cents(thousands * rate);
     let line = (!amount.is_zero()).then(|| Charge {
         kind: LineKind::Overage,
@@ -195,10 +208,20 @@ fn token_overage(used: u64, included: u64, rate: Decimal, what: &str) -> (Option
 /// Credits beyond `included`, at `rate` per credit; one credit is `credit_usd` of list-price
 /// usage. The amount is (estimate − included × credit_usd) × rate ÷ credit_usd: one division,
 /// then the one rounding.
-fn credit_overage(estimate: Decimal, included: Decimal, credit_usd: Decimal, rate: Decimal) -> (Option<Charge>, AllowanceUse) {
+fn credit_overage(
+    estimate: Decimal,
+    included: Decimal,
+    credit_usd: Decimal,
+    rate: Decimal,
+) -> (Option<Charge>, AllowanceUse) {
     let over_usd = (estimate - included * credit_usd).max(Decimal::ZERO);
     let credits = |usd: Decimal| (usd / credit_usd).round_dp(QUANTITY_PLACES).normalize();
-    let position = AllowanceUse { unit: Unit::Credits, included: included.normalize(), used: credits(estimate), over: credits(over_usd) };
+    let position = AllowanceUse {
+        unit: Unit::Credits,
+        included: included.normalize(),
+        used: credits(estimate),
+        over: credits(over_usd),
+    };
     let amount = round_cents(over_usd * rate / credit_usd);
     let line = (!amount.is_zero()).then(|| Charge {
         kind: LineKind::Overage,
@@ -247,7 +270,14 @@ mod tests {
         Decimal::from_str(s).unwrap()
     }
 
-    fn check(pricing: Pricing, seats: u64, tokens: u64, estimate: &str, reconciled: Option<&str>, expected: &[(LineKind, &str)]) {
+    fn check(
+        pricing: Pricing,
+        seats: u64,
+        tokens: u64,
+        estimate: &str,
+        reconciled: Option<&str>,
+        expected: &[(LineKind, &str)],
+    ) {
         let plan = Plan { name: "p".into(), pricing, requests_per_day: None, alerts: Default::default() };
         let sub = Subscription { plan: "p".into(), seats };
         let basis = Basis {
@@ -263,7 +293,14 @@ mod tests {
 
     #[test]
     fn rounding_is_to_cents_half_away_from_zero() {
-        for (x, want) in [("0.005", "0.01"), ("0.015", "0.02"), ("0.0049999", "0.00"), ("-0.005", "-0.01"), ("2", "2.00"), ("1.255", "1.26")] {
+        for (x, want) in [
+            ("0.005", "0.01"),
+            ("0.015", "0.02"),
+            ("0.0049999", "0.00"),
+            ("-0.005", "-0.01"),
+            ("2", "2.00"),
+            ("1.255", "1.26"),
+        ] {
             assert_eq!(round_cents(d(x)).to_string(), want, "{x}");
         }
     }
@@ -273,13 +310,21 @@ mod tests {
         use LineKind::*;
         let bundled = Pricing::Bundled { monthly_fee: d("49.999") };
         check(bundled, 0, 10_000_000, "500", Some("800"), &[(Fee, "50.00")]);
-        let quota = Pricing::Quota { monthly_fee: d("100"), allowance: Allowance::Tokens { included: 1_000_000 }, overage_rate: d("0.015") };
+        let quota = Pricing::Quota {
+            monthly_fee: d("100"),
+            allowance: Allowance::Tokens { included: 1_000_000 },
+            overage_rate: d("0.015"),
+        };
         check(quota, 0, 999_999, "1", None, &[(Fee, "100.00")]);
         // 1,000,333 tokens: 0.333K over × 0.015 = 0.004995 → 0.00: no line.
         check(quota, 0, 1_000_333, "1", None, &[(Fee, "100.00")]);
         // 1,000,334: 0.00501 → 0.01, pro rata, not a whole block.
         check(quota, 0, 1_000_334, "1", None, &[(Fee, "100.00"), (Overage, "0.01")]);
-        let credits = Pricing::Quota { monthly_fee: d("10"), allowance: Allowance::Credits { included: d("100"), credit_usd: d("0.03") }, overage_rate: d("0.05") };
+        let credits = Pricing::Quota {
+            monthly_fee: d("10"),
+            allowance: Allowance::Credits { included: d("100"), credit_usd: d("0.03") },
+            overage_rate: d("0.05"),
+        };
         // 3.5 USD of estimate = 116.67 credits; 16.67 over × 0.05 = (3.5 − 3) × 0.05 / 0.03 = 0.8333… → 0.83.
         check(credits, 0, 5, "3.5", Some("9"), &[(Fee, "10.00"), (Overage, "0.83")]);
         let metered = Pricing::Metered { markup: d("4"), minimum: d("20") };

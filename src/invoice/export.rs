@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use super::charge::{round_cents, sum_cents, AllowanceUse, LineKind, TokenUsage};
 use super::issue::{Invoice, Issued, Line, MarginRow, Status};
 use super::plan::PlanKind;
-use crate::money;
 use crate::ids::TenantId;
+use crate::money;
 use crate::tables::{self, Col};
 
 /// The `schema` value of every document of this version.
@@ -113,7 +113,14 @@ impl From<&Invoice> for InvoiceV1 {
             lines: i.lines.iter().map(LineV1::from).collect(),
             total: i.total,
             cumulative_total: i.cumulative_total,
-            usage: UsageV1 { input: u.input, output: u.output, cache_read: u.cache_read, cache_write: u.cache_write, tokens: u.tokens(), requests: u.requests },
+            usage: UsageV1 {
+                input: u.input,
+                output: u.output,
+                cache_read: u.cache_read,
+                cache_write: u.cache_write,
+                tokens: u.tokens(),
+                requests: u.requests,
+            },
             allowance: i.allowance,
             internal: InternalV1 {
                 cost_source: if i.status == Status::Final { "reconciled" } else { "estimate" }.to_string(),
@@ -149,7 +156,9 @@ impl InvoiceV1 {
         if self.schema != SCHEMA_ID || self.status != Status::Final {
             return None;
         }
-        let plan_kind = [PlanKind::Bundled, PlanKind::Quota, PlanKind::Metered, PlanKind::AddOn].into_iter().find(|k| k.as_str() == self.plan.kind)?;
+        let plan_kind = [PlanKind::Bundled, PlanKind::Quota, PlanKind::Metered, PlanKind::AddOn]
+            .into_iter()
+            .find(|k| k.as_str() == self.plan.kind)?;
         Some(Issued {
             id: self.id.clone(),
             version: self.version,
@@ -177,7 +186,8 @@ impl InvoiceV1 {
 /// invoice` prints it.
 pub fn json_schema() -> serde_json::Value {
     let cents = serde_json::json!({"type": "string", "pattern": "^-?[0-9]+\\.[0-9]{2}$", "description": "USD, exactly two places"});
-    let decimal = serde_json::json!({"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]+)?$", "description": "an exact decimal"});
+    let decimal =
+        serde_json::json!({"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]+)?$", "description": "an exact decimal"});
     let count = serde_json::json!({"type": "integer", "minimum": 0});
     let id = |prefix: &str| serde_json::json!({"type": "string", "pattern": format!("^{prefix}_[0-9a-f]{{32}}$")});
     serde_json::json!({
@@ -254,7 +264,21 @@ pub fn to_json(invoice: &Invoice) -> String {
 
 /// The columns of `invoice_lines.csv` (and of the `invoice_lines` table).
 pub const LINE_COLUMNS: [&str; 15] = [
-    "invoice_id", "line_id", "tenant", "period", "status", "version", "plan", "plan_kind", "kind", "description", "quantity", "unit", "unit_price", "amount", "previous_amount",
+    "invoice_id",
+    "line_id",
+    "tenant",
+    "period",
+    "status",
+    "version",
+    "plan",
+    "plan_kind",
+    "kind",
+    "description",
+    "quantity",
+    "unit",
+    "unit_price",
+    "amount",
+    "previous_amount",
 ];
 
 /// A CSV field, quoted when it has to be (RFC 4180).
@@ -289,8 +313,21 @@ pub fn lines_csv(docs: &[InvoiceV1]) -> String {
             row(
                 &mut out,
                 &[
-                    &d.id, &l.id, &d.tenant, &d.period, d.status.as_str(), &version, &l.plan, &d.plan.kind, l.kind.as_str(), &l.description,
-                    &l.quantity.to_string(), &l.unit, &l.unit_price.to_string(), &l.amount.to_string(), &previous,
+                    &d.id,
+                    &l.id,
+                    &d.tenant,
+                    &d.period,
+                    d.status.as_str(),
+                    &version,
+                    &l.plan,
+                    &d.plan.kind,
+                    l.kind.as_str(),
+                    &l.description,
+                    &l.quantity.to_string(),
+                    &l.unit,
+                    &l.unit_price.to_string(),
+                    &l.amount.to_string(),
+                    &previous,
                 ],
             );
         }
@@ -301,8 +338,12 @@ pub fn lines_csv(docs: &[InvoiceV1]) -> String {
 /// Every line of `docs` as the `invoice_lines` table (money columns `Decimal128(38, 10)`).
 pub fn lines_table(docs: &[InvoiceV1]) -> Result<RecordBatch, ArrowError> {
     let lines: Vec<(&InvoiceV1, &LineV1)> = docs.iter().flat_map(|d| d.lines.iter().map(move |l| (d, l))).collect();
-    let text = |f: &dyn for<'a> Fn(&'a InvoiceV1, &'a LineV1) -> &'a str| Col::Strings(lines.iter().map(|(d, l)| Some(f(d, l))).collect());
-    let dec = |f: &dyn Fn(&LineV1) -> Option<Decimal>| Col::Money(lines.iter().map(|(_, l)| f(l).map(money::to_units)).collect());
+    let text = |f: &dyn for<'a> Fn(&'a InvoiceV1, &'a LineV1) -> &'a str| {
+        Col::Strings(lines.iter().map(|(d, l)| Some(f(d, l))).collect())
+    };
+    let dec = |f: &dyn Fn(&LineV1) -> Option<Decimal>| {
+        Col::Money(lines.iter().map(|(_, l)| f(l).map(money::to_units)).collect())
+    };
     tables::batch(vec![
         ("invoice_id", text(&|d, _| d.id.as_str())),
         ("line_id", text(&|_, l| l.id.as_str())),
@@ -323,7 +364,8 @@ pub fn lines_table(docs: &[InvoiceV1]) -> Result<RecordBatch, ArrowError> {
 }
 
 /// The columns of `margin.csv`.
-pub const MARGIN_COLUMNS: [&str; 11] = ["tenant", "billed", "plan", "plan_kind", "status", "version", "tokens", "charge", "cost", "margin", "margin_pct"];
+pub const MARGIN_COLUMNS: [&str; 11] =
+    ["tenant", "billed", "plan", "plan_kind", "status", "version", "tokens", "charge", "cost", "margin", "margin_pct"];
 
 fn opt<T: ToString>(v: &Option<T>) -> String {
     v.as_ref().map(ToString::to_string).unwrap_or_default()
@@ -364,8 +406,19 @@ pub fn margin_table(rows: &[MarginRow], limit: usize) -> String {
         shown.sort_by(|a, b| a.tenant.cmp(&b.tenant));
     }
     let mut out = String::new();
-    let _ = writeln!(out, "{:<20} {:<12} {:<8} {:>14} {:>12} {:>12} {:>12} {:>9}", "tenant", "plan", "kind", "tokens", "charge", "cost", "margin", "margin %");
-    let line = |out: &mut String, tenant: &str, plan: &str, kind: &str, tokens: u64, charge: Decimal, cost: Decimal, pct: Option<Decimal>| {
+    let _ = writeln!(
+        out,
+        "{:<20} {:<12} {:<8} {:>14} {:>12} {:>12} {:>12} {:>9}",
+        "tenant", "plan", "kind", "tokens", "charge", "cost", "margin", "margin %"
+    );
+    let line = |out: &mut String,
+                tenant: &str,
+                plan: &str,
+                kind: &str,
+                tokens: u64,
+                charge: Decimal,
+                cost: Decimal,
+                pct: Option<Decimal>| {
         let pct = pct.map(|p| format!("{p}%")).unwrap_or_else(|| "—".into());
         let _ = writeln!(
             out,
@@ -377,10 +430,23 @@ pub fn margin_table(rows: &[MarginRow], limit: usize) -> String {
     };
     for r in &shown {
         let plan = r.plan.as_deref().unwrap_or("(unbilled)");
-        line(&mut out, r.tenant.as_str(), plan, r.plan_kind.map(PlanKind::as_str).unwrap_or(""), r.tokens, r.charge, r.cost, r.margin_pct);
+        line(
+            &mut out,
+            r.tenant.as_str(),
+            plan,
+            r.plan_kind.map(PlanKind::as_str).unwrap_or(""),
+            r.tokens,
+            r.charge,
+            r.cost,
+            r.margin_pct,
+        );
     }
     if rows.len() > shown.len() {
-        let _ = writeln!(out, "… {} more tenants (the {limit} costliest are shown; all are in margin.csv)", rows.len() - shown.len());
+        let _ = writeln!(
+            out,
+            "… {} more tenants (the {limit} costliest are shown; all are in margin.csv)",
+            rows.len() - shown.len()
+        );
     }
     let charge = sum_cents(rows.iter().map(|r| &r.charge));
     let cost: Decimal = rows.iter().map(|r| r.cost).sum();

@@ -16,8 +16,8 @@ use rust_decimal::Decimal;
 
 use super::charge::{self, AllowanceUse, Basis, LineKind, TokenUsage};
 use super::plan::{PlanKind, Plans};
-use crate::money;
 use crate::ids::TenantId;
+use crate::money;
 use crate::usage::Usage;
 
 /// Whether an invoice stands on the reconciled cost.
@@ -167,7 +167,14 @@ pub fn margin_of(charge: Decimal, cost: Decimal) -> (Decimal, Option<Decimal>) {
 }
 
 /// Computes one tenant's invoice at `version`, with every line (no delta).
-fn full(period: &str, tenant: &TenantId, plans: &Plans, basis: &Basis, status: Status, version: u32) -> Option<Invoice> {
+fn full(
+    period: &str,
+    tenant: &TenantId,
+    plans: &Plans,
+    basis: &Basis,
+    status: Status,
+    version: u32,
+) -> Option<Invoice> {
     let (plan, sub) = plans.of(tenant)?;
     let (charges, allowance) = charge::charges(plan, sub, basis);
     let lines: Vec<Line> = charges
@@ -341,7 +348,8 @@ fn bill_tenants(p: &Period<'_>, status: Status, tenants: &[&TenantId]) -> Billin
     for &tenant in tenants {
         let usage = p.usage.get(tenant).copied().unwrap_or_default();
         let reconciled = p.reconciled.map(|r| r.get(tenant).copied().unwrap_or_default());
-        let basis = Basis { usage: TokenUsage::from(&usage), estimated_cost: usage.est_cost, reconciled_cost: reconciled };
+        let basis =
+            Basis { usage: TokenUsage::from(&usage), estimated_cost: usage.est_cost, reconciled_cost: reconciled };
         let issued = p.issued.get(tenant).unwrap_or(&none);
         let row = match status {
             Status::Provisional => provisional(p.period, tenant, p.plans, &basis).map(|inv| {
@@ -379,7 +387,18 @@ fn bill_tenants(p: &Period<'_>, status: Status, tenants: &[&TenantId]) -> Billin
             let cost = ten_places(basis.cost());
             let charge = charge::sum_cents([]);
             let (margin, margin_pct) = margin_of(charge, cost);
-            MarginRow { tenant: tenant.clone(), plan: None, plan_kind: None, status: None, version: None, tokens: basis.usage.tokens(), charge, cost, margin, margin_pct }
+            MarginRow {
+                tenant: tenant.clone(),
+                plan: None,
+                plan_kind: None,
+                status: None,
+                version: None,
+                tokens: basis.usage.tokens(),
+                charge,
+                cost,
+                margin,
+                margin_pct,
+            }
         });
         out.margin.push(row);
     }

@@ -34,15 +34,14 @@ use datafusion::parquet::errors::ParquetError;
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-use crate::money;
-use crate::tables;
 use crate::ids::TenantId;
+use crate::money;
 use crate::store::{CounterStore, StoreError};
+use crate::tables;
 use crate::usage::Usage;
 use export::InvoiceV1;
 use issue::{Issued, MarginRow, Status};
 use plan::Plans;
-
 
 /// An invoice run that did not complete. Nothing already issued is ever changed by one.
 #[derive(Debug, thiserror::Error)]
@@ -116,7 +115,13 @@ pub fn run(req: &Request, plans: &Plans, store: &dyn CounterStore) -> Result<Rep
     if reconciled.is_none() && !issued.is_empty() {
         return Err(InvoiceError::FinalWithoutReconcile { period: req.period.clone(), dir, allocation });
     }
-    let billing = issue::bill(&issue::Period { period: &req.period, plans, usage: &usage, reconciled: reconciled.as_ref(), issued: &issued });
+    let billing = issue::bill(&issue::Period {
+        period: &req.period,
+        plans,
+        usage: &usage,
+        reconciled: reconciled.as_ref(),
+        issued: &issued,
+    });
 
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
     // The tables depend on what is issued, not on the files: one thread builds them while the
@@ -139,8 +144,10 @@ pub fn run(req: &Request, plans: &Plans, store: &dyn CounterStore) -> Result<Rep
     let drafts_unchanged = documents.iter().filter(|(_, wrote)| !wrote).count();
     // Drafts are replaced as a whole: by this run's drafts, or by the final versions. (By file
     // name: hashing a whole path walks its components, which a profile saw.)
-    let issued: std::collections::HashSet<&std::ffi::OsStr> = documents.iter().filter_map(|(path, _)| path.file_name()).collect();
-    let stale: Vec<&PathBuf> = provisional_files.iter().filter(|p| p.file_name().is_some_and(|n| !issued.contains(n))).collect();
+    let issued: std::collections::HashSet<&std::ffi::OsStr> =
+        documents.iter().filter_map(|(path, _)| path.file_name()).collect();
+    let stale: Vec<&PathBuf> =
+        provisional_files.iter().filter(|p| p.file_name().is_some_and(|n| !issued.contains(n))).collect();
     if let Err(e) = on_every_core(&stale, |p| std::fs::remove_file(p).map_err(io(p))) {
         tables.discard();
         return Err(e);
@@ -201,7 +208,8 @@ impl Tables {
         std::thread::scope(|scope| {
             let table = scope.spawn(|| {
                 let batch = export::lines_table(docs)?;
-                crate::tables::write_parquet(parquet, &batch).map_err(|source| InvoiceError::Parquet { path: parquet.clone(), source })
+                crate::tables::write_parquet(parquet, &batch)
+                    .map_err(|source| InvoiceError::Parquet { path: parquet.clone(), source })
             });
             let csvs = std::fs::write(csv, export::lines_csv(docs))
                 .map_err(io(csv))
@@ -307,7 +315,8 @@ fn recover_in_flight(dir: &Path) -> Result<(), InvoiceError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(source) => return Err(InvoiceError::Io { path: record, source }),
     };
-    let names: Vec<&str> = listing.lines().filter(|n| !n.is_empty() && !n.contains('/') && n.ends_with(".json")).collect();
+    let names: Vec<&str> =
+        listing.lines().filter(|n| !n.is_empty() && !n.contains('/') && n.ends_with(".json")).collect();
     let removed = on_every_core(&names, |name| {
         let path = dir.join(name);
         let bytes = match std::fs::read(&path) {
@@ -352,7 +361,10 @@ pub(crate) fn in_runs<T: Sync, R: Send>(items: &[T], threads: usize, f: impl Fn(
 
 /// `f` over `items` on every core ([`in_runs`]), results in the order of `items`; the first
 /// error wins.
-fn on_every_core<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> Result<R, InvoiceError> + Sync) -> Result<Vec<R>, InvoiceError> {
+fn on_every_core<T: Sync, R: Send>(
+    items: &[T],
+    f: impl Fn(&T) -> Result<R, InvoiceError> + Sync,
+) -> Result<Vec<R>, InvoiceError> {
     let parts = in_runs(items, cores(), |part| part.iter().map(&f).collect::<Result<Vec<R>, InvoiceError>>());
     let mut all = Vec::with_capacity(items.len());
     for part in parts {
@@ -413,7 +425,8 @@ pub fn read_folder(dir: &Path) -> Result<(FinalDocuments, Vec<PathBuf>), Invoice
     // Read and parsed on every core: a large period has a document per tenant and version.
     let finals = on_every_core(&final_paths, |path| {
         let bytes = std::fs::read(path).map_err(io(path))?;
-        let doc = serde_json::from_slice::<InvoiceV1>(&bytes).map_err(|e| InvoiceError::BadDocument { path: path.clone(), message: e.to_string() })?;
+        let doc = serde_json::from_slice::<InvoiceV1>(&bytes)
+            .map_err(|e| InvoiceError::BadDocument { path: path.clone(), message: e.to_string() })?;
         Ok((path.clone(), doc))
     })?;
     Ok((finals, provisional))
@@ -443,9 +456,11 @@ fn reconciled_costs(path: &Path) -> Result<BTreeMap<TenantId, Decimal>, InvoiceE
     let mut units: BTreeMap<TenantId, i128> = BTreeMap::new();
     for batch in reader {
         let batch = batch.map_err(|e| err(e.into()))?;
-        let missing = |c: &str| InvoiceError::BadDocument { path: path.to_owned(), message: format!("no `{c}` column") };
+        let missing =
+            |c: &str| InvoiceError::BadDocument { path: path.to_owned(), message: format!("no `{c}` column") };
         let tenant = batch.column_by_name("tenant").ok_or_else(|| missing("tenant"))?.as_string::<i32>().clone();
-        let cost = batch.column_by_name("cost").ok_or_else(|| missing("cost"))?.as_primitive::<Decimal128Type>().clone();
+        let cost =
+            batch.column_by_name("cost").ok_or_else(|| missing("cost"))?.as_primitive::<Decimal128Type>().clone();
         for i in 0..batch.num_rows() {
             if tenant.is_null(i) || cost.is_null(i) {
                 continue;

@@ -36,7 +36,9 @@ impl<'de> Deserialize<'de> for DecimalText {
                 Ok(DecimalText(v.to_string()))
             }
             fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<DecimalText, E> {
-                Err(E::custom(format!("write {v} as a decimal string (\"{v}\"): a TOML float cannot hold money exactly")))
+                Err(E::custom(format!(
+                    "write {v} as a decimal string (\"{v}\"): a TOML float cannot hold money exactly"
+                )))
             }
         }
         d.deserialize_any(Visitor)
@@ -147,11 +149,23 @@ pub enum Allowance {
 /// A plan's pricing, checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pricing {
-    Bundled { monthly_fee: Decimal },
-    Quota { monthly_fee: Decimal, allowance: Allowance, overage_rate: Decimal },
-    Metered { markup: Decimal, minimum: Decimal },
+    Bundled {
+        monthly_fee: Decimal,
+    },
+    Quota {
+        monthly_fee: Decimal,
+        allowance: Allowance,
+        overage_rate: Decimal,
+    },
+    Metered {
+        markup: Decimal,
+        minimum: Decimal,
+    },
     /// `overage`: tokens included per seat and USD per 1K tokens beyond them.
-    AddOn { seat_price: Decimal, overage: Option<(u64, Decimal)> },
+    AddOn {
+        seat_price: Decimal,
+        overage: Option<(u64, Decimal)>,
+    },
 }
 
 impl Pricing {
@@ -231,24 +245,48 @@ pub fn build(plans: &BTreeMap<String, PlanConfig>, tenants: &BTreeMap<String, Te
     }
     for (id, t) in tenants {
         let field = |f: &str| format!("tenants.{id}.{f}");
-        let tenant = TenantId::new(id).ok_or_else(|| (format!("tenants.{id:?}"), "a tenant id cannot be blank".to_string()))?;
+        let tenant =
+            TenantId::new(id).ok_or_else(|| (format!("tenants.{id:?}"), "a tenant id cannot be blank".to_string()))?;
         if let Some(why) = crate::ids::tenant_id_problem(id) {
             return Err((format!("tenants.{id:?}"), why));
         }
         if out.tenants.contains_key(&tenant) {
-            return Err((format!("tenants.{id:?}"), format!("is the tenant {:?} again (tenant ids are compared without surrounding white space)", tenant.as_str())));
+            return Err((
+                format!("tenants.{id:?}"),
+                format!(
+                    "is the tenant {:?} again (tenant ids are compared without surrounding white space)",
+                    tenant.as_str()
+                ),
+            ));
         }
         if tenant.as_str() == UNATTRIBUTED {
-            return Err((format!("tenants.{id}"), format!("`{UNATTRIBUTED}` is the reserved tenant of unattributed usage and cannot have a plan")));
+            return Err((
+                format!("tenants.{id}"),
+                format!("`{UNATTRIBUTED}` is the reserved tenant of unattributed usage and cannot have a plan"),
+            ));
         }
         let Some(plan) = out.plans.get(&t.plan) else {
             let known: Vec<&str> = out.plans.keys().map(String::as_str).collect();
-            return Err((field("plan"), format!("no plan named {:?} (plans: {})", t.plan, if known.is_empty() { "none".to_string() } else { known.join(", ") })));
+            return Err((
+                field("plan"),
+                format!(
+                    "no plan named {:?} (plans: {})",
+                    t.plan,
+                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                ),
+            ));
         };
         let seats = match (plan.pricing.kind(), t.seats) {
             (PlanKind::AddOn, Some(n)) => n,
-            (PlanKind::AddOn, None) => return Err((field("seats"), format!("plan {:?} is an add-on plan: set the tenant's seats", t.plan))),
-            (_, Some(_)) => return Err((field("seats"), format!("only add-on plans have seats; {:?} is {}", t.plan, plan.pricing.kind().as_str()))),
+            (PlanKind::AddOn, None) => {
+                return Err((field("seats"), format!("plan {:?} is an add-on plan: set the tenant's seats", t.plan)))
+            }
+            (_, Some(_)) => {
+                return Err((
+                    field("seats"),
+                    format!("only add-on plans have seats; {:?} is {}", t.plan, plan.pricing.kind().as_str()),
+                ))
+            }
             (_, None) => 0,
         };
         out.tenants.insert(tenant, Subscription { plan: t.plan.clone(), seats });
@@ -261,8 +299,9 @@ fn build_plan(name: &str, p: &PlanConfig) -> Result<Plan, Invalid> {
     if name.trim().is_empty() {
         return Err(("plans".into(), "a plan name cannot be blank".into()));
     }
-    let kind = PlanKind::parse(&p.kind)
-        .ok_or_else(|| (field("kind"), format!("must be \"bundled\", \"quota\", \"metered\" or \"add_on\", not {:?}", p.kind)))?;
+    let kind = PlanKind::parse(&p.kind).ok_or_else(|| {
+        (field("kind"), format!("must be \"bundled\", \"quota\", \"metered\" or \"add_on\", not {:?}", p.kind))
+    })?;
     let money = |f: &str, v: &Option<DecimalText>| -> Result<Option<Decimal>, Invalid> {
         match v {
             None => Ok(None),
@@ -273,7 +312,8 @@ fn build_plan(name: &str, p: &PlanConfig) -> Result<Plan, Invalid> {
             },
         }
     };
-    let required = |f: &str, v: Option<Decimal>| v.ok_or_else(|| (field(f), format!("is required for a {} plan", kind.as_str())));
+    let required =
+        |f: &str, v: Option<Decimal>| v.ok_or_else(|| (field(f), format!("is required for a {} plan", kind.as_str())));
     let kind_fields = [
         ("monthly_fee", p.monthly_fee.is_some(), matches!(kind, PlanKind::Bundled | PlanKind::Quota)),
         ("included", p.included.is_some(), kind == PlanKind::Quota),
@@ -294,7 +334,9 @@ fn build_plan(name: &str, p: &PlanConfig) -> Result<Plan, Invalid> {
         return Err((field("requests_per_day"), "must be at least 1 (leave it out for no limit)".into()));
     }
     let pricing = match kind {
-        PlanKind::Bundled => Pricing::Bundled { monthly_fee: required("monthly_fee", money("monthly_fee", &p.monthly_fee)?)? },
+        PlanKind::Bundled => {
+            Pricing::Bundled { monthly_fee: required("monthly_fee", money("monthly_fee", &p.monthly_fee)?)? }
+        }
         PlanKind::Quota => {
             let monthly_fee = required("monthly_fee", money("monthly_fee", &p.monthly_fee)?)?;
             let included = required("included", money("included", &p.included)?)?;
@@ -306,7 +348,8 @@ fn build_plan(name: &str, p: &PlanConfig) -> Result<Plan, Invalid> {
                         return Err((field("credit_usd"), "only applies with unit = \"credits\"".into()));
                     }
                     let whole = u64::try_from(included).ok().filter(|n| Decimal::from(*n) == included);
-                    let included = whole.ok_or_else(|| (field("included"), "must be a whole number of tokens".to_string()))?;
+                    let included =
+                        whole.ok_or_else(|| (field("included"), "must be a whole number of tokens".to_string()))?;
                     Allowance::Tokens { included }
                 }
                 "credits" => {
@@ -333,7 +376,9 @@ fn build_plan(name: &str, p: &PlanConfig) -> Result<Plan, Invalid> {
                 (Some(per_seat), Some(rate)) => Some((per_seat, rate)),
                 (None, None) => None,
                 (Some(_), None) => return Err((field("overage_rate"), "is required with included_per_seat".into())),
-                (None, Some(_)) => return Err((field("included_per_seat"), "is required with overage_rate (it may be 0)".into())),
+                (None, Some(_)) => {
+                    return Err((field("included_per_seat"), "is required with overage_rate (it may be 0)".into()))
+                }
             };
             Pricing::AddOn { seat_price, overage }
         }
@@ -348,7 +393,12 @@ fn alert_policy(p: &PlanConfig, field: &dyn Fn(&str) -> String) -> Result<AlertP
         for (n, DecimalText(text)) in list.iter().enumerate() {
             match Decimal::from_str(text.trim()) {
                 Ok(d) if d > Decimal::ZERO && d <= Decimal::TEN => at.push(d.normalize()),
-                _ => return Err((format!("{}[{n}]", field("alert_at")), format!("must be a fraction above 0 and at most 10 (\"0.8\" is 80%), not {text:?}"))),
+                _ => {
+                    return Err((
+                        format!("{}[{n}]", field("alert_at")),
+                        format!("must be a fraction above 0 and at most 10 (\"0.8\" is 80%), not {text:?}"),
+                    ))
+                }
             }
         }
         at.sort_unstable();
@@ -359,10 +409,9 @@ fn alert_policy(p: &PlanConfig, field: &dyn Fn(&str) -> String) -> Result<AlertP
         (None, Some(_)) => return Err((field("spike_window_hours"), "only applies with spike_factor".into())),
         (None, None) => {}
         (Some(DecimalText(text)), hours) => {
-            let factor = Decimal::from_str(text.trim())
-                .ok()
-                .filter(|d| *d > Decimal::ONE)
-                .ok_or_else(|| (field("spike_factor"), format!("must be a decimal string above 1 such as \"5\", not {text:?}")))?;
+            let factor = Decimal::from_str(text.trim()).ok().filter(|d| *d > Decimal::ONE).ok_or_else(|| {
+                (field("spike_factor"), format!("must be a decimal string above 1 such as \"5\", not {text:?}"))
+            })?;
             let hours = hours.unwrap_or(24);
             if !(1..=24 * 31).contains(&hours) {
                 return Err((field("spike_window_hours"), "must be between 1 and 744".into()));
@@ -402,11 +451,26 @@ mod tests {
         let check = |text: &str, field: &str| assert_eq!(field_of(text), field, "{text}");
         check("[plans.pro]\nkind = 'gold'", "plans.pro.kind");
         check("[plans.pro]\nkind = 'quota'\nmonthly_fee = '10'\nincluded = 1000", "plans.pro.overage_rate");
-        check("[plans.pro]\nkind = 'quota'\nmonthly_fee = '10'\nincluded = 1000\noverage_rate = 'two'", "plans.pro.overage_rate");
-        check("[plans.pro]\nkind = 'quota'\nmonthly_fee = '-1'\nincluded = 1000\noverage_rate = '2'", "plans.pro.monthly_fee");
-        check("[plans.pro]\nkind = 'quota'\nmonthly_fee = '1'\nincluded = '10.5'\noverage_rate = '2'", "plans.pro.included");
-        check("[plans.pro]\nkind = 'quota'\nmonthly_fee = '1'\nincluded = 10\nunit = 'credits'\noverage_rate = '2'", "plans.pro.credit_usd");
-        check("[plans.pro]\nkind = 'quota'\nmonthly_fee = '1'\nincluded = 10\nunit = 'euros'\noverage_rate = '2'", "plans.pro.unit");
+        check(
+            "[plans.pro]\nkind = 'quota'\nmonthly_fee = '10'\nincluded = 1000\noverage_rate = 'two'",
+            "plans.pro.overage_rate",
+        );
+        check(
+            "[plans.pro]\nkind = 'quota'\nmonthly_fee = '-1'\nincluded = 1000\noverage_rate = '2'",
+            "plans.pro.monthly_fee",
+        );
+        check(
+            "[plans.pro]\nkind = 'quota'\nmonthly_fee = '1'\nincluded = '10.5'\noverage_rate = '2'",
+            "plans.pro.included",
+        );
+        check(
+            "[plans.pro]\nkind = 'quota'\nmonthly_fee = '1'\nincluded = 10\nunit = 'credits'\noverage_rate = '2'",
+            "plans.pro.credit_usd",
+        );
+        check(
+            "[plans.pro]\nkind = 'quota'\nmonthly_fee = '1'\nincluded = 10\nunit = 'euros'\noverage_rate = '2'",
+            "plans.pro.unit",
+        );
         check("[plans.b]\nkind = 'bundled'\nmonthly_fee = '1'\nmarkup = '2'", "plans.b.markup");
         check("[plans.b]\nkind = 'bundled'", "plans.b.monthly_fee");
         check("[plans.b]\nkind = 'bundled'\nmonthly_fee = '1'\nrequests_per_day = 0", "plans.b.requests_per_day");
@@ -416,16 +480,26 @@ mod tests {
         check("[plans.m]\nkind = 'metered'\nmarkup = '0'", "plans.m.markup");
         check("[plans.a]\nkind = 'add_on'\nseat_price = '5'\nincluded_per_seat = 100", "plans.a.overage_rate");
         check("[plans.a]\nkind = 'add_on'\nseat_price = '5'\n[tenants.acme]\nplan = 'a'", "tenants.acme.seats");
-        check("[plans.b]\nkind = 'bundled'\nmonthly_fee = '1'\n[tenants.acme]\nplan = 'b'\nseats = 3", "tenants.acme.seats");
+        check(
+            "[plans.b]\nkind = 'bundled'\nmonthly_fee = '1'\n[tenants.acme]\nplan = 'b'\nseats = 3",
+            "tenants.acme.seats",
+        );
         check("[plans.b]\nkind = 'bundled'\nmonthly_fee = '1'\n[tenants.acme]\nplan = 'gold'", "tenants.acme.plan");
-        check("[plans.b]\nkind = 'bundled'\nmonthly_fee = '1'\n[tenants._unattributed]\nplan = 'b'", "tenants._unattributed");
+        check(
+            "[plans.b]\nkind = 'bundled'\nmonthly_fee = '1'\n[tenants._unattributed]\nplan = 'b'",
+            "tenants._unattributed",
+        );
     }
 
     #[test]
     fn a_float_is_refused_and_unknown_fields_are_named() {
-        let err = Config::from_toml("[plans.b]\nkind = 'bundled'\nmonthly_fee = 49.99", Path::new("t"), PathBuf::new()).unwrap_err().to_string();
+        let err = Config::from_toml("[plans.b]\nkind = 'bundled'\nmonthly_fee = 49.99", Path::new("t"), PathBuf::new())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("decimal string"), "{err}");
-        let err = Config::from_toml("[plans.b]\nkind = 'bundled'\nmonthly_fees = '1'", Path::new("t"), PathBuf::new()).unwrap_err().to_string();
+        let err = Config::from_toml("[plans.b]\nkind = 'bundled'\nmonthly_fees = '1'", Path::new("t"), PathBuf::new())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("monthly_fees"), "{err}");
     }
 
@@ -454,7 +528,11 @@ mod tests {
         assert_eq!(plans.plans["b"].requests_per_day, Some(1000));
         assert_eq!(
             plans.plans["q"].pricing,
-            Pricing::Quota { monthly_fee: d("10"), allowance: Allowance::Credits { included: d("2.5"), credit_usd: d("0.01") }, overage_rate: d("0.012") }
+            Pricing::Quota {
+                monthly_fee: d("10"),
+                allowance: Allowance::Credits { included: d("2.5"), credit_usd: d("0.01") },
+                overage_rate: d("0.012")
+            }
         );
         let (plan, sub) = plans.of(&TenantId::new("acme").unwrap()).unwrap();
         assert_eq!((plan.pricing.kind(), sub.seats), (PlanKind::AddOn, 4));

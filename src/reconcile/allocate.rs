@@ -116,7 +116,9 @@ where
             continue;
         }
         let Some(key) = resource_key(resource) else {
-            *out.unallocated.entry((day.to_string(), resource.to_string(), token_type, Reason::NoResource)).or_default() += cost;
+            *out.unallocated
+                .entry((day.to_string(), resource.to_string(), token_type, Reason::NoResource))
+                .or_default() += cost;
             continue;
         };
         if let Some(t) = owner(resource) {
@@ -128,7 +130,9 @@ where
             .map(|m| m.iter().filter(|(_, w)| **w > 0).map(|(t, w)| (t.clone(), *w)).collect())
             .unwrap_or_default();
         if users.is_empty() {
-            *out.unallocated.entry((day.to_string(), resource.to_string(), token_type, Reason::NoUsageMetered)).or_default() += cost;
+            *out.unallocated
+                .entry((day.to_string(), resource.to_string(), token_type, Reason::NoUsageMetered))
+                .or_default() += cost;
             continue;
         }
         for (tenant, units) in split(cost, &users) {
@@ -158,7 +162,9 @@ pub fn split(total: i128, weights: &[(TenantId, u64)]) -> Vec<(TenantId, i128)> 
     let given: u128 = parts.iter().map(|p| p.0).sum();
     let mut left = magnitude - given;
     let mut order: Vec<usize> = (0..parts.len()).collect();
-    order.sort_by(|&a, &b| parts[b].1.cmp(&parts[a].1).then_with(|| parts[a].2.as_str().as_bytes().cmp(parts[b].2.as_str().as_bytes())));
+    order.sort_by(|&a, &b| {
+        parts[b].1.cmp(&parts[a].1).then_with(|| parts[a].2.as_str().as_bytes().cmp(parts[b].2.as_str().as_bytes()))
+    });
     for i in order {
         if left == 0 {
             break;
@@ -232,14 +238,20 @@ mod tests {
         weights.insert(("2025-11-02".into(), "pool".into(), TokenType::Input), [(t("a"), 1), (t("b"), 2)].into());
         let got = allocate(&lines, |r| r.ends_with("/acme1").then(|| t("acme")), &weights);
         let shares: Vec<(&str, Basis, i128)> = got.shares.iter().map(|(k, v)| (k.0.as_str(), k.4, *v)).collect();
-        assert_eq!(shares, [("a", Basis::Usage, 3), ("acme", Basis::Profile, 7), ("b", Basis::Usage, 6), ("globex", Basis::Tag, 5)]);
+        assert_eq!(
+            shares,
+            [("a", Basis::Usage, 3), ("acme", Basis::Profile, 7), ("b", Basis::Usage, 6), ("globex", Basis::Tag, 5)]
+        );
         let unallocated: Vec<(Reason, i128)> = got.unallocated.iter().map(|(k, v)| (k.3, *v)).collect();
         assert_eq!(unallocated, [(Reason::NoResource, 11), (Reason::NoUsageMetered, 13)]);
     }
 
     #[test]
     fn resources_match_on_the_profile_id() {
-        assert_eq!(resource_key("arn:aws:bedrock:us-east-1:1:inference-profile/us.anthropic.claude-x-v1:0").as_deref(), Some("us.anthropic.claude-x-v1:0"));
+        assert_eq!(
+            resource_key("arn:aws:bedrock:us-east-1:1:inference-profile/us.anthropic.claude-x-v1:0").as_deref(),
+            Some("us.anthropic.claude-x-v1:0")
+        );
         assert_eq!(resource_key("us.anthropic.claude-x-v1:0").as_deref(), Some("us.anthropic.claude-x-v1:0"));
         assert_eq!(resource_key("amazon.nova-lite-v1:0"), None);
         assert_eq!(resource_key("arn:aws:bedrock:us-east-1::foundation-model/amazon.nova-pro-v1:0"), None);

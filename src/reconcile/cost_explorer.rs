@@ -58,7 +58,12 @@ pub fn parse_key(key: &str) -> Option<String> {
 }
 
 /// Every tag value in either source, by tenant (untagged first).
-pub fn compare(ce: &[CeGroup], cur_tagged: &BTreeMap<Option<String>, i128>, allocated: &BTreeMap<String, i128>, th: Thresholds) -> Vec<CeRow> {
+pub fn compare(
+    ce: &[CeGroup],
+    cur_tagged: &BTreeMap<Option<String>, i128>,
+    allocated: &BTreeMap<String, i128>,
+    th: Thresholds,
+) -> Vec<CeRow> {
     let mut by_tag: BTreeMap<Option<String>, i128> = BTreeMap::new();
     for g in ce {
         *by_tag.entry(g.tag.clone()).or_default() += g.cost;
@@ -88,7 +93,9 @@ pub fn compare(ce: &[CeGroup], cur_tagged: &BTreeMap<Option<String>, i128>, allo
 /// GetCostAndUsage for the period, grouped by `tag`, every page.
 #[cfg(feature = "aws")]
 pub fn fetch(settings: &crate::aws::AwsSettings, period: &str, tag: &str) -> Result<Vec<CeGroup>, String> {
-    use aws_sdk_costexplorer::types::{DateInterval, Dimension, DimensionValues, Expression, Granularity, GroupDefinition, GroupDefinitionType};
+    use aws_sdk_costexplorer::types::{
+        DateInterval, Dimension, DimensionValues, Expression, Granularity, GroupDefinition, GroupDefinitionType,
+    };
 
     let (start, end) = period_bounds(period)?;
     let rt = crate::aws::runtime().map_err(|e| format!("cannot start the AWS runtime: {e}"))?;
@@ -97,7 +104,10 @@ pub fn fetch(settings: &crate::aws::AwsSettings, period: &str, tag: &str) -> Res
     let dim = |key: Dimension, value: &str| {
         Expression::builder().dimensions(DimensionValues::builder().key(key).values(value).build()).build()
     };
-    let filter = Expression::builder().and(dim(Dimension::Service, "Amazon Bedrock")).and(dim(Dimension::RecordType, "Usage")).build();
+    let filter = Expression::builder()
+        .and(dim(Dimension::Service, "Amazon Bedrock"))
+        .and(dim(Dimension::RecordType, "Usage"))
+        .build();
     let interval = DateInterval::builder().start(start).end(end).build().map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     let mut token: Option<String> = None;
@@ -110,14 +120,16 @@ pub fn fetch(settings: &crate::aws::AwsSettings, period: &str, tag: &str) -> Res
             .filter(filter.clone())
             .group_by(GroupDefinition::builder().r#type(GroupDefinitionType::Tag).key(tag).build())
             .set_next_page_token(token.clone());
-        let page = crate::aws::block_on(&rt, req.send())
-            .map_err(|e| format!("Cost Explorer GetCostAndUsage: {}", aws_sdk_costexplorer::error::DisplayErrorContext(&e)))?;
+        let page = crate::aws::block_on(&rt, req.send()).map_err(|e| {
+            format!("Cost Explorer GetCostAndUsage: {}", aws_sdk_costexplorer::error::DisplayErrorContext(&e))
+        })?;
         for result in page.results_by_time() {
             for group in result.groups() {
                 let key = group.keys().first().map(String::as_str).unwrap_or_default();
                 let Some(metric) = group.metrics().and_then(|m| m.get("UnblendedCost")) else { continue };
                 let amount = metric.amount().unwrap_or("0");
-                let cost = money::to_units_text(amount).ok_or_else(|| format!("Cost Explorer returned the amount {amount:?} for {key:?}"))?;
+                let cost = money::to_units_text(amount)
+                    .ok_or_else(|| format!("Cost Explorer returned the amount {amount:?} for {key:?}"))?;
                 out.push(CeGroup { tag: parse_key(key), cost });
             }
         }
@@ -130,7 +142,8 @@ pub fn fetch(settings: &crate::aws::AwsSettings, period: &str, tag: &str) -> Res
 
 /// `YYYY-MM` → the first day of the month and of the next (Cost Explorer's end is exclusive).
 pub fn period_bounds(period: &str) -> Result<(String, String), String> {
-    let m = crate::month::Month::parse(period).map_err(|_| crate::cur::load::CurError::Period(period.to_string()).to_string())?;
+    let m = crate::month::Month::parse(period)
+        .map_err(|_| crate::cur::load::CurError::Period(period.to_string()).to_string())?;
     Ok((format!("{m}-01"), format!("{}-01", m.next())))
 }
 
@@ -153,14 +166,19 @@ mod tests {
 
     #[test]
     fn every_tag_of_either_side_is_compared_and_flagged_by_the_thresholds() {
-        let th = Thresholds { min_usd: Decimal::from_str("0.01").unwrap(), fraction: Decimal::from_str("0.05").unwrap() };
+        let th =
+            Thresholds { min_usd: Decimal::from_str("0.01").unwrap(), fraction: Decimal::from_str("0.05").unwrap() };
         let ce = vec![
             CeGroup { tag: Some("acme".into()), cost: usd("10.00") },
             CeGroup { tag: Some("globex".into()), cost: usd("5.00") },
             CeGroup { tag: None, cost: usd("2.00") },
         ];
-        let cur: BTreeMap<Option<String>, i128> =
-            [(Some("acme".to_string()), usd("10.004")), (Some("initech".to_string()), usd("1.00")), (None, usd("2.00"))].into();
+        let cur: BTreeMap<Option<String>, i128> = [
+            (Some("acme".to_string()), usd("10.004")),
+            (Some("initech".to_string()), usd("1.00")),
+            (None, usd("2.00")),
+        ]
+        .into();
         let allocated: BTreeMap<String, i128> = [("acme".to_string(), usd("11.5"))].into();
         let rows = compare(&ce, &cur, &allocated, th);
         let by: BTreeMap<Option<&str>, &CeRow> = rows.iter().map(|r| (r.tenant.as_deref(), r)).collect();

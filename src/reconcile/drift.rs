@@ -62,7 +62,11 @@ pub struct DriftRow {
 }
 
 /// Joins the two sides, keyed and sorted by day, resource, token type.
-pub fn drift(metered: &BTreeMap<DriftKey, Metered>, billed: &BTreeMap<DriftKey, Billed>, th: Thresholds) -> Vec<DriftRow> {
+pub fn drift(
+    metered: &BTreeMap<DriftKey, Metered>,
+    billed: &BTreeMap<DriftKey, Billed>,
+    th: Thresholds,
+) -> Vec<DriftRow> {
     let mut keys: Vec<&DriftKey> = metered.keys().chain(billed.keys()).collect();
     keys.sort();
     keys.dedup();
@@ -75,7 +79,15 @@ pub fn drift(metered: &BTreeMap<DriftKey, Metered>, billed: &BTreeMap<DriftKey, 
             let difference = cur - est;
             let larger = est.abs().max(cur.abs());
             let flagged = difference.abs() > th.min_usd.max(th.fraction * larger);
-            DriftRow { day: k.0.clone(), resource: k.1.clone(), token_type: k.2, metered: m, billed: b, difference, flagged }
+            DriftRow {
+                day: k.0.clone(),
+                resource: k.1.clone(),
+                token_type: k.2,
+                metered: m,
+                billed: b,
+                difference,
+                flagged,
+            }
         })
         .collect()
 }
@@ -90,7 +102,8 @@ mod tests {
 
     fn check(est: Option<&str>, cur: Option<&str>, th: Thresholds, flagged: bool) {
         let key: DriftKey = ("2025-11-01".into(), "p".into(), TokenType::Input);
-        let metered: BTreeMap<_, _> = est.map(|e| (key.clone(), Metered { tokens: 1, estimated: dec(e) })).into_iter().collect();
+        let metered: BTreeMap<_, _> =
+            est.map(|e| (key.clone(), Metered { tokens: 1, estimated: dec(e) })).into_iter().collect();
         let billed: BTreeMap<_, _> =
             cur.map(|c| (key.clone(), Billed { tokens: Some(1), cost: money::to_units(dec(c)) })).into_iter().collect();
         let rows = drift(&metered, &billed, th);

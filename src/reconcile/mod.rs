@@ -30,16 +30,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::cur::classify::{self, TokenType};
 use crate::cur::load::{self, CurError, CurSnapshot, LoadOptions};
-use crate::money;
 use crate::ids::{self, Target, TenantId};
 use crate::ingest::Pipeline;
-use crate::progress::Progress;
+use crate::money;
 use crate::pricing::TokenPrices;
+use crate::progress::Progress;
 use crate::store::{CounterStore, StoreError};
+use crate::tables::{self, Col};
 use crate::usage::{CounterKey, Usage};
 use allocate::{Allocation, UsageLine, Weights};
 use drift::{Billed, DriftKey, DriftRow, Metered, Thresholds};
-use crate::tables::{self, Col};
 
 /// `[reconcile]` in tally.toml.
 #[derive(Debug, Clone, Deserialize)]
@@ -76,11 +76,16 @@ impl ReconcileConfig {
     /// Checks the fields; the error names the field.
     pub fn validate(&self) -> Result<(), (String, String)> {
         let tag_ok = !self.tenant_tag.is_empty()
-            && self.tenant_tag.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':' | '.' | '/' | '@' | ' '));
+            && self
+                .tenant_tag
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':' | '.' | '/' | '@' | ' '));
         if !tag_ok {
             return Err(("reconcile.tenant_tag".into(), "must be a tag name (letters, digits, _ - : . / @)".into()));
         }
-        for (field, v) in [("reconcile.drift_min_usd", &self.drift_min_usd), ("reconcile.drift_fraction", &self.drift_fraction)] {
+        for (field, v) in
+            [("reconcile.drift_min_usd", &self.drift_min_usd), ("reconcile.drift_fraction", &self.drift_fraction)]
+        {
             match Decimal::from_str(v.trim()) {
                 Ok(d) if d >= Decimal::ZERO => {}
                 _ => return Err((field.into(), format!("must be a non-negative decimal string, not {v:?}"))),
@@ -187,7 +192,13 @@ pub struct Tables {
 }
 
 /// Loads, allocates, checks and writes (see the module docs).
-pub fn run(req: &Request, config: &ReconcileConfig, pipeline: &Pipeline, store: &dyn CounterStore, progress: &dyn Progress) -> Result<Report, ReconcileError> {
+pub fn run(
+    req: &Request,
+    config: &ReconcileConfig,
+    pipeline: &Pipeline,
+    store: &dyn CounterStore,
+    progress: &dyn Progress,
+) -> Result<Report, ReconcileError> {
     if req.cost_explorer && !cfg!(feature = "aws") {
         // Refused before the CUR is read, not after.
         return Err(ReconcileError::CostExplorer(NEEDS_AWS.into()));
@@ -202,7 +213,12 @@ pub fn run(req: &Request, config: &ReconcileConfig, pipeline: &Pipeline, store: 
         (cur.join().expect("the CUR loader panicked"), hours)
     });
     let (cur, hours) = (cur?, hours?);
-    tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, groups = cur.groups.len(), hours = hours.len(), "CUR loaded");
+    tracing::debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        groups = cur.groups.len(),
+        hours = hours.len(),
+        "CUR loaded"
+    );
     let mut t = reconcile(&req.period, &cur, &hours, pipeline, config.thresholds())?;
     tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "allocated");
     if req.cost_explorer {
@@ -216,7 +232,13 @@ pub fn run(req: &Request, config: &ReconcileConfig, pipeline: &Pipeline, store: 
 }
 
 /// The pure middle of `run`: CUR snapshot and counters in, checked tables out.
-pub fn reconcile(period: &str, cur: &CurSnapshot, hours: &[(CounterKey, Usage)], pipeline: &Pipeline, th: Thresholds) -> Result<Tables, ReconcileError> {
+pub fn reconcile(
+    period: &str,
+    cur: &CurSnapshot,
+    hours: &[(CounterKey, Usage)],
+    pipeline: &Pipeline,
+    th: Thresholds,
+) -> Result<Tables, ReconcileError> {
     let mut prices: HashMap<&str, Option<TokenPrices>> = HashMap::new();
     let mut weights = Weights::new();
     let mut metered: BTreeMap<DriftKey, Metered> = BTreeMap::new();
@@ -249,7 +271,8 @@ pub fn reconcile(period: &str, cur: &CurSnapshot, hours: &[(CounterKey, Usage)],
         }
         if let Some(key) = key {
             if u.requests > 0 {
-                *weights.entry((day, key, TokenType::Other)).or_default().entry(tenant.clone()).or_default() += u.requests;
+                *weights.entry((day, key, TokenType::Other)).or_default().entry(tenant.clone()).or_default() +=
+                    u.requests;
             }
         }
     }
@@ -263,7 +286,13 @@ pub fn reconcile(period: &str, cur: &CurSnapshot, hours: &[(CounterKey, Usage)],
             continue;
         }
         let tt = TokenType::of_usage_type(&g.usage_type);
-        lines.push(UsageLine { day: g.day.clone(), resource: g.resource.clone(), token_type: tt, tag: g.tag.as_deref().and_then(TenantId::new), cost: s.cost });
+        lines.push(UsageLine {
+            day: g.day.clone(),
+            resource: g.resource.clone(),
+            token_type: tt,
+            tag: g.tag.as_deref().and_then(TenantId::new),
+            cost: s.cost,
+        });
         let label = allocate::resource_key(&g.resource).unwrap_or_else(|| drift::NO_RESOURCE.to_string());
         let b = billed.entry((g.day.clone(), label, tt)).or_default();
         b.cost += s.cost;
@@ -272,7 +301,8 @@ pub fn reconcile(period: &str, cur: &CurSnapshot, hours: &[(CounterKey, Usage)],
         }
     }
     let resolver = &pipeline.resolver;
-    let allocation = allocate::allocate(&lines, |r| resolver.profile(r, &Target::parse(r)).and_then(|p| p.owner.clone()), &weights);
+    let allocation =
+        allocate::allocate(&lines, |r| resolver.profile(r, &Target::parse(r)).and_then(|p| p.owner.clone()), &weights);
     let drift_rows = drift::drift(&metered, &billed, th);
 
     let usage_cost: i128 = lines.iter().map(|l| l.cost).sum();
@@ -304,7 +334,10 @@ pub fn reconcile(period: &str, cur: &CurSnapshot, hours: &[(CounterKey, Usage)],
         counters: hours.len(),
         drift_rows: drift_rows.len(),
         drift_flagged: drift_rows.iter().filter(|r| r.flagged).count(),
-        tenants: per_tenant.into_iter().map(|(t, v)| TenantCost { tenant: t.to_string(), cost: money::from_units(v) }).collect(),
+        tenants: per_tenant
+            .into_iter()
+            .map(|(t, v)| TenantCost { tenant: t.to_string(), cost: money::from_units(v) })
+            .collect(),
         cost_explorer: None,
         files_written: Vec::new(),
     };
@@ -335,18 +368,25 @@ fn fetch_cost_explorer(_: &ReconcileConfig, _: &str) -> Result<Vec<cost_explorer
     Err(ReconcileError::CostExplorer(NEEDS_AWS.into()))
 }
 
-const NEEDS_AWS: &str = "needs a build with the `aws` feature (the default; this one was built with --no-default-features)";
+const NEEDS_AWS: &str =
+    "needs a build with the `aws` feature (the default; this one was built with --no-default-features)";
 
 /// Adds the `cost_explorer` table and its totals: Cost Explorer's cost per tag value against
 /// the CUR usage lines carrying that tag, and the tenant's full allocation.
-pub fn cross_check(t: &mut Tables, cur: &CurSnapshot, groups: &[cost_explorer::CeGroup], th: Thresholds) -> Result<(), ReconcileError> {
+pub fn cross_check(
+    t: &mut Tables,
+    cur: &CurSnapshot,
+    groups: &[cost_explorer::CeGroup],
+    th: Thresholds,
+) -> Result<(), ReconcileError> {
     let mut cur_tagged: BTreeMap<Option<String>, i128> = BTreeMap::new();
     for (g, s) in &cur.groups {
         if classify::is_usage(&g.line_item_type) {
             *cur_tagged.entry(g.tag.clone()).or_default() += s.cost;
         }
     }
-    let allocated: BTreeMap<String, i128> = t.report.tenants.iter().map(|c| (c.tenant.clone(), money::to_units(c.cost))).collect();
+    let allocated: BTreeMap<String, i128> =
+        t.report.tenants.iter().map(|c| (c.tenant.clone(), money::to_units(c.cost))).collect();
     let rows = cost_explorer::compare(groups, &cur_tagged, &allocated, th);
     t.report.cost_explorer = Some(cost_explorer::CeSummary {
         cost_explorer: money::from_units(groups.iter().map(|g| g.cost).sum()),
@@ -435,8 +475,15 @@ fn allocation_table(a: &Allocation) -> Result<RecordBatch, ArrowError> {
     // Tenants' shares first (sorted by tenant, day, resource, token type, basis), then the
     // unallocated rows (sorted by day, resource, token type, reason).
     let n = a.shares.len() + a.unallocated.len();
-    let (mut tenant, mut day, mut resource, mut tt, mut basis, mut reason, mut cost) =
-        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut tenant, mut day, mut resource, mut tt, mut basis, mut reason, mut cost) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
     for ((t, d, r, k, b), v) in &a.shares {
         tenant.push(Some(t.to_string()));
         day.push(Some(d.clone()));
@@ -503,7 +550,10 @@ fn cur_table(cur: &CurSnapshot) -> Result<RecordBatch, ArrowError> {
             "token_type",
             Col::Text(
                 g.iter()
-                    .map(|(k, _)| classify::is_usage(&k.line_item_type).then(|| TokenType::of_usage_type(&k.usage_type).as_str().to_string()))
+                    .map(|(k, _)| {
+                        classify::is_usage(&k.line_item_type)
+                            .then(|| TokenType::of_usage_type(&k.usage_type).as_str().to_string())
+                    })
                     .collect(),
             ),
         ),
@@ -582,7 +632,11 @@ struct Dirs {
 
 impl Dirs {
     fn of(out: &Path, period: &str) -> Dirs {
-        Dirs { final_dir: out.join(period), partial: out.join(format!(".{period}.partial")), old: out.join(format!(".{period}.old")) }
+        Dirs {
+            final_dir: out.join(period),
+            partial: out.join(format!(".{period}.partial")),
+            old: out.join(format!(".{period}.old")),
+        }
     }
 }
 
@@ -676,13 +730,19 @@ mod tests {
     #[test]
     fn a_broken_balance_is_refused() {
         let mut a = Allocation::default();
-        a.shares.insert((TenantId::new("a").unwrap(), "2025-11-01".into(), "p".into(), TokenType::Input, allocate::Basis::Usage), 7);
+        a.shares.insert(
+            (TenantId::new("a").unwrap(), "2025-11-01".into(), "p".into(), TokenType::Input, allocate::Basis::Usage),
+            7,
+        );
         a.unallocated.insert(("2025-11-01".into(), String::new(), TokenType::Input, allocate::Reason::NoResource), 5);
         let batch = allocation_table(&a).unwrap();
         assert!(check_balance(&batch, 12).is_ok());
         match check_balance(&batch, 13) {
             Err(ReconcileError::Imbalance { cur, allocated, unallocated }) => {
-                assert_eq!((money::to_units(cur), money::to_units(allocated), money::to_units(unallocated)), (13, 7, 5));
+                assert_eq!(
+                    (money::to_units(cur), money::to_units(allocated), money::to_units(unallocated)),
+                    (13, 7, 5)
+                );
             }
             other => panic!("expected an imbalance, got {other:?}"),
         }
@@ -697,7 +757,12 @@ mod tests {
         assert_eq!(field("[reconcile]\ndrift_fraction = \"five percent\""), "reconcile.drift_fraction");
         assert_eq!(field("[reconcile]\ndrift_min_usd = \"-1\""), "reconcile.drift_min_usd");
         assert_eq!(field("[reconcile]\ntenant_tag = \"\""), "reconcile.tenant_tag");
-        let ok = Config::from_toml("[reconcile]\ntenant_tag = \"tenant_id\"\ndrift_min_usd = \"0.5\"", Path::new("t"), PathBuf::new()).unwrap();
+        let ok = Config::from_toml(
+            "[reconcile]\ntenant_tag = \"tenant_id\"\ndrift_min_usd = \"0.5\"",
+            Path::new("t"),
+            PathBuf::new(),
+        )
+        .unwrap();
         assert_eq!(ok.reconcile.thresholds(), Thresholds { min_usd: Decimal::new(5, 1), fraction: Decimal::new(5, 2) });
     }
 }

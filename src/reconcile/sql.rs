@@ -38,7 +38,10 @@ pub fn query(out: &Path, period: &str, query: &str) -> Result<Vec<RecordBatch>, 
             ctx.register_parquet(t, p.to_string_lossy().as_ref(), ParquetReadOptions::default()).await?;
         }
         // Present only after `--cost-explorer`, and once invoices exist.
-        let optional = [("cost_explorer", dir.join("cost_explorer.parquet")), ("invoice_lines", dir.join(crate::tables::INVOICES).join("invoice_lines.parquet"))];
+        let optional = [
+            ("cost_explorer", dir.join("cost_explorer.parquet")),
+            ("invoice_lines", dir.join(crate::tables::INVOICES).join("invoice_lines.parquet")),
+        ];
         for (name, p) in optional {
             if p.exists() {
                 ctx.register_parquet(name, p.to_string_lossy().as_ref(), ParquetReadOptions::default()).await?;

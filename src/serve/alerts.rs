@@ -88,22 +88,23 @@ pub fn evaluate(plans: &Plans, hours: &[(CounterKey, Usage)], now: EpochSeconds)
     let mut out = Vec::new();
     for (tenant, view) in &views {
         let Some((plan, sub)) = plans.of(tenant) else { continue };
-        let mut raise = |kind: Kind, window: &str, threshold: Decimal, unit: &str, used: Decimal, limit: Decimal, what: String| {
-            let t = threshold.normalize();
-            out.push(Alert {
-                id: format!("{tenant}/{}/{window}/{t}", kind_str(kind)),
-                tenant: tenant.as_str().to_string(),
-                plan: plan.name.clone(),
-                kind,
-                window: window.to_string(),
-                threshold: t,
-                unit: unit.to_string(),
-                used,
-                limit,
-                raised_at: raised_at.clone(),
-                text: format!("tally: tenant {tenant} ({} plan) {what}", plan.name),
-            });
-        };
+        let mut raise =
+            |kind: Kind, window: &str, threshold: Decimal, unit: &str, used: Decimal, limit: Decimal, what: String| {
+                let t = threshold.normalize();
+                out.push(Alert {
+                    id: format!("{tenant}/{}/{window}/{t}", kind_str(kind)),
+                    tenant: tenant.as_str().to_string(),
+                    plan: plan.name.clone(),
+                    kind,
+                    window: window.to_string(),
+                    threshold: t,
+                    unit: unit.to_string(),
+                    used,
+                    limit,
+                    raised_at: raised_at.clone(),
+                    text: format!("tally: tenant {tenant} ({} plan) {what}", plan.name),
+                });
+            };
         if let Some((unit, used, limit)) = crate::serve::quota::allowance(plan, sub, &view.month) {
             for &t in &plan.alerts.at {
                 if used > Decimal::ZERO && used >= t * limit {
@@ -124,11 +125,15 @@ pub fn evaluate(plans: &Plans, hours: &[(CounterKey, Usage)], now: EpochSeconds)
         if let Some((factor, window)) = plan.alerts.spike {
             for h in [hour - 3600, hour] {
                 let used = view.tokens_by_hour.get(&h).copied().unwrap_or(0);
-                let before: u64 = (1..=i64::from(window)).map(|k| view.tokens_by_hour.get(&(h - k * 3600)).copied().unwrap_or(0)).sum();
+                let before: u64 = (1..=i64::from(window))
+                    .map(|k| view.tokens_by_hour.get(&(h - k * 3600)).copied().unwrap_or(0))
+                    .sum();
                 let average = (Decimal::from(before) / Decimal::from(window)).round_dp(3);
                 if average > Decimal::ZERO && Decimal::from(used) > factor * average {
                     let label = ids::hour_label(h);
-                    let what = format!("used {used} tokens in the hour {label}, over {factor}× its {window}-hour average of {average}");
+                    let what = format!(
+                        "used {used} tokens in the hour {label}, over {factor}× its {window}-hour average of {average}"
+                    );
                     raise(Kind::Spike, &label, factor, "tokens", Decimal::from(used), average, what);
                 }
             }
@@ -267,14 +272,22 @@ pub struct Webhook {
 /// How a delivery ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {
-    Delivered { attempts: u32 },
+    Delivered {
+        attempts: u32,
+    },
     /// Every attempt failed or the receiver refused it (a 4xx other than 408/429).
-    Failed { attempts: u32, last_error: String },
+    Failed {
+        attempts: u32,
+        last_error: String,
+    },
 }
 
 impl Webhook {
     pub fn new(url: &str, attempts: u32, first_backoff: Duration) -> Result<Webhook, reqwest::Error> {
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).user_agent(concat!("tally/", env!("CARGO_PKG_VERSION"))).build()?;
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .user_agent(concat!("tally/", env!("CARGO_PKG_VERSION")))
+            .build()?;
         Ok(Webhook { client, url: url.to_string(), attempts, first_backoff })
     }
 
@@ -326,7 +339,8 @@ mod tests {
     const NOW: EpochSeconds = 1_763_200_000; // 2025-11-15T09:46:40Z
 
     fn hour(tenant: &str, h: EpochSeconds, input: u64, requests: u64) -> (CounterKey, Usage) {
-        let key = CounterKey { tenant: TenantId::new(tenant).unwrap(), hour: ids::hour_of(h), resource: Resource::new("m") };
+        let key =
+            CounterKey { tenant: TenantId::new(tenant).unwrap(), hour: ids::hour_of(h), resource: Resource::new("m") };
         (key, Usage { input, requests, ..Default::default() })
     }
 
@@ -341,7 +355,10 @@ mod tests {
         let alerts = evaluate(&p, &[hour("a", NOW - 86_400 * 3, 500, 1), hour("a", NOW, 300, 1)], NOW);
         assert_eq!(ids_of(&alerts), ["a/allowance/2025-11/0.8"]);
         let alerts = evaluate(&p, &[hour("a", NOW, 1000, 8), hour("b", NOW - 86_400, 5, 10)], NOW);
-        assert_eq!(ids_of(&alerts), ["a/allowance/2025-11/0.8", "a/allowance/2025-11/1", "a/requests_per_day/2025-11-15/0.8"]);
+        assert_eq!(
+            ids_of(&alerts),
+            ["a/allowance/2025-11/0.8", "a/allowance/2025-11/1", "a/requests_per_day/2025-11-15/0.8"]
+        );
         // Last month's usage does not count toward this month's allowance.
         assert!(evaluate(&p, &[hour("a", NOW - 86_400 * 20, 5000, 1)], NOW).is_empty());
         // Tenants without a plan raise nothing.

@@ -113,7 +113,8 @@ mod tests {
         let k = keys();
         assert_eq!(k.authenticate(Some("Bearer a-secret")).unwrap().name, "a-app");
         assert!(k.authenticate(Some("Bearer admin-secret")).unwrap().is_admin());
-        for bad in [None, Some(""), Some("Bearer "), Some("a-secret"), Some("Bearer a-secreT"), Some("Basic a-secret")] {
+        for bad in [None, Some(""), Some("Bearer "), Some("a-secret"), Some("Bearer a-secreT"), Some("Basic a-secret")]
+        {
             assert_eq!(k.authenticate(bad), Err(Denied::Unauthenticated), "{bad:?}");
         }
         // The configured hash itself is not a key.

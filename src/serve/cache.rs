@@ -76,7 +76,9 @@ impl<K: Eq + Hash + Clone, V: Send + Sync + 'static> Cache<K, V> {
             let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
             if slots.len() >= MAX_KEYS && !slots.contains_key(key) {
                 let ttl = self.ttl;
-                slots.retain(|_, s| s.value.read().map(|v| v.as_ref().is_some_and(|(at, _)| at.elapsed() < ttl)).unwrap_or(false));
+                slots.retain(|_, s| {
+                    s.value.read().map(|v| v.as_ref().is_some_and(|(at, _)| at.elapsed() < ttl)).unwrap_or(false)
+                });
             }
             slots.entry(key.clone()).or_default().clone()
         };
@@ -139,7 +141,8 @@ mod tests {
         assert_eq!(loads.load(Ordering::SeqCst), 1);
         tokio::time::sleep(Duration::from_millis(350)).await;
         let l = loads.clone();
-        let (_, v, src) = cache.get(&"a", move || async move { Ok::<_, ()>(l.fetch_add(1, Ordering::SeqCst) + 1) }).await.unwrap();
+        let (_, v, src) =
+            cache.get(&"a", move || async move { Ok::<_, ()>(l.fetch_add(1, Ordering::SeqCst) + 1) }).await.unwrap();
         assert_eq!((*v, src), (2, Source::Store), "read again once the ttl has passed");
         let (_, v, src) = cache.get(&"a", || async { Ok::<_, ()>(99) }).await.unwrap();
         assert_eq!((*v, src), (2, Source::Cache));

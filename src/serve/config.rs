@@ -158,7 +158,10 @@ impl ServeConfig {
             return bad("serve.listen", "must be an address and port such as \"127.0.0.1:8080\"");
         }
         if self.cache_ms > 60_000 {
-            return bad("serve.cache_ms", "must be at most 60000 (a quota check on minute-old counters lets a tenant run far past its limit)");
+            return bad(
+                "serve.cache_ms",
+                "must be at most 60000 (a quota check on minute-old counters lets a tenant run far past its limit)",
+            );
         }
         if !(1..=64).contains(&self.readers) {
             return bad("serve.readers", "must be between 1 and 64");
@@ -194,9 +197,13 @@ impl ServeConfig {
                 (field("hash"), "must be \"sha256:\" and 64 hex digits (`tally key new` prints one; the key itself never goes in the config)".to_string())
             })?;
             let role = match (&k.tenant, k.admin) {
-                (Some(_), true) | (None, false) => return Err((field("tenant"), "set either `tenant = \"…\"` or `admin = true`".into())),
+                (Some(_), true) | (None, false) => {
+                    return Err((field("tenant"), "set either `tenant = \"…\"` or `admin = true`".into()))
+                }
                 (None, true) => Role::Admin,
-                (Some(t), false) => Role::Tenant(TenantId::new(t).ok_or_else(|| (field("tenant"), "must not be blank".to_string()))?),
+                (Some(t), false) => {
+                    Role::Tenant(TenantId::new(t).ok_or_else(|| (field("tenant"), "must not be blank".to_string()))?)
+                }
             };
             if out.iter().any(|o| o.hash == hash) {
                 return Err((field("hash"), "the same key is listed twice".into()));
@@ -246,14 +253,24 @@ mod tests {
         assert_eq!(field_of("[serve]\ncache_ms = 600000"), "serve.cache_ms");
         assert_eq!(field_of("[[serve.keys]]\nhash = 'abc'\nadmin = true"), "serve.keys[0].hash");
         assert_eq!(field_of(&format!("[[serve.keys]]\nhash = '{HASH}'")), "serve.keys[0].tenant");
-        assert_eq!(field_of(&format!("[[serve.keys]]\nhash = '{HASH}'\nadmin = true\ntenant = 'a'")), "serve.keys[0].tenant");
         assert_eq!(
-            field_of(&format!("[[serve.keys]]\nhash = '{HASH}'\nadmin = true\n[[serve.keys]]\nhash = '{HASH}'\ntenant = 'a'")),
+            field_of(&format!("[[serve.keys]]\nhash = '{HASH}'\nadmin = true\ntenant = 'a'")),
+            "serve.keys[0].tenant"
+        );
+        assert_eq!(
+            field_of(&format!(
+                "[[serve.keys]]\nhash = '{HASH}'\nadmin = true\n[[serve.keys]]\nhash = '{HASH}'\ntenant = 'a'"
+            )),
             "serve.keys[1].hash"
         );
         assert_eq!(field_of("[serve.alerts]\nwebhook = 'hooks.example.com'"), "serve.alerts.webhook");
         assert_eq!(field_of("[serve.alerts]\nattempts = 0"), "serve.alerts.attempts");
-        let ok = Config::from_toml(&format!("[[serve.keys]]\nhash = '{HASH}'\ntenant = 'acme'"), Path::new("t"), PathBuf::new()).unwrap();
+        let ok = Config::from_toml(
+            &format!("[[serve.keys]]\nhash = '{HASH}'\ntenant = 'acme'"),
+            Path::new("t"),
+            PathBuf::new(),
+        )
+        .unwrap();
         assert_eq!(ok.serve.keys().unwrap()[0].role, super::Role::Tenant(crate::ids::TenantId::new("acme").unwrap()));
     }
 }

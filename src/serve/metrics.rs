@@ -101,11 +101,19 @@ impl Metrics {
         for (i, route) in ROUTES.iter().enumerate() {
             let h = &self.latency[i];
             for (b, le) in BUCKETS.iter().enumerate() {
-                let _ = writeln!(w, "tally_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{le}\"}} {}", h.buckets[b].load(Ordering::Relaxed));
+                let _ = writeln!(
+                    w,
+                    "tally_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{le}\"}} {}",
+                    h.buckets[b].load(Ordering::Relaxed)
+                );
             }
             let count = h.count.load(Ordering::Relaxed);
             let _ = writeln!(w, "tally_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {count}");
-            let _ = writeln!(w, "tally_http_request_duration_seconds_sum{{route=\"{route}\"}} {}", h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6);
+            let _ = writeln!(
+                w,
+                "tally_http_request_duration_seconds_sum{{route=\"{route}\"}} {}",
+                h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+            );
             let _ = writeln!(w, "tally_http_request_duration_seconds_count{{route=\"{route}\"}} {count}");
         }
         help(w, "tally_http_responses_total", "counter", "Responses by route and status code.");
@@ -118,7 +126,11 @@ impl Metrics {
             ("tally_cache_misses_total", "Quota and usage answers that read the store.", &self.cache_misses),
             ("tally_alerts_raised_total", "Alerts raised (each crossing once).", &self.alerts_raised),
             ("tally_alerts_delivered_total", "Alerts the webhook accepted.", &self.alerts_delivered),
-            ("tally_alert_webhook_failures_total", "Alert deliveries that failed after every attempt.", &self.webhook_failures),
+            (
+                "tally_alert_webhook_failures_total",
+                "Alert deliveries that failed after every attempt.",
+                &self.webhook_failures,
+            ),
         ];
         for (name, text, v) in counters {
             help(w, name, "counter", text);
@@ -134,7 +146,12 @@ impl Metrics {
             for (reason, n) in &t.skipped {
                 let _ = writeln!(w, "tally_ingest_skipped_total{{reason=\"{reason}\"}} {n}");
             }
-            help(w, "tally_ingest_records_per_second", "gauge", "Records received per second between the last two samples.");
+            help(
+                w,
+                "tally_ingest_records_per_second",
+                "gauge",
+                "Records received per second between the last two samples.",
+            );
             let _ = writeln!(w, "tally_ingest_records_per_second {:.3}", s.rate);
         }
         if let Some(changed) = s.changed {
@@ -142,7 +159,12 @@ impl Metrics {
             let _ = writeln!(w, "tally_ingest_lag_seconds {:.3}", changed.elapsed().as_secs_f64());
         }
         if let Some(h) = s.newest_hour {
-            help(w, "tally_ingest_newest_hour_timestamp_seconds", "gauge", "Start of the newest UTC hour with counted usage.");
+            help(
+                w,
+                "tally_ingest_newest_hour_timestamp_seconds",
+                "gauge",
+                "Start of the newest UTC hour with counted usage.",
+            );
             let _ = writeln!(w, "tally_ingest_newest_hour_timestamp_seconds {h}");
         }
         out
@@ -164,7 +186,10 @@ mod tests {
         m.observe(route_index("/v1/quota"), 200, Duration::from_millis(3));
         m.observe(route_index("/nope"), 404, Duration::from_micros(50));
         let text = m.render();
-        assert!(text.contains("tally_http_request_duration_seconds_bucket{route=\"/v1/quota\",le=\"0.0005\"} 1\n"), "{text}");
+        assert!(
+            text.contains("tally_http_request_duration_seconds_bucket{route=\"/v1/quota\",le=\"0.0005\"} 1\n"),
+            "{text}"
+        );
         assert!(text.contains("tally_http_request_duration_seconds_bucket{route=\"/v1/quota\",le=\"0.005\"} 2\n"));
         assert!(text.contains("tally_http_responses_total{route=\"other\",code=\"404\"} 1\n"));
         assert!(!text.contains("tally_ingest_records_total"), "no sample yet, no ingest figures");
@@ -177,7 +202,8 @@ mod tests {
         assert!(text.contains("tally_ingest_records_total{outcome=\"received\"} 300\n"));
         assert!(text.contains("tally_ingest_skipped_total{reason=\"malformed_json\"} 6\n"));
         assert!(text.contains("tally_ingest_newest_hour_timestamp_seconds 7200\n"));
-        let rate: f64 = text.lines().find_map(|l| l.strip_prefix("tally_ingest_records_per_second ")).unwrap().parse().unwrap();
+        let rate: f64 =
+            text.lines().find_map(|l| l.strip_prefix("tally_ingest_records_per_second ")).unwrap().parse().unwrap();
         assert!(rate > 200.0, "200 records between two samples taken almost at once: {rate}");
     }
 }

@@ -37,8 +37,8 @@ use crate::invoice::plan::Plans;
 use crate::store::{CounterStore, PeriodUsage, StoreError};
 use crate::usage::{Resource, Usage};
 use auth::{Caller, Denied, Keys};
-use config::ServeConfig;
 use cache::{Cache, Source};
+use config::ServeConfig;
 use metrics::Metrics;
 
 /// Opens one store connection (the caller decides the backend).
@@ -115,7 +115,8 @@ impl App {
     async fn period_usage(&self, tenant: TenantId, period: String) -> Result<(Instant, Arc<PeriodUsage>), Response> {
         let key = (tenant.clone(), period.clone());
         let readers = self.readers.clone();
-        let got = self.usage.get(&key, || async move { readers.read(move |s| s.period_usage(&tenant, &period)).await }).await;
+        let got =
+            self.usage.get(&key, || async move { readers.read(move |s| s.period_usage(&tenant, &period)).await }).await;
         self.answer_from(got)
     }
 
@@ -134,10 +135,14 @@ impl App {
         self.answer_from(got)
     }
 
-    fn answer_from<V>(&self, got: Result<(Instant, Arc<V>, Source), StoreError>) -> Result<(Instant, Arc<V>), Response> {
+    fn answer_from<V>(
+        &self,
+        got: Result<(Instant, Arc<V>, Source), StoreError>,
+    ) -> Result<(Instant, Arc<V>), Response> {
         match got {
             Ok((at, v, source)) => {
-                let counter = if source == Source::Cache { &self.metrics.cache_hits } else { &self.metrics.cache_misses };
+                let counter =
+                    if source == Source::Cache { &self.metrics.cache_hits } else { &self.metrics.cache_misses };
                 counter.fetch_add(1, Ordering::Relaxed);
                 Ok((at, v))
             }
@@ -145,7 +150,11 @@ impl App {
             Err(e) => {
                 self.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, "store read failed");
-                Err(error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "the counters cannot be read right now; retry"))
+                Err(error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the counters cannot be read right now; retry",
+                ))
             }
         }
     }
@@ -154,9 +163,11 @@ impl App {
 fn tenants_view(period: String, hours: Vec<(crate::usage::CounterKey, Usage)>, today: &str) -> TenantsView {
     let mut by_tenant: BTreeMap<TenantId, PeriodUsage> = BTreeMap::new();
     for (key, usage) in hours {
-        let p = by_tenant
-            .entry(key.tenant.clone())
-            .or_insert_with(|| PeriodUsage { tenant: key.tenant.clone(), period: period.clone(), ..Default::default() });
+        let p = by_tenant.entry(key.tenant.clone()).or_insert_with(|| PeriodUsage {
+            tenant: key.tenant.clone(),
+            period: period.clone(),
+            ..Default::default()
+        });
         p.total += &usage;
         let day = ids::day_of(key.hour);
         if day == today {
@@ -177,9 +188,13 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
 
 fn denied(d: Denied) -> Response {
     match d {
-        Denied::Unauthenticated => error(StatusCode::UNAUTHORIZED, "unauthorized", "send a configured key as `Authorization: Bearer <key>`"),
+        Denied::Unauthenticated => {
+            error(StatusCode::UNAUTHORIZED, "unauthorized", "send a configured key as `Authorization: Bearer <key>`")
+        }
         Denied::Forbidden => error(StatusCode::FORBIDDEN, "forbidden", "this key may not read that"),
-        Denied::NeedsTenant => error(StatusCode::BAD_REQUEST, "bad_request", "an admin key names the tenant: ?tenant=<id>"),
+        Denied::NeedsTenant => {
+            error(StatusCode::BAD_REQUEST, "bad_request", "an admin key names the tenant: ?tenant=<id>")
+        }
     }
 }
 
@@ -223,7 +238,14 @@ async fn usage(State(app): State<Arc<App>>, headers: HeaderMap, q: Result<Query<
         let tenant = caller.tenant(p.tenant.as_deref()).map_err(denied)?;
         let period = period_of(&app, &p)?;
         let (at, u) = app.period_usage(tenant, period).await?;
-        let body = UsageAnswer { tenant: &u.tenant, period: &u.period, as_of: read_time(at), total: &u.total, by_day: &u.by_day, by_resource: &u.by_resource };
+        let body = UsageAnswer {
+            tenant: &u.tenant,
+            period: &u.period,
+            as_of: read_time(at),
+            total: &u.total,
+            by_day: &u.by_day,
+            by_resource: &u.by_resource,
+        };
         Ok::<_, Response>(Json(body).into_response())
     };
     run.await.unwrap_or_else(|r| r)
@@ -237,7 +259,11 @@ struct QuotaAnswer {
     cache_ms: u128,
 }
 
-async fn quota_handler(State(app): State<Arc<App>>, headers: HeaderMap, q: Result<Query<Params>, QueryRejection>) -> Response {
+async fn quota_handler(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    q: Result<Query<Params>, QueryRejection>,
+) -> Response {
     let run = async {
         let caller = app.authenticate(&headers)?;
         let p = params(q)?;
@@ -245,7 +271,9 @@ async fn quota_handler(State(app): State<Arc<App>>, headers: HeaderMap, q: Resul
         let now = app.now();
         let (at, u) = app.period_usage(tenant, ids::month_of(now)).await?;
         let quota = quota::position(&app.plans, &u, &ids::day_of(now));
-        Ok::<_, Response>(Json(QuotaAnswer { quota, as_of: read_time(at), cache_ms: app.usage.ttl().as_millis() }).into_response())
+        Ok::<_, Response>(
+            Json(QuotaAnswer { quota, as_of: read_time(at), cache_ms: app.usage.ttl().as_millis() }).into_response(),
+        )
     };
     run.await.unwrap_or_else(|r| r)
 }
@@ -261,7 +289,11 @@ struct TenantRow<'a> {
     usage: Usage,
 }
 
-async fn tenants(State(app): State<Arc<App>>, headers: HeaderMap, q: Result<Query<Params>, QueryRejection>) -> Response {
+async fn tenants(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    q: Result<Query<Params>, QueryRejection>,
+) -> Response {
     let run = async {
         let caller = app.authenticate(&headers)?;
         if !caller.is_admin() {
@@ -295,7 +327,9 @@ async fn tenants(State(app): State<Arc<App>>, headers: HeaderMap, q: Result<Quer
             })
             .collect();
         rows.sort_by(|a, b| {
-            (b.usage.tokens(), b.usage.est_cost, b.usage.requests).cmp(&(a.usage.tokens(), a.usage.est_cost, a.usage.requests)).then(a.tenant.cmp(b.tenant))
+            (b.usage.tokens(), b.usage.est_cost, b.usage.requests)
+                .cmp(&(a.usage.tokens(), a.usage.est_cost, a.usage.requests))
+                .then(a.tenant.cmp(b.tenant))
         });
         let body = serde_json::json!({ "period": period, "as_of": read_time(at), "tenants": rows });
         Ok::<_, Response>(Json(body).into_response())
@@ -329,7 +363,10 @@ async fn dashboard() -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CONTENT_SECURITY_POLICY, "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'",
+            ),
             (header::CACHE_CONTROL, "no-store"),
         ],
         DASHBOARD,
@@ -338,7 +375,11 @@ async fn dashboard() -> Response {
 }
 
 async fn fallback() -> Response {
-    error(StatusCode::NOT_FOUND, "not_found", "no such route; see GET /v1/quota, /v1/usage, /v1/tenants, /metrics, /healthz")
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such route; see GET /v1/quota, /v1/usage, /v1/tenants, /metrics, /healthz",
+    )
 }
 
 /// Times every request into the latency histogram.
@@ -387,7 +428,11 @@ async fn check_alerts(app: Arc<App>, mut ledger: alerts::Ledger, webhook: Option
     }
 }
 
-async fn check_alerts_once(app: &App, ledger: &mut alerts::Ledger, webhook: Option<&alerts::Webhook>) -> anyhow::Result<()> {
+async fn check_alerts_once(
+    app: &App,
+    ledger: &mut alerts::Ledger,
+    webhook: Option<&alerts::Webhook>,
+) -> anyhow::Result<()> {
     let now = app.now();
     let months = alerts::months_needed(&app.plans, now);
     let hours = app
@@ -469,7 +514,9 @@ pub fn run(
     let Setup { serve: s, plans, ledger: ledger_path } = setup;
     let keys = s.keys().map_err(|(f, m)| anyhow::anyhow!("config field `{f}`: {m}"))?;
     if keys.is_empty() {
-        tracing::warn!("no [[serve.keys]] configured: every /v1 request will be refused (make one with `tally key new`)");
+        tracing::warn!(
+            "no [[serve.keys]] configured: every /v1 request will be refused (make one with `tally key new`)"
+        );
     }
     let mut stores = Vec::with_capacity(s.readers);
     for _ in 0..s.readers {
@@ -486,7 +533,8 @@ pub fn run(
         as_of: options.as_of,
         backend: options.backend.clone(),
     });
-    let ledger = alerts::Ledger::open(&ledger_path).map_err(|e| anyhow::anyhow!("cannot read the alert ledger {}: {e}", ledger_path.display()))?;
+    let ledger = alerts::Ledger::open(&ledger_path)
+        .map_err(|e| anyhow::anyhow!("cannot read the alert ledger {}: {e}", ledger_path.display()))?;
     let webhook = match &s.alerts.webhook {
         Some(url) => Some(alerts::Webhook::new(url, s.alerts.attempts, options.webhook_backoff)?),
         None => None,
@@ -527,7 +575,12 @@ fn connection_cap(configured: usize) -> usize {
     let nofile = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 { lim.rlim_cur } else { 1024 };
     let room = usize::try_from(nofile).unwrap_or(usize::MAX).saturating_sub(32).max(1);
     if room < configured {
-        tracing::info!(configured, cap = room, open_file_limit = nofile, "serve.max_connections lowered to fit the open-file limit");
+        tracing::info!(
+            configured,
+            cap = room,
+            open_file_limit = nofile,
+            "serve.max_connections lowered to fit the open-file limit"
+        );
     }
     configured.min(room)
 }
@@ -536,7 +589,12 @@ fn connection_cap(configured: usize) -> usize {
 /// holding no descriptor), serves HTTP/1 on each with a deadline on its request head, and
 /// answers 408 to a request not answered in time. On `shutdown`, stops accepting and lets
 /// open connections finish their requests (up to the request timeout).
-async fn serve_connections(listener: tokio::net::TcpListener, router: Router, limits: Limits, shutdown: impl std::future::Future<Output = ()>) {
+async fn serve_connections(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: Limits,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     use hyper_util::rt::{TokioIo, TokioTimer};
 
     let router = router.layer(middleware::from_fn(move |req: Request, next: Next| async move {

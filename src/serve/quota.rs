@@ -43,7 +43,11 @@ pub struct Limit {
 impl Limit {
     pub fn new(used: Decimal, limit: Decimal, warn_at: Decimal) -> Limit {
         let fraction = if limit.is_zero() {
-            if used.is_zero() { Decimal::ZERO } else { Decimal::ONE }
+            if used.is_zero() {
+                Decimal::ZERO
+            } else {
+                Decimal::ONE
+            }
         } else {
             (used / limit).round_dp(6)
         };
@@ -92,7 +96,9 @@ pub struct Quota {
 /// The allowance a subscription has, in (unit, amount), and what a month's usage uses of it.
 pub fn allowance(plan: &Plan, sub: &Subscription, month: &Usage) -> Option<(&'static str, Decimal, Decimal)> {
     match plan.pricing {
-        Pricing::Quota { allowance: Allowance::Tokens { included }, .. } => Some(("tokens", Decimal::from(month.tokens()), Decimal::from(included))),
+        Pricing::Quota { allowance: Allowance::Tokens { included }, .. } => {
+            Some(("tokens", Decimal::from(month.tokens()), Decimal::from(included)))
+        }
         Pricing::Quota { allowance: Allowance::Credits { included, credit_usd }, .. } => {
             Some(("credits", (month.est_cost / credit_usd).round_dp(6), included))
         }
@@ -123,7 +129,8 @@ pub fn position(plans: &Plans, usage: &PeriodUsage, today: &str) -> Quota {
     };
     let warn_at = plan.alerts.warn_at();
     q.plan = Some(plan.name.clone());
-    q.allowance = allowance(plan, sub, &usage.total).map(|(unit, used, limit)| AllowancePosition { unit, limit: Limit::new(used, limit, warn_at) });
+    q.allowance = allowance(plan, sub, &usage.total)
+        .map(|(unit, used, limit)| AllowancePosition { unit, limit: Limit::new(used, limit, warn_at) });
     q.requests = plan.requests_per_day.map(|n| Limit::new(Decimal::from(requests_today), Decimal::from(n), warn_at));
     q.status = [q.allowance.as_ref().map(|a| a.limit.status), q.requests.as_ref().map(|r| r.status)]
         .into_iter()
@@ -151,8 +158,10 @@ mod tests {
     }
 
     fn usage(tenant: &str, input: u64, today_requests: u64, est_cost: &str) -> PeriodUsage {
-        let mut u = PeriodUsage { tenant: TenantId::new(tenant).unwrap(), period: "2025-11".into(), ..Default::default() };
-        u.total = Usage { input, requests: today_requests + 3, est_cost: est_cost.parse().unwrap(), ..Default::default() };
+        let mut u =
+            PeriodUsage { tenant: TenantId::new(tenant).unwrap(), period: "2025-11".into(), ..Default::default() };
+        u.total =
+            Usage { input, requests: today_requests + 3, est_cost: est_cost.parse().unwrap(), ..Default::default() };
         u.by_day.insert("2025-11-02".into(), Usage { requests: 3, ..Default::default() });
         u.by_day.insert("2025-11-05".into(), Usage { requests: today_requests, ..Default::default() });
         u
@@ -164,7 +173,10 @@ mod tests {
         let q = position(&p, &usage("a", 400, 2, "0"), "2025-11-05");
         assert_eq!((q.status, q.requests_today), (Status::Ok, 2));
         let a = q.allowance.unwrap();
-        assert_eq!((a.unit, a.limit.used, a.limit.limit, a.limit.remaining), ("tokens", 400.into(), 1000.into(), 600.into()));
+        assert_eq!(
+            (a.unit, a.limit.used, a.limit.limit, a.limit.remaining),
+            ("tokens", 400.into(), 1000.into(), 600.into())
+        );
         // The plan warns at 50%: tokens at 50% is warn.
         assert_eq!(position(&p, &usage("a", 500, 2, "0"), "2025-11-05").status, Status::Warn);
         // The 10th request of the day uses the daily limit up.

@@ -41,9 +41,9 @@ pub struct LogsUrl {
 
 impl LogsUrl {
     pub fn parse(url: &str) -> Result<LogsUrl, String> {
-        let rest = url
-            .strip_prefix("cloudwatch://")
-            .ok_or_else(|| format!("{url}: a CloudWatch Logs source is cloudwatch://<log-group>[?stream=<log-stream>]"))?;
+        let rest = url.strip_prefix("cloudwatch://").ok_or_else(|| {
+            format!("{url}: a CloudWatch Logs source is cloudwatch://<log-group>[?stream=<log-stream>]")
+        })?;
         // `?` cannot occur in a log group name, so it always starts the query.
         let (group, stream) = match rest.split_once("?stream=") {
             Some((g, s)) if !s.is_empty() => (g, Some(s.to_string())),
@@ -51,7 +51,9 @@ impl LogsUrl {
             None => (rest, None),
         };
         if group.is_empty() || group.contains('?') {
-            return Err(format!("{url}: the log group name is missing or has a `?` (cloudwatch://<log-group>[?stream=<log-stream>])"));
+            return Err(format!(
+                "{url}: the log group name is missing or has a `?` (cloudwatch://<log-group>[?stream=<log-stream>])"
+            ));
         }
         Ok(LogsUrl { group: group.to_string(), stream })
     }
@@ -128,7 +130,10 @@ impl LogsSource {
             .map(|stream| {
                 let key = self.url.stream_key(&stream);
                 let expected = checkpoints.get(&key).cloned();
-                let start = expected.as_deref().and_then(StreamPosition::decode).unwrap_or(StreamPosition { v: 1, ..StreamPosition::default() });
+                let start = expected
+                    .as_deref()
+                    .and_then(StreamPosition::decode)
+                    .unwrap_or(StreamPosition { v: 1, ..StreamPosition::default() });
                 StreamJob { group: self.url.group.clone(), stream, key, expected, start }
             })
             .collect())
@@ -170,7 +175,13 @@ pub fn read_job(
         if shutdown.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let mut req = remote.logs.get_log_events().log_group_name(&job.group).log_stream_name(&job.stream).start_from_head(true).limit(limit);
+        let mut req = remote
+            .logs
+            .get_log_events()
+            .log_group_name(&job.group)
+            .log_stream_name(&job.stream)
+            .start_from_head(true)
+            .limit(limit);
         if !pos.token.is_empty() {
             req = req.next_token(&pos.token);
         } else if pos.ts > 0 {
@@ -179,8 +190,8 @@ pub fn read_job(
         let page = match remote.block_on(req.send()) {
             Ok(page) => page,
             Err(e) => {
-                let refused_token = !pos.token.is_empty()
-                    && e.as_service_error().is_some_and(|s| s.is_invalid_parameter_exception());
+                let refused_token =
+                    !pos.token.is_empty() && e.as_service_error().is_some_and(|s| s.is_invalid_parameter_exception());
                 if refused_token {
                     tracing::warn!(stream = %job.key, "the stored forward token was refused; reading again from the last event's timestamp (records are deduplicated)");
                     pos.token.clear();
@@ -218,7 +229,10 @@ mod tests {
     fn urls() {
         let u = LogsUrl::parse("cloudwatch:///aws/bedrock/invocations").unwrap();
         assert_eq!((u.group.as_str(), u.stream.as_deref()), ("/aws/bedrock/invocations", None));
-        assert_eq!(u.stream_key("aws/bedrock/modelinvocations"), "cloudwatch:///aws/bedrock/invocations?stream=aws/bedrock/modelinvocations");
+        assert_eq!(
+            u.stream_key("aws/bedrock/modelinvocations"),
+            "cloudwatch:///aws/bedrock/invocations?stream=aws/bedrock/modelinvocations"
+        );
         let one = LogsUrl::parse(&u.stream_key("aws/bedrock/modelinvocations")).unwrap();
         assert_eq!(one.stream.as_deref(), Some("aws/bedrock/modelinvocations"));
         assert_eq!(one.to_string(), u.stream_key("aws/bedrock/modelinvocations"));

@@ -42,7 +42,6 @@ impl Frame {
     }
 }
 
-
 /// Keys of an object whose array value holds records.
 fn container_frame(key: &[u8]) -> Option<Frame> {
     match key {
@@ -465,9 +464,22 @@ pub fn read_document<R: Read>(
     send: &mut dyn FnMut(Piece) -> bool,
 ) -> Reached {
     let cap = start.max_record_bytes.saturating_add(1);
-    let window =
-        Window { inner, buf: vec![0; INITIAL.min(cap)], start: 0, end: 0, eof: false, pos: start.offset, newlines: start.line, cap };
-    let piece = Piece { source: start.source.to_string(), name: start.name.map(str::to_string), expected: start.expected.clone(), ..Piece::default() };
+    let window = Window {
+        inner,
+        buf: vec![0; INITIAL.min(cap)],
+        start: 0,
+        end: 0,
+        eof: false,
+        pos: start.offset,
+        newlines: start.line,
+        cap,
+    };
+    let piece = Piece {
+        source: start.source.to_string(),
+        name: start.name.map(str::to_string),
+        expected: start.expected.clone(),
+        ..Piece::default()
+    };
     let mut reader = Reader {
         w: window,
         decoder,
@@ -541,7 +553,9 @@ impl<R: Read> Reader<'_, '_, '_, R> {
                 return End::Stopped;
             }
         }
-        if (self.piece.received > 0 || self.w.pos != self.start.offset || self.expected.is_none()) && !self.send(false, send) {
+        if (self.piece.received > 0 || self.w.pos != self.start.offset || self.expected.is_none())
+            && !self.send(false, send)
+        {
             return End::Stopped;
         }
         End::Done
@@ -695,7 +709,8 @@ impl<R: Read> Reader<'_, '_, '_, R> {
         let (line, offset) = (self.w.newlines + 1, self.w.pos);
         let prefix = self.w.avail()[..self.w.avail().len().min(SNIPPET_BYTES)].to_vec();
         let len = self.w.skip_long()?;
-        let detail = format!("record of {len} bytes is longer than ingest.max_record_bytes ({})", self.start.max_record_bytes);
+        let detail =
+            format!("record of {len} bytes is longer than ingest.max_record_bytes ({})", self.start.max_record_bytes);
         self.piece.received += 1;
         self.piece.rejects.push(Rejected::new(Reason::LineTooLong, detail, line, offset, &prefix));
         Ok(())
@@ -857,7 +872,10 @@ mod tests {
     #[test]
     fn an_export_head_is_read_up_to_its_record_array() {
         let head = |t: &str| container_head(t.as_bytes(), false, &mut Vec::new());
-        assert_eq!(head(r#"{"messageType":"DATA_MESSAGE","subscriptionFilters":["a"],"logEvents":[{"#), Ok(Some((71, Frame::Events))));
+        assert_eq!(
+            head(r#"{"messageType":"DATA_MESSAGE","subscriptionFilters":["a"],"logEvents":[{"#),
+            Ok(Some((71, Frame::Events)))
+        );
         assert_eq!(head(r#"{ "results" : [ ["#), Ok(Some((15, Frame::Results))));
         assert_eq!(head(r#"{"requestId":"r","events":["#), Ok(None), "a record");
         assert_eq!(head(r#"{"a":1}"#), Ok(None));

@@ -226,7 +226,9 @@ fn time_at(b: &[u8]) -> Option<i64> {
     let year = num(0, 4).filter(|y| (2000..3000).contains(y))?;
     // (month, day, where the date ends, what may join an hour to it)
     let (month, day, end, joiner) = match b.get(4)? {
-        &sep @ (b'/' | b'-') if b.get(7) == Some(&sep) => (num(5, 2)?, num(8, 2)?, 10, if sep == b'/' { b'/' } else { b'T' }),
+        &sep @ (b'/' | b'-') if b.get(7) == Some(&sep) => {
+            (num(5, 2)?, num(8, 2)?, 10, if sep == b'/' { b'/' } else { b'T' })
+        }
         _ if b.get(8) == Some(&b'T') => (num(4, 2)?, num(6, 2)?, 8, b'T'),
         _ => return None,
     };
@@ -291,7 +293,11 @@ fn walk(dir: &Path, canonical: &Path, d: &mut Discovered) {
                 }
                 // A linked folder is not followed (it could loop, or leave the tree).
                 Ok(meta) if meta.is_dir() => {}
-                Ok(meta) => d.passed_over.push(format!("{}: not a regular file ({}, through a link)", path.display(), kind_of(&meta))),
+                Ok(meta) => d.passed_over.push(format!(
+                    "{}: not a regular file ({}, through a link)",
+                    path.display(),
+                    kind_of(&meta)
+                )),
             }
         } else if is_log_file_name(&shown) {
             let kind = std::fs::symlink_metadata(&path).map(|m| kind_of(&m)).unwrap_or("not a regular file");
@@ -312,7 +318,10 @@ fn head_of(path: &Path, len: u64) -> io::Result<String> {
 
 /// Decides, per file, whether there is anything new and where to start. Returns the jobs and
 /// how many files were unchanged.
-pub fn plan(files: Vec<Found>, checkpoints: &std::collections::HashMap<String, String>) -> io::Result<(Vec<FileJob>, usize)> {
+pub fn plan(
+    files: Vec<Found>,
+    checkpoints: &std::collections::HashMap<String, String>,
+) -> io::Result<(Vec<FileJob>, usize)> {
     let mut jobs = Vec::new();
     let mut unchanged = 0;
     for Found { path, canonical } in files {
@@ -408,8 +417,18 @@ pub fn read_file(
     if let Some(p) = job.resume.as_ref().filter(|p| p.document) {
         // A document stopped part-way goes on where it stopped; a changed one is read again
         // from its start (records already counted are deduplicated).
-        let from = if p.partial && p.size == job.size { Mark { partial: false, ..mark_of(p) } } else { Mark::default() };
-        return read_documents(job, from, decoder, settings, bytes_read, shutdown, &|m| position(m, true).encode(), send);
+        let from =
+            if p.partial && p.size == job.size { Mark { partial: false, ..mark_of(p) } } else { Mark::default() };
+        return read_documents(
+            job,
+            from,
+            decoder,
+            settings,
+            bytes_read,
+            shutdown,
+            &|m| position(m, true).encode(),
+            send,
+        );
     }
     let (mut file, gz) = open_sniffed(&job.path)?;
     let mut inflater = (gz && job.size <= WHOLE_GZ_BYTES).then(|| INFLATER.take().unwrap_or_else(Inflater::new));
@@ -430,8 +449,12 @@ pub fn read_file(
             (None, None) => plain_prefix_crc(&job.path, p.offset)?,
         };
         match actual {
-            Some(actual) if p.crc.is_none_or(|c| c == actual) => (start_offset, start_line, prefix_crc) = (p.offset, p.line, actual),
-            _ => tracing::warn!(file = %job.path.display(), "file changed before where it was counted to (not only grown); reading it again from the start (already-counted records are deduplicated)"),
+            Some(actual) if p.crc.is_none_or(|c| c == actual) => {
+                (start_offset, start_line, prefix_crc) = (p.offset, p.line, actual)
+            }
+            _ => {
+                tracing::warn!(file = %job.path.display(), "file changed before where it was counted to (not only grown); reading it again from the start (already-counted records are deduplicated)")
+            }
         }
     }
     let start = Start {
@@ -467,7 +490,16 @@ pub fn read_file(
     }
     match reached.end {
         // JSON documents (an export, payloads back to back): streamed from the start.
-        End::Document => read_documents(job, Mark::default(), decoder, settings, bytes_read, shutdown, &|m| position(m, true).encode(), send),
+        End::Document => read_documents(
+            job,
+            Mark::default(),
+            decoder,
+            settings,
+            bytes_read,
+            shutdown,
+            &|m| position(m, true).encode(),
+            send,
+        ),
         End::Fetch(e) => Err(e),
         End::Done | End::Stopped => Ok(()),
     }
@@ -553,7 +585,14 @@ fn stream_file(
     if let (Some(c), stream::End::Done) = (&corrupt, &reached.end) {
         if c.at >= gz_start {
             // The corrupt member is one quarantined record; the checkpoint stays before it.
-            let position = reached.expected.clone().unwrap_or_else(|| encoded(Mark { offset: reached.offset, line: reached.line, crc: Some(lines.crc_through(reached.offset)), ..Mark::default() }));
+            let position = reached.expected.clone().unwrap_or_else(|| {
+                encoded(Mark {
+                    offset: reached.offset,
+                    line: reached.line,
+                    crc: Some(lines.crc_through(reached.offset)),
+                    ..Mark::default()
+                })
+            });
             let detail = format!("gzip member starting at decoded byte {} is corrupt ({}): its records are not counted, and nothing after it is read", c.at, c.why);
             let piece = Piece {
                 source,
@@ -755,11 +794,24 @@ mod tests {
         assert_eq!(t("s3/2025/11/04/x.json"), at("2025-11-04T00:00:00+00:00"), "day folder");
         assert_eq!(t("cloudwatch/2025-11-04.ndjson"), at("2025-11-04T00:00:00+00:00"));
         assert_eq!(t("export-2025-11-04T07.jsonl"), at("2025-11-04T07:00:00+00:00"));
-        assert_eq!(t("2024-01-15-backup/cloudwatch/2025-11-04.ndjson"), at("2025-11-04T00:00:00+00:00"), "the last date wins");
+        assert_eq!(
+            t("2024-01-15-backup/cloudwatch/2025-11-04.ndjson"),
+            at("2025-11-04T00:00:00+00:00"),
+            "the last date wins"
+        );
         assert_eq!(t("2024-01-15-backup/logs/app.jsonl"), at("2024-01-15T00:00:00+00:00"));
         // Not dates: no date at all, digits inside longer runs, impossible days, a bare 8 digits.
-        for p in ["logs/app.jsonl", "exportedlogs/4f1e/stream/000000.gz", "ids/120251104T1300.json", "x/2025-11-041.json",
-                  "x/2025-02-30.json", "x/2025/13/01/a.json", "run-20251104.json", "x/1999-12-31.json", "x/2025/11-04.json"] {
+        for p in [
+            "logs/app.jsonl",
+            "exportedlogs/4f1e/stream/000000.gz",
+            "ids/120251104T1300.json",
+            "x/2025-11-041.json",
+            "x/2025-02-30.json",
+            "x/2025/13/01/a.json",
+            "run-20251104.json",
+            "x/1999-12-31.json",
+            "x/2025/11-04.json",
+        ] {
             assert_eq!(t(p), None, "{p}");
         }
     }

@@ -92,7 +92,6 @@ impl LineReader<io::Empty> {
 }
 
 impl<R: Read> LineReader<R> {
-
     /// The stream offset of the next unread byte.
     pub fn position(&self) -> u64 {
         self.pos
@@ -251,7 +250,9 @@ mod tests {
         let mut out = Vec::new();
         while let Some(line) = r.next_line().unwrap() {
             out.push(match line {
-                Line::Data { bytes, offset, terminated } => (String::from_utf8_lossy(bytes).into_owned(), offset, terminated),
+                Line::Data { bytes, offset, terminated } => {
+                    (String::from_utf8_lossy(bytes).into_owned(), offset, terminated)
+                }
                 Line::TooLong { len, offset, .. } => (format!("<too long: {len}>"), offset, true),
             });
         }
@@ -286,7 +287,11 @@ mod tests {
 
     /// Reads up to `stop` lines of `r`, checking after each that the CRC it reports is that of
     /// `input` up to there.
-    fn check_crc<R: Read>(mut r: LineReader<R>, input: &[u8], stop: usize) -> Result<(), proptest::test_runner::TestCaseError> {
+    fn check_crc<R: Read>(
+        mut r: LineReader<R>,
+        input: &[u8],
+        stop: usize,
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
         let mut n = 0;
         while r.next_line().unwrap().is_some() {
             let at = r.position();
@@ -347,7 +352,10 @@ mod tests {
     #[test]
     fn splits_with_offsets_and_unterminated_tail() {
         let got = lines(b"ab\r\n\ncd\nef", 1024);
-        assert_eq!(got, vec![("ab".into(), 0, true), ("".into(), 4, true), ("cd".into(), 5, true), ("ef".into(), 8, false)]);
+        assert_eq!(
+            got,
+            vec![("ab".into(), 0, true), ("".into(), 4, true), ("cd".into(), 5, true), ("ef".into(), 8, false)]
+        );
     }
 
     /// Fuzz finding (cloudwatch_export, 2026-11-23): with a limit below 4096 a longer line that

@@ -22,8 +22,8 @@ use serde::Deserialize;
 
 use crate::quarantine::{Reason, Rejected};
 use crate::record::{self, Container, ElementBody, ElementKind, LogRecord, ParseOptions, Parsed, Reject};
-use crate::usage::{Entry, Sums};
 use crate::usage::Metering;
+use crate::usage::{Entry, Sums};
 
 /// The non-JSON event Bedrock writes when logging is set up.
 pub const PERMISSION_CHECK_TEXT: &str = "Permissions are correctly set for Amazon Bedrock logs.";
@@ -280,7 +280,11 @@ impl SourcesConfig {
     /// How every S3 and CloudWatch Logs read is reached: log sources and `--cur s3://`.
     #[cfg(feature = "aws")]
     pub fn aws(&self) -> crate::aws::AwsSettings {
-        crate::aws::AwsSettings { region: self.region.clone(), endpoint_url: self.endpoint_url.clone(), max_attempts: None }
+        crate::aws::AwsSettings {
+            region: self.region.clone(),
+            endpoint_url: self.endpoint_url.clone(),
+            max_attempts: None,
+        }
     }
 }
 

@@ -71,9 +71,16 @@ impl SourceError {
             _ => String::new(),
         };
         match code.as_str() {
-            "NoSuchBucket" | "NoSuchKey" | "NotFound" | "ResourceNotFoundException" => SourceError::NotFound { what, detail },
-            "AccessDenied" | "AccessDeniedException" | "UnrecognizedClientException" | "InvalidAccessKeyId"
-            | "SignatureDoesNotMatch" | "ExpiredToken" | "ExpiredTokenException" => SourceError::Denied { what, detail },
+            "NoSuchBucket" | "NoSuchKey" | "NotFound" | "ResourceNotFoundException" => {
+                SourceError::NotFound { what, detail }
+            }
+            "AccessDenied"
+            | "AccessDeniedException"
+            | "UnrecognizedClientException"
+            | "InvalidAccessKeyId"
+            | "SignatureDoesNotMatch"
+            | "ExpiredToken"
+            | "ExpiredTokenException" => SourceError::Denied { what, detail },
             _ => SourceError::Unavailable { what, detail },
         }
     }
@@ -112,7 +119,11 @@ impl Read for Body<'_> {
                     self.chunk = bytes;
                 }
                 Some(Err(e)) => {
-                    return Err(Fetch::io(format!("{}: body cut off: {}", self.what, aws_sdk_s3::error::DisplayErrorContext(&e))))
+                    return Err(Fetch::io(format!(
+                        "{}: body cut off: {}",
+                        self.what,
+                        aws_sdk_s3::error::DisplayErrorContext(&e)
+                    )))
                 }
             }
         }

@@ -41,10 +41,10 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::files::{ReadSettings, MARKER_OBJECT};
-use super::remote::{Body, Remote, SourceError};
-use super::lines::LineReader;
 use super::document;
+use super::files::{ReadSettings, MARKER_OBJECT};
+use super::lines::LineReader;
+use super::remote::{Body, Remote, SourceError};
 use super::stream::{self, End, Frame, Mark, Start};
 use super::{Decoder, Piece};
 use crate::aws::S3Url;
@@ -126,7 +126,8 @@ impl S3Position {
     fn at(&self, rel: &str, etag: &str, m: Mark, document: bool) -> String {
         let mut p = self.clone();
         let document = document.then_some(m.frame);
-        p.open = Some(OpenObject { key: rel.to_string(), etag: etag.to_string(), offset: m.offset, line: m.line, document });
+        p.open =
+            Some(OpenObject { key: rel.to_string(), etag: etag.to_string(), offset: m.offset, line: m.line, document });
         p.encode()
     }
 }
@@ -256,14 +257,24 @@ impl S3Source {
                     continue;
                 }
                 let start = start.unwrap_or_else(|| S3Position::new(&object.key));
-                jobs.push(S3Job { bucket: self.url.bucket.clone(), key, expected, start, objects: vec![object], lookback: self.lookback });
+                jobs.push(S3Job {
+                    bucket: self.url.bucket.clone(),
+                    key,
+                    expected,
+                    start,
+                    objects: vec![object],
+                    lookback: self.lookback,
+                });
             }
         }
         for scope in &self.partitions {
             let key = self.checkpoint_key(&scope.list_prefix);
             let expected = checkpoints.get(&key).cloned();
-            let start =
-                expected.as_deref().and_then(S3Position::decode).filter(|p| p.base == scope.base).unwrap_or_else(|| S3Position::new(&scope.base));
+            let start = expected
+                .as_deref()
+                .and_then(S3Position::decode)
+                .filter(|p| p.base == scope.base)
+                .unwrap_or_else(|| S3Position::new(&scope.base));
             let start_after = start.floor(self.lookback).map(|f| format!("{}{f}", scope.base));
             let mut objects = Vec::new();
             let mut ignored = 0u64;
@@ -283,7 +294,14 @@ impl S3Source {
                 tracing::debug!(scope = %key, ignored, "keys outside the hourly layout (offloaded bodies, media) not read");
             }
             if !objects.is_empty() {
-                jobs.push(S3Job { bucket: self.url.bucket.clone(), key, expected, start, objects, lookback: self.lookback });
+                jobs.push(S3Job {
+                    bucket: self.url.bucket.clone(),
+                    key,
+                    expected,
+                    start,
+                    objects,
+                    lookback: self.lookback,
+                });
             }
         }
         Ok(jobs)
@@ -345,7 +363,8 @@ fn list(
         if let Some(t) = &token {
             req = req.continuation_token(t);
         }
-        let page = remote.block_on(req.send()).map_err(|e| SourceError::from_sdk(format!("s3://{bucket}/{prefix}"), &e))?;
+        let page =
+            remote.block_on(req.send()).map_err(|e| SourceError::from_sdk(format!("s3://{bucket}/{prefix}"), &e))?;
         for o in page.contents() {
             if let Some(key) = o.key() {
                 each(key, o.size().unwrap_or(0).max(0) as u64);
@@ -380,7 +399,8 @@ pub fn read_job(
         }
         let rel = object.key.strip_prefix(state.base.as_str()).unwrap_or(&object.key).to_string();
         let what = format!("s3://{}/{}", job.bucket, object.key);
-        let mut piece = Piece { source: job.key.clone(), expected: expected.clone(), name: Some(what.clone()), ..Piece::default() };
+        let mut piece =
+            Piece { source: job.key.clone(), expected: expected.clone(), name: Some(what.clone()), ..Piece::default() };
         if object.key.rsplit('/').next() == Some(MARKER_OBJECT) {
             // Bedrock's zero-byte permission check: received and skipped, never fetched.
             piece.received = 1;
@@ -388,7 +408,19 @@ pub fn read_job(
         } else {
             let resume = state.open.take().filter(|o| o.key == rel);
             let target = Target { key: &object.key, rel: &rel, what: &what };
-            match read_object(remote, job, &state, &target, resume, decoder, settings, bytes_read, shutdown, send, &mut expected)? {
+            match read_object(
+                remote,
+                job,
+                &state,
+                &target,
+                resume,
+                decoder,
+                settings,
+                bytes_read,
+                shutdown,
+                send,
+                &mut expected,
+            )? {
                 Read_::Done => {}
                 Read_::Stopped => return Ok(()),
             }
@@ -456,7 +488,8 @@ fn read_object(
         let mut body = BufReader::with_capacity(256 * 1024, Body::new(remote, what, object.body, bytes_read.clone()));
         let outcome = (|| -> io::Result<stream::Reached> {
             let gz = is_gzip(&mut body)?;
-            let mut reader: Box<dyn Read + '_> = if gz { Box::new(flate2::bufread::MultiGzDecoder::new(body)) } else { Box::new(body) };
+            let mut reader: Box<dyn Read + '_> =
+                if gz { Box::new(flate2::bufread::MultiGzDecoder::new(body)) } else { Box::new(body) };
             // Pass over what was already counted; gzip cannot seek.
             let skipped = io::copy(&mut (&mut reader).take(offset), &mut io::sink())?;
             if skipped < offset {
@@ -479,7 +512,15 @@ fn read_object(
                 return Ok(document::read_document(reader, start, frame, decoder, shutdown, &position, send));
             }
             let mut lines = LineReader::new(reader, start.offset, start.max_record_bytes);
-            Ok(stream::read_lines(&mut lines, start, decoder, shutdown, &|m| state.at(rel, &etag, m, false), send, &|_, _| false))
+            Ok(stream::read_lines(
+                &mut lines,
+                start,
+                decoder,
+                shutdown,
+                &|m| state.at(rel, &etag, m, false),
+                send,
+                &|_, _| false,
+            ))
         })();
         let failure = match outcome {
             Ok(reached) => {
@@ -512,7 +553,10 @@ fn read_object(
         };
         attempt += 1;
         if attempt >= FETCH_ATTEMPTS {
-            return Err(SourceError::Unavailable { what: what.to_string(), detail: format!("{failure} (after {attempt} fetches)") });
+            return Err(SourceError::Unavailable {
+                what: what.to_string(),
+                detail: format!("{failure} (after {attempt} fetches)"),
+            });
         }
         tracing::warn!(object = %what, attempt, error = %failure, "object body failed mid-stream; fetching it again from the counted position");
         std::thread::sleep(Duration::from_millis(100 << attempt));
@@ -531,7 +575,10 @@ mod tests {
 
     #[test]
     fn urls() {
-        assert_eq!(S3Url::parse("s3://logs/AWSLogs/").unwrap(), S3Url { bucket: "logs".into(), prefix: "AWSLogs/".into() });
+        assert_eq!(
+            S3Url::parse("s3://logs/AWSLogs/").unwrap(),
+            S3Url { bucket: "logs".into(), prefix: "AWSLogs/".into() }
+        );
         assert_eq!(S3Url::parse("s3://logs").unwrap(), S3Url { bucket: "logs".into(), prefix: String::new() });
         assert!(S3Url::parse("s3:///x").is_err());
         assert!(S3Url::parse("/tmp/x").is_err());
@@ -568,7 +615,10 @@ mod tests {
         }
         assert_eq!(p.high, "2025/11/03/05/x.json.gz");
         assert_eq!(p.floor(lookback).as_deref(), Some("2025/11/03/03/"));
-        assert_eq!(p.done.iter().cloned().collect::<Vec<_>>(), vec!["2025/11/03/03/x.json.gz", "2025/11/03/05/x.json.gz"]);
+        assert_eq!(
+            p.done.iter().cloned().collect::<Vec<_>>(),
+            vec!["2025/11/03/03/x.json.gz", "2025/11/03/05/x.json.gz"]
+        );
         // A late object with an earlier key inside the lookback is remembered without moving the floor.
         p = p.finished("2025/11/03/04/late.json.gz", lookback);
         assert_eq!(p.high, "2025/11/03/05/x.json.gz");

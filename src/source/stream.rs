@@ -174,7 +174,13 @@ pub fn read_lines<R: Read>(
                 let reason = if start.gz { Reason::TruncatedGzip } else { Reason::MalformedJson };
                 let offset = lines.position();
                 piece.received += 1;
-                piece.rejects.push(Rejected::new(reason, format!("read error: {e}"), line_no + 1, offset, lines.pending()));
+                piece.rejects.push(Rejected::new(
+                    reason,
+                    format!("read error: {e}"),
+                    line_no + 1,
+                    offset,
+                    lines.pending(),
+                ));
                 consumed = offset;
                 piece.position = at(lines, consumed, line_no, false);
                 let sent = piece.position.clone();
@@ -195,7 +201,8 @@ pub fn read_lines<R: Read>(
                 }
                 line_no += 1;
                 piece.received += 1;
-                let detail = format!("line of {len} bytes is longer than ingest.max_record_bytes ({})", start.max_record_bytes);
+                let detail =
+                    format!("line of {len} bytes is longer than ingest.max_record_bytes ({})", start.max_record_bytes);
                 piece.rejects.push(Rejected::new(Reason::LineTooLong, detail, line_no, offset, &prefix));
                 consumed = lines.position();
             }
@@ -226,7 +233,13 @@ pub fn read_lines<R: Read>(
             piece.position = at(lines, consumed, line_no, true);
             let next_expected = Some(piece.position.clone());
             if !send(std::mem::replace(&mut piece, new_piece(&next_expected))) {
-                return Reached { end: End::Stopped, offset: consumed, line: line_no, frame: Frame::Top, expected: next_expected };
+                return Reached {
+                    end: End::Stopped,
+                    offset: consumed,
+                    line: line_no,
+                    frame: Frame::Top,
+                    expected: next_expected,
+                };
             }
             expected = next_expected;
         }

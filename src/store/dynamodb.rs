@@ -329,7 +329,10 @@ fn get_i64(item: &Item, name: &str) -> Result<Option<i64>, StoreError> {
     if !item.contains_key(name) {
         return Ok(None);
     }
-    get_dec(item, name)?.to_i64().map(Some).ok_or_else(|| StoreError::Unavailable(format!("attribute {name} is not an integer")))
+    get_dec(item, name)?
+        .to_i64()
+        .map(Some)
+        .ok_or_else(|| StoreError::Unavailable(format!("attribute {name} is not an integer")))
 }
 
 fn usage_of(item: &Item) -> Result<Usage, StoreError> {
@@ -350,7 +353,9 @@ fn nums_of(u: &Usage) -> [u64; 7] {
 }
 
 fn tenant_of(item: &Item) -> Result<TenantId, StoreError> {
-    get_s(item, "tenant").and_then(TenantId::new).ok_or_else(|| StoreError::Unavailable("counter item without a tenant".into()))
+    get_s(item, "tenant")
+        .and_then(TenantId::new)
+        .ok_or_else(|| StoreError::Unavailable("counter item without a tenant".into()))
 }
 
 fn keys_to_hex(keys: &[u128]) -> String {
@@ -427,7 +432,14 @@ impl Expr {
     }
 }
 
-fn update(table: &str, pk: &str, sk: &str, expr: &Expr, update: String, condition: Option<String>) -> TransactWriteItem {
+fn update(
+    table: &str,
+    pk: &str,
+    sk: &str,
+    expr: &Expr,
+    update: String,
+    condition: Option<String>,
+) -> TransactWriteItem {
     let u = Update::builder()
         .table_name(table)
         .set_key(Some(key(pk, sk)))
@@ -459,10 +471,12 @@ struct Action {
 impl DynamoStore {
     /// Connects to the table (which `create_table` made). No request is sent until first use.
     pub fn open(settings: &DynamoSettings) -> Result<DynamoStore, StoreError> {
-        let rt = crate::aws::runtime().map_err(|e| StoreError::Unavailable(format!("cannot start the AWS runtime: {e}")))?;
+        let rt =
+            crate::aws::runtime().map_err(|e| StoreError::Unavailable(format!("cannot start the AWS runtime: {e}")))?;
         let sdk = crate::aws::block_on(&rt, crate::aws::sdk_config(&settings.aws));
         let client = Client::new(&sdk);
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+        let host =
+            std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
         let nonce = fnv(format!("{}{:?}", std::process::id(), SystemTime::now()).as_bytes());
         let owner = format!("{host}|{}|{nonce:016x}", std::process::id());
         Ok(DynamoStore {
@@ -486,9 +500,15 @@ impl DynamoStore {
     pub fn create_table(&self) -> Result<(), StoreError> {
         crate::aws::block_on(&self.rt, async {
             let attr = |name: &str| {
-                AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::S).build().expect("complete")
+                AttributeDefinition::builder()
+                    .attribute_name(name)
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+                    .expect("complete")
             };
-            let schema = |name: &str, kind: KeyType| KeySchemaElement::builder().attribute_name(name).key_type(kind).build().expect("complete");
+            let schema = |name: &str, kind: KeyType| {
+                KeySchemaElement::builder().attribute_name(name).key_type(kind).build().expect("complete")
+            };
             let created = self
                 .client
                 .create_table()
@@ -506,17 +526,31 @@ impl DynamoStore {
                 }
             }
             for _ in 0..600 {
-                let d = self.client.describe_table().table_name(&self.table).send().await.map_err(|e| sdk_error("describe table", e))?;
+                let d = self
+                    .client
+                    .describe_table()
+                    .table_name(&self.table)
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("describe table", e))?;
                 if d.table().and_then(|t| t.table_status()).map(|s| s.as_str() == "ACTIVE") == Some(true) {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            let ttl = TimeToLiveSpecification::builder().enabled(true).attribute_name("expires").build().expect("complete");
-            match self.client.update_time_to_live().table_name(&self.table).time_to_live_specification(ttl).send().await {
+            let ttl =
+                TimeToLiveSpecification::builder().enabled(true).attribute_name("expires").build().expect("complete");
+            match self.client.update_time_to_live().table_name(&self.table).time_to_live_specification(ttl).send().await
+            {
                 Ok(_) => Ok(()),
                 // Already on.
-                Err(e) if e.as_service_error().and_then(|s| s.message()).is_some_and(|m| m.contains("already enabled")) => Ok(()),
+                Err(e)
+                    if e.as_service_error()
+                        .and_then(|s| s.message())
+                        .is_some_and(|m| m.contains("already enabled")) =>
+                {
+                    Ok(())
+                }
                 Err(e) => Err(sdk_error("enable TTL", e)),
             }
         })
@@ -525,11 +559,14 @@ impl DynamoStore {
     /// Checks that the table exists and can be reached (one `DescribeTable`).
     pub fn health_check(&self) -> Result<(), StoreError> {
         crate::aws::block_on(&self.rt, async {
-            self.client.describe_table().table_name(&self.table).send().await.map(drop).map_err(|e| match e.as_service_error() {
-                Some(s) if s.is_resource_not_found_exception() => {
-                    StoreError::Unavailable(format!("DynamoDB table {:?} does not exist; run `tally init`", self.table))
+            self.client.describe_table().table_name(&self.table).send().await.map(drop).map_err(|e| {
+                match e.as_service_error() {
+                    Some(s) if s.is_resource_not_found_exception() => StoreError::Unavailable(format!(
+                        "DynamoDB table {:?} does not exist; run `tally init`",
+                        self.table
+                    )),
+                    _ => sdk_error("describe table", e),
                 }
-                _ => sdk_error("describe table", e),
             })
         })
     }
@@ -588,7 +625,11 @@ impl DynamoStore {
             q = match sk_condition {
                 None => q.key_condition_expression("pk = :pk"),
                 Some((op, v)) => q
-                    .key_condition_expression(if op == "begins_with" { "pk = :pk AND begins_with(sk, :sk)".to_string() } else { format!("pk = :pk AND sk {op} :sk") })
+                    .key_condition_expression(if op == "begins_with" {
+                        "pk = :pk AND begins_with(sk, :sk)".to_string()
+                    } else {
+                        format!("pk = :pk AND sk {op} :sk")
+                    })
                     .expression_attribute_values(":sk", s(v)),
             };
             self.count_read(1);
@@ -608,7 +649,8 @@ impl DynamoStore {
         let mut delay = Duration::from_millis(20);
         while !pending.is_empty() {
             let chunk: Vec<Item> = pending.drain(..pending.len().min(100)).collect();
-            let req = KeysAndAttributes::builder().set_keys(Some(chunk)).consistent_read(true).build().expect("keys are set");
+            let req =
+                KeysAndAttributes::builder().set_keys(Some(chunk)).consistent_read(true).build().expect("keys are set");
             self.count_read(1);
             let res = self
                 .client
@@ -619,7 +661,10 @@ impl DynamoStore {
                 .map_err(|e| sdk_error("batch get", e))?;
             if let Some(mut r) = res.responses {
                 for item in r.remove(&self.table).unwrap_or_default() {
-                    let k = (get_s(&item, "pk").unwrap_or_default().to_string(), get_s(&item, "sk").unwrap_or_default().to_string());
+                    let k = (
+                        get_s(&item, "pk").unwrap_or_default().to_string(),
+                        get_s(&item, "sk").unwrap_or_default().to_string(),
+                    );
                     out.insert(k, item);
                 }
             }
@@ -666,17 +711,21 @@ impl DynamoStore {
                 .await;
             let retry = match res {
                 Ok(out) => {
-                    let consumed: Option<f64> = out.consumed_capacity.map(|c| c.iter().filter_map(|c| c.capacity_units).sum());
+                    let consumed: Option<f64> =
+                        out.consumed_capacity.map(|c| c.iter().filter_map(|c| c.capacity_units).sum());
                     self.count_write(count, units, consumed.filter(|c| *c > 0.0), true);
                     return Ok(());
                 }
                 Err(e) => match e.as_service_error() {
                     Some(TransactWriteItemsError::TransactionCanceledException(c)) => {
-                        let codes: Vec<&str> = c.cancellation_reasons().iter().map(|r| r.code().unwrap_or("None")).collect();
+                        let codes: Vec<&str> =
+                            c.cancellation_reasons().iter().map(|r| r.code().unwrap_or("None")).collect();
                         if let Some(i) = codes.iter().position(|c| *c == "ConditionalCheckFailed") {
                             return Err(TxnFailure::Condition(i));
                         }
-                        if codes.iter().any(|c| matches!(*c, "ThrottlingError" | "TransactionConflict" | "ProvisionedThroughputExceeded")) {
+                        if codes.iter().any(|c| {
+                            matches!(*c, "ThrottlingError" | "TransactionConflict" | "ProvisionedThroughputExceeded")
+                        }) {
                             Some(e)
                         } else {
                             return Err(TxnFailure::Store(sdk_error("transaction", e)));
@@ -702,7 +751,13 @@ impl DynamoStore {
     }
 
     async fn put_plain(&self, item: Item, bytes: usize) -> Result<(), StoreError> {
-        self.client.put_item().table_name(&self.table).set_item(Some(item)).send().await.map_err(|e| sdk_error("put item", e))?;
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| sdk_error("put item", e))?;
         self.count_write(1, bytes.div_ceil(1024).max(1) as f64, None, false);
         Ok(())
     }
@@ -713,7 +768,11 @@ impl DynamoStore {
         let sign = if negate { "-" } else { "" };
         for (name, v) in NUM_ATTRS.iter().zip(op.nums) {
             if v != 0 || !negate {
-                adds.push(format!("{} {}", e.name(name), e.value(AttributeValue::N(format!("{}{v}", if v == 0 { "" } else { sign })))));
+                adds.push(format!(
+                    "{} {}",
+                    e.name(name),
+                    e.value(AttributeValue::N(format!("{}{v}", if v == 0 { "" } else { sign })))
+                ));
             }
         }
         let cost = if negate { -op.cost } else { op.cost };
@@ -728,8 +787,20 @@ impl DynamoStore {
         if let Some(sh) = op.shard {
             sets.push(format!("{} = {}", e.name("shard"), e.value(n(sh))));
         }
-        let bytes = op.pk.len() + op.sk.len() + op.tenant.len() + op.resource.as_ref().map_or(0, String::len) + 8 * 12 + 60;
-        Action { item: update(&self.table, &op.pk, &op.sk, &e, format!("ADD {} SET {}", adds.join(", "), sets.join(", ")), None), role: Role::Other, bytes }
+        let bytes =
+            op.pk.len() + op.sk.len() + op.tenant.len() + op.resource.as_ref().map_or(0, String::len) + 8 * 12 + 60;
+        Action {
+            item: update(
+                &self.table,
+                &op.pk,
+                &op.sk,
+                &e,
+                format!("ADD {} SET {}", adds.join(", "), sets.join(", ")),
+                None,
+            ),
+            role: Role::Other,
+            bytes,
+        }
     }
 
     fn totals_action(&self, t: &TotalsOp) -> Option<Action> {
@@ -744,7 +815,11 @@ impl DynamoStore {
         for (reason, v) in &t.skipped {
             adds.push(format!("{} {}", e.name(&format!("skip_{reason}")), e.value(n(v))));
         }
-        Some(Action { item: update(&self.table, "TOTALS", "TOTALS", &e, format!("ADD {}", adds.join(", ")), None), role: Role::Other, bytes: 200 })
+        Some(Action {
+            item: update(&self.table, "TOTALS", "TOTALS", &e, format!("ADD {}", adds.join(", ")), None),
+            role: Role::Other,
+            bytes: 200,
+        })
     }
 
     fn bucket_action(&self, w: &BucketWrite) -> Result<Action, StoreError> {
@@ -774,7 +849,11 @@ impl DynamoStore {
             .set_expression_attribute_values(e.values())
             .build()
             .expect("put has its required fields");
-        Ok(Action { item: TransactWriteItem::builder().put(put).build(), role: Role::Bucket, bytes: w.keys.len() * 16 + 80 })
+        Ok(Action {
+            item: TransactWriteItem::builder().put(put).build(),
+            role: Role::Bucket,
+            bytes: w.keys.len() * 16 + 80,
+        })
     }
 
     /// Moves a checkpoint: conditioned on the expected position and on no batch holding it
@@ -815,7 +894,11 @@ impl DynamoStore {
                     // It moved and came back, or the bucket raced: just try again.
                     Attempt::Conflict
                 } else {
-                    Attempt::Store(StoreError::ConditionFailed { source_key: cp.source.clone(), expected: cp.expected.clone(), found })
+                    Attempt::Store(StoreError::ConditionFailed {
+                        source_key: cp.source.clone(),
+                        expected: cp.expected.clone(),
+                        found,
+                    })
                 }
             }
         }
@@ -858,7 +941,11 @@ impl DynamoStore {
             }
             let found = item.and_then(|i| get_s(i, "position")).map(str::to_string);
             if found != cp.expected {
-                return Err(Attempt::Store(StoreError::ConditionFailed { source_key: cp.source.clone(), expected: cp.expected.clone(), found }));
+                return Err(Attempt::Store(StoreError::ConditionFailed {
+                    source_key: cp.source.clone(),
+                    expected: cp.expected.clone(),
+                    found,
+                }));
             }
         }
         let (max_hour, horizon) = self.meta().await?;
@@ -988,7 +1075,9 @@ impl DynamoStore {
                 Err(TxnFailure::Store(e)) => return Err(Attempt::Store(e)),
                 Err(TxnFailure::Condition(i)) => {
                     return Err(match &roles[i] {
-                        Role::Checkpoint(src) => self.checkpoint_refusal(moves.iter().find(|c| &c.source == src).expect("a move")).await,
+                        Role::Checkpoint(src) => {
+                            self.checkpoint_refusal(moves.iter().find(|c| &c.source == src).expect("a move")).await
+                        }
                         _ => Attempt::Conflict,
                     })
                 }
@@ -1016,7 +1105,8 @@ impl DynamoStore {
         if sets.is_empty() {
             return None;
         }
-        let item = update(&self.table, "META", "META", &e, format!("SET {}", sets.join(", ")), Some(conds.join(" AND ")));
+        let item =
+            update(&self.table, "META", "META", &e, format!("SET {}", sets.join(", ")), Some(conds.join(" AND ")));
         Some(Action { item, role: Role::Other, bytes: 100 })
     }
 
@@ -1090,18 +1180,27 @@ impl DynamoStore {
         for s in 0..intent.steps() {
             let claims = intent.claim_chunks();
             let actions: Vec<Action> = if s < claims {
-                intent.checkpoints[s * TXN_ACTIONS..].iter().take(TXN_ACTIONS).map(|c| self.claim_action(c, &id)).collect()
+                intent.checkpoints[s * TXN_ACTIONS..]
+                    .iter()
+                    .take(TXN_ACTIONS)
+                    .map(|c| self.claim_action(c, &id))
+                    .collect()
             } else if s < claims + intent.bucket_chunks.len() {
                 bucket_actions.next().expect("one action chunk per bucket chunk")
             } else {
-                intent.counter_chunks[s - claims - intent.bucket_chunks.len()].iter().map(|o| self.counter_action(o, false)).collect()
+                intent.counter_chunks[s - claims - intent.bucket_chunks.len()]
+                    .iter()
+                    .map(|o| self.counter_action(o, false))
+                    .collect()
             };
             match self.step(&id, actions, "step", s).await {
                 Ok(()) => step = s + 1,
                 Err(failure) => {
                     let why = match failure {
                         TxnFailure::Store(e) => Attempt::Store(e),
-                        TxnFailure::Condition(i) if s < claims => self.checkpoint_refusal(&intent.checkpoints[s * TXN_ACTIONS + i]).await,
+                        TxnFailure::Condition(i) if s < claims => {
+                            self.checkpoint_refusal(&intent.checkpoints[s * TXN_ACTIONS + i]).await
+                        }
                         TxnFailure::Condition(_) => Attempt::Conflict,
                     };
                     // Undo what this batch did, then report why it stopped.
@@ -1158,7 +1257,8 @@ impl DynamoStore {
             .collect();
         parts.sort();
         let json: String = parts.iter().map(|(_, b)| *b).collect();
-        let intent = serde_json::from_str(&json).map_err(|e| StoreError::Unavailable(format!("intent {id} cannot be read: {e}")))?;
+        let intent = serde_json::from_str(&json)
+            .map_err(|e| StoreError::Unavailable(format!("intent {id} cannot be read: {e}")))?;
         Ok(Some((header, intent)))
     }
 
@@ -1172,7 +1272,14 @@ impl DynamoStore {
         };
         let update_expr = format!("SET {pending} = {}", e.value(s(id)));
         Action {
-            item: update(&self.table, "CP", &cp.source, &e, update_expr, Some(format!("{at} AND attribute_not_exists({pending})"))),
+            item: update(
+                &self.table,
+                "CP",
+                &cp.source,
+                &e,
+                update_expr,
+                Some(format!("{at} AND attribute_not_exists({pending})")),
+            ),
             role: Role::Checkpoint(cp.source.clone()),
             bytes: cp.source.len() + 80,
         }
@@ -1185,9 +1292,9 @@ impl DynamoStore {
         self.step_to(id, &mut actions, counter, from, from + 1);
         let header = actions.len() - 1;
         match self.transact(actions).await {
-            Err(TxnFailure::Condition(i)) if i == header => {
-                Err(TxnFailure::Store(StoreError::Unavailable(format!("intent {id} was taken over by another process"))))
-            }
+            Err(TxnFailure::Condition(i)) if i == header => Err(TxnFailure::Store(StoreError::Unavailable(format!(
+                "intent {id} was taken over by another process"
+            )))),
             other => other,
         }
     }
@@ -1197,9 +1304,14 @@ impl DynamoStore {
         let c = e.name(counter);
         let owner = e.name("owner");
         let lease = e.name("lease");
-        let update_expr = format!("SET {c} = {}, {lease} = {}", e.value(n(to)), e.value(n(now_ms() + self.lease.as_millis() as i64)));
+        let update_expr =
+            format!("SET {c} = {}, {lease} = {}", e.value(n(to)), e.value(n(now_ms() + self.lease.as_millis() as i64)));
         let cond = format!("{c} = {} AND {owner} = {}", e.value(n(from)), e.value(s(&self.owner)));
-        actions.push(Action { item: update(&self.table, &format!("I#{id}"), "H", &e, update_expr, Some(cond)), role: Role::Other, bytes: 200 });
+        actions.push(Action {
+            item: update(&self.table, &format!("I#{id}"), "H", &e, update_expr, Some(cond)),
+            role: Role::Other,
+            bytes: 200,
+        });
     }
 
     /// Takes back the first `step` steps of an intent, last first, then deletes it.
@@ -1212,16 +1324,25 @@ impl DynamoStore {
             } else if s < claims + intent.bucket_chunks.len() {
                 self.unbucket_actions(&intent.bucket_chunks[s - claims]).await?
             } else {
-                intent.counter_chunks[s - claims - intent.bucket_chunks.len()].iter().map(|o| self.counter_action(o, true)).collect()
+                intent.counter_chunks[s - claims - intent.bucket_chunks.len()]
+                    .iter()
+                    .map(|o| self.counter_action(o, true))
+                    .collect()
             };
             self.step_to(id, &mut actions, "step", step, s);
             let header = actions.len() - 1;
             match self.transact(actions).await {
                 Ok(()) => step = s,
                 // A bucket changed since it was read for the undo: read it again.
-                Err(TxnFailure::Condition(i)) if i != header && s >= claims && s < claims + intent.bucket_chunks.len() => continue,
+                Err(TxnFailure::Condition(i))
+                    if i != header && s >= claims && s < claims + intent.bucket_chunks.len() =>
+                {
+                    continue
+                }
                 Err(TxnFailure::Condition(_)) => {
-                    return Err(StoreError::Unavailable(format!("intent {id} was taken over by another process during undo")))
+                    return Err(StoreError::Unavailable(format!(
+                        "intent {id} was taken over by another process during undo"
+                    )))
                 }
                 Err(TxnFailure::Store(e)) => return Err(e),
             }
@@ -1232,7 +1353,11 @@ impl DynamoStore {
     fn release_action(&self, cp: &CpMove) -> Action {
         let mut e = Expr::default();
         let update_expr = format!("REMOVE {}", e.name("pending"));
-        Action { item: update(&self.table, "CP", &cp.source, &e, update_expr, None), role: Role::Checkpoint(cp.source.clone()), bytes: 80 }
+        Action {
+            item: update(&self.table, "CP", &cp.source, &e, update_expr, None),
+            role: Role::Checkpoint(cp.source.clone()),
+            bytes: 80,
+        }
     }
 
     /// Bucket writes that take an intent's keys out again.
@@ -1254,11 +1379,14 @@ impl DynamoStore {
         let mut e = Expr::default();
         let state = e.name("state");
         let update_expr = format!("SET {state} = {}", e.value(s("committed")));
-        let cond = format!("{} = {} AND {} = {}", e.name("step"), e.value(n(steps)), e.name("owner"), e.value(s(&self.owner)));
+        let cond =
+            format!("{} = {} AND {} = {}", e.name("step"), e.value(n(steps)), e.name("owner"), e.value(s(&self.owner)));
         let item = update(&self.table, &format!("I#{id}"), "H", &e, update_expr, Some(cond));
         match self.transact(vec![Action { item, role: Role::Other, bytes: 200 }]).await {
             Ok(()) => Ok(()),
-            Err(TxnFailure::Condition(_)) => Err(StoreError::Unavailable(format!("intent {id} was taken over before its commit"))),
+            Err(TxnFailure::Condition(_)) => {
+                Err(StoreError::Unavailable(format!("intent {id} was taken over before its commit")))
+            }
             Err(TxnFailure::Store(e)) => Err(e),
         }
     }
@@ -1276,7 +1404,9 @@ impl DynamoStore {
                 Ok(()) => {}
                 Err(TxnFailure::Store(e)) => return Err(e),
                 Err(TxnFailure::Condition(_)) => {
-                    return Err(StoreError::Unavailable(format!("intent {id}: a checkpoint it holds was changed by another writer")))
+                    return Err(StoreError::Unavailable(format!(
+                        "intent {id}: a checkpoint it holds was changed by another writer"
+                    )))
                 }
             }
         }
@@ -1309,7 +1439,11 @@ impl DynamoStore {
         }
         let mut parts = owner.split('|');
         if let (Some(host), Some(pid)) = (parts.next(), parts.next()) {
-            if !self.host.is_empty() && host == self.host && pid != std::process::id().to_string() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            if !self.host.is_empty()
+                && host == self.host
+                && pid != std::process::id().to_string()
+                && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            {
                 return true;
             }
         }
@@ -1335,7 +1469,12 @@ impl DynamoStore {
             // Take it over: owner and lease, conditioned on the owner we saw.
             let mut e = Expr::default();
             let owner = e.name("owner");
-            let update_expr = format!("SET {owner} = {}, {} = {}", e.value(s(&self.owner)), e.name("lease"), e.value(n(now_ms() + self.lease.as_millis() as i64)));
+            let update_expr = format!(
+                "SET {owner} = {}, {} = {}",
+                e.value(s(&self.owner)),
+                e.name("lease"),
+                e.value(n(now_ms() + self.lease.as_millis() as i64))
+            );
             let cond = format!("{owner} = {}", e.value(s(get_s(&header, "owner").unwrap_or_default())));
             let item = update(&self.table, &format!("I#{id}"), "H", &e, update_expr, Some(cond));
             match self.transact(vec![Action { item, role: Role::Other, bytes: 200 }]).await {
@@ -1344,7 +1483,12 @@ impl DynamoStore {
                 Err(TxnFailure::Store(e)) => return Err(e),
             }
             let step = get_u64(&header, "step")? as usize;
-            tracing::warn!(intent = id, state = get_s(&header, "state").unwrap_or_default(), step, "finishing a batch its writer left half done");
+            tracing::warn!(
+                intent = id,
+                state = get_s(&header, "state").unwrap_or_default(),
+                step,
+                "finishing a batch its writer left half done"
+            );
             return if get_s(&header, "state") == Some("committed") {
                 self.finish(id, &intent, get_u64(&header, "fstep")? as usize).await
             } else {
@@ -1370,9 +1514,13 @@ impl DynamoStore {
 
     async fn checkpoints_async(&self) -> Result<HashMap<String, String>, StoreError> {
         let items = self.query("CP", None).await?;
-        let held: std::collections::BTreeSet<String> = items.iter().filter_map(|i| get_s(i, "pending")).map(str::to_string).collect();
+        let held: std::collections::BTreeSet<String> =
+            items.iter().filter_map(|i| get_s(i, "pending")).map(str::to_string).collect();
         if held.is_empty() {
-            return Ok(items.iter().filter_map(|i| Some((get_s(i, "sk")?.to_string(), get_s(i, "position")?.to_string()))).collect());
+            return Ok(items
+                .iter()
+                .filter_map(|i| Some((get_s(i, "sk")?.to_string(), get_s(i, "position")?.to_string())))
+                .collect());
         }
         // Finish what dead writers left, then read again. A live writer's batch is reported at
         // its committed positions.
@@ -1426,7 +1574,13 @@ fn is_transient<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
         SdkError::ServiceError(s) => matches!(
             s.err().code(),
-            Some("ThrottlingException" | "ProvisionedThroughputExceededException" | "RequestLimitExceeded" | "InternalServerError" | "ServiceUnavailable")
+            Some(
+                "ThrottlingException"
+                    | "ProvisionedThroughputExceededException"
+                    | "RequestLimitExceeded"
+                    | "InternalServerError"
+                    | "ServiceUnavailable"
+            )
         ),
         _ => false,
     }
@@ -1445,7 +1599,6 @@ where
         StoreError::Backend(format!("dynamodb {what}: {}", DisplayErrorContext(&e)).into())
     }
 }
-
 
 impl CounterStore for DynamoStore {
     fn apply(&mut self, batch: &Batch) -> Result<Applied, StoreError> {
@@ -1509,8 +1662,13 @@ impl CounterStore for DynamoStore {
                     if u.requests == 0 {
                         continue;
                     }
-                    let hour = get_i64(&item, "hour")?.ok_or_else(|| StoreError::Unavailable("hourly counter without an hour".into()))?;
-                    let key = CounterKey { tenant: tenant.clone(), hour, resource: Resource::new(get_s(&item, "resource").unwrap_or_default()) };
+                    let hour = get_i64(&item, "hour")?
+                        .ok_or_else(|| StoreError::Unavailable("hourly counter without an hour".into()))?;
+                    let key = CounterKey {
+                        tenant: tenant.clone(),
+                        hour,
+                        resource: Resource::new(get_s(&item, "resource").unwrap_or_default()),
+                    };
                     *by.entry(key).or_default() += &u;
                 }
             }

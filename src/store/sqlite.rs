@@ -172,7 +172,8 @@ fn dedup(tx: &Connection, entries: &[Entry]) -> Result<Vec<usize>, StoreError> {
     // By key, then batch order (the index): of equal keys the first read is the one counted.
     // The pairs are unique, so the unstable sort gives that one order, without scratch space.
     keyed.sort_unstable();
-    let mut runs_of = tx.prepare_cached("SELECT id, keys FROM seen_runs WHERE hour = ?1 ORDER BY id").map_err(backend)?;
+    let mut runs_of =
+        tx.prepare_cached("SELECT id, keys FROM seen_runs WHERE hour = ?1 ORDER BY id").map_err(backend)?;
     let mut insert = tx.prepare_cached("INSERT INTO seen_runs (hour, keys) VALUES (?1, ?2)").map_err(backend)?;
     let mut delete = tx.prepare_cached("DELETE FROM seen_runs WHERE id = ?1").map_err(backend)?;
     let mut duplicates = Vec::new();
@@ -216,8 +217,10 @@ fn dedup(tx: &Connection, entries: &[Entry]) -> Result<Vec<usize>, StoreError> {
 /// In one transaction, so a store is either migrated or left as it was.
 fn migrate_seen(conn: &Connection) -> Result<(), StoreError> {
     let tx = Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate).map_err(backend)?;
-    let version: Option<String> =
-        tx.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).optional().map_err(backend)?;
+    let version: Option<String> = tx
+        .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
+        .optional()
+        .map_err(backend)?;
     let has_seen: bool = tx
         .query_row("SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'seen'", [], |r| r.get(0))
         .map_err(backend)?;
@@ -305,9 +308,9 @@ fn dec_add(ctx: &rusqlite::functions::Context<'_>) -> rusqlite::Result<String> {
         let s = ctx.get_raw(i).as_str().map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))?;
         Decimal::from_str(s).map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))
     };
-    let sum = parse(0)?.checked_add(parse(1)?).ok_or_else(|| {
-        rusqlite::Error::UserFunctionError("decimal overflow in dec_add".into())
-    })?;
+    let sum = parse(0)?
+        .checked_add(parse(1)?)
+        .ok_or_else(|| rusqlite::Error::UserFunctionError("decimal overflow in dec_add".into()))?;
     Ok(sum.normalize().to_string())
 }
 
@@ -460,7 +463,8 @@ impl SqliteStore {
         let counted = batch.entries.len() as u64 - duplicates_n;
         batch.add_counted(&duplicates, &mut group.sums);
         if let Some(before) = batch.prune_before {
-            tx.execute("DELETE FROM seen_runs WHERE hour < ?1", [seen_key(before, DedupKey::from_u128(0)).0 >> 42]).map_err(backend)?;
+            tx.execute("DELETE FROM seen_runs WHERE hour < ?1", [seen_key(before, DedupKey::from_u128(0)).0 >> 42])
+                .map_err(backend)?;
         }
         {
             let mut add = tx
@@ -647,9 +651,8 @@ impl CounterStore for SqliteStore {
             .conn
             .prepare(&format!("SELECT tenant, {COLUMNS} FROM counters_month WHERE month = ?1"))
             .map_err(backend)?;
-        let rows = st
-            .query_map([month], |r| Ok((Self::tenant_of(r.get(0)?)?, Self::usage_row(r, 1)?)))
-            .map_err(backend)?;
+        let rows =
+            st.query_map([month], |r| Ok((Self::tenant_of(r.get(0)?)?, Self::usage_row(r, 1)?))).map_err(backend)?;
         let mut by: BTreeMap<TenantId, Usage> = BTreeMap::new();
         for row in rows {
             let (t, u) = row.map_err(backend)?;

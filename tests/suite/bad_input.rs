@@ -33,7 +33,9 @@ fn check(name: &str, bad: &[u8], reason: &str) {
 }
 
 fn bad_record(f: impl Fn(&mut serde_json::Value)) -> Vec<u8> {
-    let mut v: serde_json::Value = serde_json::from_str(&record("dddddddd-0000-4000-8000-000000000002", "2025-11-06T00:00:02Z", "acme", 20, 2)).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&record("dddddddd-0000-4000-8000-000000000002", "2025-11-06T00:00:02Z", "acme", 20, 2))
+            .unwrap();
     f(&mut v);
     serde_json::to_vec(&v).unwrap()
 }
@@ -108,7 +110,8 @@ fn truncated_gzip_keeps_what_came_before() {
     for i in 0..2000u32 {
         // Varied text so the stream does not compress to nothing.
         let id = format!("eeeeeeee-0000-4000-8000-{i:012}");
-        writeln!(e, "{}", record(&id, "2025-11-06T00:00:00Z", &format!("t{}", i * 7919 % 101), u64::from(i), 1)).unwrap();
+        writeln!(e, "{}", record(&id, "2025-11-06T00:00:00Z", &format!("t{}", i * 7919 % 101), u64::from(i), 1))
+            .unwrap();
     }
     let full = e.finish().unwrap();
     let path = s.write("cut.json.gz", &full[..full.len() * 2 / 3]);
@@ -148,7 +151,11 @@ fn a_bad_element_inside_an_export_names_its_line() {
     // The second event object starts on line 8 of the pretty-printed export.
     let text = serde_json::to_string_pretty(&doc).unwrap();
     let second_event_line = text.lines().position(|l| l.contains("\\\"requestId\\\": \\\"r\\\"")).unwrap() as u64;
-    assert!(q[0]["line"].as_u64().unwrap() <= second_event_line + 1 && q[0]["line"].as_u64().unwrap() >= second_event_line - 3, "{q:?}");
+    assert!(
+        q[0]["line"].as_u64().unwrap() <= second_event_line + 1
+            && q[0]["line"].as_u64().unwrap() >= second_event_line - 3,
+        "{q:?}"
+    );
 }
 
 #[test]
@@ -181,7 +188,10 @@ fn a_missing_input_path_is_named_and_the_run_fails() {
 #[test]
 fn a_record_older_than_the_dedup_window_is_quarantined_and_its_neighbours_counted() {
     let s = Scratch::new("[ingest]\ndedup_window_days = 1");
-    let first = s.write("a.ndjson", format!("{}\n", record("eeeeeeee-0000-4000-8000-000000000001", "2025-11-06T00:10:00Z", "acme", 1, 1)));
+    let first = s.write(
+        "a.ndjson",
+        format!("{}\n", record("eeeeeeee-0000-4000-8000-000000000001", "2025-11-06T00:10:00Z", "acme", 1, 1)),
+    );
     assert_eq!(s.ingest(&[first]).counted, 1);
     // The horizon is now 2025-11-05T00:00Z. Line 2 is three days older; lines 1 and 3 are in it.
     let late = [
@@ -199,9 +209,19 @@ fn a_record_older_than_the_dedup_window_is_quarantined_and_its_neighbours_counte
     assert!(q[0]["source"].as_str().unwrap().ends_with("b.ndjson"), "{q:?}");
     assert_eq!(q[0]["line"], 2);
     assert_eq!(q[0]["reason"], "outside_dedup_window");
-    let usage = tally::store::CounterStore::period_usage(&s.store(), &tally::ids::TenantId::new("acme").unwrap(), "2025-11").unwrap();
-    assert_eq!((usage.total.input, usage.total.requests), (1 + 20 + 4000, 3), "the late record adds nothing: {usage:?}");
-    assert!(!usage.by_day.contains_key("2025-11-03"), "no counter for the quarantined record's day: {:?}", usage.by_day.keys());
+    let usage =
+        tally::store::CounterStore::period_usage(&s.store(), &tally::ids::TenantId::new("acme").unwrap(), "2025-11")
+            .unwrap();
+    assert_eq!(
+        (usage.total.input, usage.total.requests),
+        (1 + 20 + 4000, 3),
+        "the late record adds nothing: {usage:?}"
+    );
+    assert!(
+        !usage.by_day.contains_key("2025-11-03"),
+        "no counter for the quarantined record's day: {:?}",
+        usage.by_day.keys()
+    );
 }
 
 /// A backfill of months of logs from two sources (the S3 tree and CloudWatch exports named by
@@ -213,10 +233,30 @@ fn a_backfill_of_two_sources_is_read_in_time_order_and_nothing_falls_outside_the
     let s = Scratch::new("[ingest]\nworkers = 1\nbatch_records = 1");
     let s3 = "logs/AWSLogs/111122223333/BedrockModelInvocationLogs/us-east-1";
     let files = [
-        (format!("{s3}/2025/01/05/10/20250105T100000Z_a1.json"), "ffffffff-0000-4000-8000-000000000001", "2025-01-05T10:01:00Z", 1),
-        (format!("{s3}/2025/03/20/10/20250320T100000Z_b2.json"), "ffffffff-0000-4000-8000-000000000002", "2025-03-20T10:01:00Z", 20),
-        ("logs/cloudwatch/2025-01-05.ndjson".to_string(), "ffffffff-0000-4000-8000-000000000003", "2025-01-05T03:00:00Z", 300),
-        ("logs/cloudwatch/2025-03-20.ndjson".to_string(), "ffffffff-0000-4000-8000-000000000004", "2025-03-20T03:00:00Z", 4000),
+        (
+            format!("{s3}/2025/01/05/10/20250105T100000Z_a1.json"),
+            "ffffffff-0000-4000-8000-000000000001",
+            "2025-01-05T10:01:00Z",
+            1,
+        ),
+        (
+            format!("{s3}/2025/03/20/10/20250320T100000Z_b2.json"),
+            "ffffffff-0000-4000-8000-000000000002",
+            "2025-03-20T10:01:00Z",
+            20,
+        ),
+        (
+            "logs/cloudwatch/2025-01-05.ndjson".to_string(),
+            "ffffffff-0000-4000-8000-000000000003",
+            "2025-01-05T03:00:00Z",
+            300,
+        ),
+        (
+            "logs/cloudwatch/2025-03-20.ndjson".to_string(),
+            "ffffffff-0000-4000-8000-000000000004",
+            "2025-03-20T03:00:00Z",
+            4000,
+        ),
     ];
     for (name, id, at, input) in &files {
         s.write(name, format!("{}\n", record(id, at, "acme", *input, 1)));
@@ -225,7 +265,9 @@ fn a_backfill_of_two_sources_is_read_in_time_order_and_nothing_falls_outside_the
     assert_eq!((report.received, report.counted), (4, 4), "{report:?}");
     assert!(s.quarantined().is_empty(), "{:?}", s.quarantined());
     let store = s.store();
-    let usage = |month| tally::store::CounterStore::period_usage(&store, &tally::ids::TenantId::new("acme").unwrap(), month).unwrap();
+    let usage = |month| {
+        tally::store::CounterStore::period_usage(&store, &tally::ids::TenantId::new("acme").unwrap(), month).unwrap()
+    };
     assert_eq!(usage("2025-01").total.input, 1 + 300);
     assert_eq!(usage("2025-03").total.input, 20 + 4000);
 }

@@ -79,7 +79,12 @@ fn exactly_one_lost(name: &str, bytes: &[u8], n: usize, line: u64) -> Result<(),
     let path = s.write(name, bytes);
     let report = s.ingest(&[path]);
     prop_assert!(report.balanced(), "{report:?}");
-    prop_assert_eq!((report.received, report.counted, report.skipped_total()), (n as u64, n as u64 - 1, 1), "{:?}", report);
+    prop_assert_eq!(
+        (report.received, report.counted, report.skipped_total()),
+        (n as u64, n as u64 - 1, 1),
+        "{:?}",
+        report
+    );
     let q = s.quarantined();
     prop_assert_eq!(q.len(), 1, "{:?}", q);
     prop_assert!(q[0]["source"].as_str().unwrap().ends_with(name), "{:?}", q);
@@ -100,7 +105,8 @@ fn cli_export(messages: &[Value]) -> (String, Vec<u64>) {
         .collect();
     let doc = json!({"events": events, "searchedLogStreams": []});
     let mut out = Vec::new();
-    let mut ser = serde_json::Serializer::with_formatter(&mut out, serde_json::ser::PrettyFormatter::with_indent(b"    "));
+    let mut ser =
+        serde_json::Serializer::with_formatter(&mut out, serde_json::ser::PrettyFormatter::with_indent(b"    "));
     serde::Serialize::serialize(&doc, &mut ser).unwrap();
     let text = String::from_utf8(out).unwrap();
     // Each event starts on a line that is `{` indented by eight spaces.
@@ -212,10 +218,12 @@ fn a_file_refused_whole_is_a_failed_file_with_exit_4() {
 /// The real CloudWatch records in every shape of §1.1 that the older suite does not cover.
 #[test]
 fn every_export_shape_of_the_real_records_is_counted() {
-    let doc: Value = serde_json::from_str(&std::fs::read_to_string(repo(
-        "fixtures/realdata/bedrock-invocation-logs-cwl-requestmetadata/bedrock_log_example_masked.json",
-    ))
-    .unwrap())
+    let doc: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo(
+            "fixtures/realdata/bedrock-invocation-logs-cwl-requestmetadata/bedrock_log_example_masked.json",
+        ))
+        .unwrap(),
+    )
     .unwrap();
     let recs: Vec<Value> = doc["events"].as_array().unwrap().iter().map(|e| e["message"].clone()).collect();
     let n = recs.len() as u64;
@@ -240,14 +248,26 @@ fn every_export_shape_of_the_real_records_is_counted() {
         .iter()
         .enumerate()
         .flat_map(|(i, r)| {
-            [json!({"field": "@timestamp", "value": "2025-12-03 10:54:44.000"}),
-             json!({"field": "@message", "value": r.to_string()}),
-             json!({"field": "@ptr", "value": format!("ptr{i}")})]
+            [
+                json!({"field": "@timestamp", "value": "2025-12-03 10:54:44.000"}),
+                json!({"field": "@message", "value": r.to_string()}),
+                json!({"field": "@ptr", "value": format!("ptr{i}")}),
+            ]
         })
         .collect();
-    let flattened = [b"\xEF\xBB\xBF".as_slice(), serde_json::to_string_pretty(&json!({"results": flat_cells, "status": "Complete"})).unwrap().replace('\n', "\r\n").as_bytes()].concat();
+    let flattened = [
+        b"\xEF\xBB\xBF".as_slice(),
+        serde_json::to_string_pretty(&json!({"results": flat_cells, "status": "Complete"}))
+            .unwrap()
+            .replace('\n', "\r\n")
+            .as_bytes(),
+    ]
+    .concat();
     // Insights rows whose @message is an object, and an export merged by the CLI as one line.
-    let object_rows: Vec<Value> = recs.iter().map(|r| json!([{"field": "@message", "value": r}, {"field": "@logStream", "value": "s"}])).collect();
+    let object_rows: Vec<Value> = recs
+        .iter()
+        .map(|r| json!([{"field": "@message", "value": r}, {"field": "@logStream", "value": "s"}]))
+        .collect();
     let one_line = json!({"events": events(0), "searchedLogStreams": []}).to_string();
     let shapes: Vec<(&str, Vec<u8>, u64, u64)> = vec![
         // (name, bytes, counted, skipped as expected)
@@ -262,7 +282,11 @@ fn every_export_shape_of_the_real_records_is_counted() {
         let dir = s.path("logs");
         s.write(&format!("logs/{name}"), &bytes);
         let report = s.ingest(&[dir]);
-        assert_eq!((report.counted, report.duplicates, report.skipped_total()), (counted.min(n), counted - counted.min(n), expected), "{name}: {report:?}");
+        assert_eq!(
+            (report.counted, report.duplicates, report.skipped_total()),
+            (counted.min(n), counted - counted.min(n), expected),
+            "{name}: {report:?}"
+        );
         assert!(report.balanced(), "{name}");
         assert_eq!(report.files_read, 1, "{name}: found by its content");
         assert!(s.quarantined().is_empty(), "{name}: {:?}", s.quarantined());
@@ -287,7 +311,11 @@ fn an_export_longer_than_the_record_limit_is_read_whole() {
     let s = Scratch::new("[ingest]\nmax_record_bytes = 4096");
     let path = s.write("filter-log-events.json", &text);
     let report = s.ingest(&[path]);
-    assert_eq!((report.received, report.counted, report.skipped.get("line_too_long").copied()), (400, 399, Some(1)), "{report:?}");
+    assert_eq!(
+        (report.received, report.counted, report.skipped.get("line_too_long").copied()),
+        (400, 399, Some(1)),
+        "{report:?}"
+    );
     assert_eq!(s.quarantined()[0]["line"].as_u64(), Some(starts[7]));
 }
 
@@ -312,7 +340,8 @@ fn stopped_after_its_first_batch(s: &Scratch, path: &std::path::Path) -> tally::
     let mut q = tally::quarantine::Quarantine::new(config.resolve(&config.ingest.quarantine));
     let stop = std::sync::atomic::AtomicBool::new(false);
     let paths = [path.to_path_buf()];
-    tally::ingest::run_once(&paths, &mut s.store(), &pipeline, &settings, &mut q, &stop, &StopAfterFirstBatch(&stop)).unwrap()
+    tally::ingest::run_once(&paths, &mut s.store(), &pipeline, &settings, &mut q, &stop, &StopAfterFirstBatch(&stop))
+        .unwrap()
 }
 
 /// A read stopped part-way through an export goes on where it stopped: never skipping the
@@ -359,7 +388,13 @@ fn a_300_mb_export_is_counted_whole_in_bounded_memory() {
     out.write_all(b"{\n    \"events\": [\n").unwrap();
     let (mut written, mut n) = (0usize, 0u64);
     while written < 300_000_000 {
-        let r = record(&format!("ffffffff-0000-4000-8000-{n:012}"), &format!("2025-11-{:02}T{:02}:{:02}:00Z", 3 + n % 5, n / 60 % 24, n % 60), &format!("t{}", n % 7), 100 + n % 50, 20);
+        let r = record(
+            &format!("ffffffff-0000-4000-8000-{n:012}"),
+            &format!("2025-11-{:02}T{:02}:{:02}:00Z", 3 + n % 5, n / 60 % 24, n % 60),
+            &format!("t{}", n % 7),
+            100 + n % 50,
+            20,
+        );
         // A realistic body, so events are about 2 KB as in real logs.
         let r = r.replacen("\"inputTokenCount\"", &format!("\"inputBodyJson\":{{\"messages\":[{{\"role\":\"user\",\"content\":[{{\"text\":\"{body}\"}}]}}]}},\"inputTokenCount\""), 1);
         let event = format!(

@@ -94,13 +94,17 @@ fn a_record_arriving_late_counts_in_its_own_hour() {
     s.ingest(&[second]);
     let hours: BTreeMap<String, u64> =
         s.store().hours("2025-11").unwrap().into_iter().map(|(k, u)| (hour_label(k.hour), u.input)).collect();
-    assert_eq!(hours, BTreeMap::from([("2025-11-03T08:00:00Z".to_string(), 5), ("2025-11-03T10:00:00Z".to_string(), 10)]));
+    assert_eq!(
+        hours,
+        BTreeMap::from([("2025-11-03T08:00:00Z".to_string(), 5), ("2025-11-03T10:00:00Z".to_string(), 10)])
+    );
 }
 
 #[test]
 fn a_grown_file_continues_where_it_stopped() {
     let s = Scratch::new("");
-    let line = |i: u32| record(&format!("bbbbbbbb-0000-4000-8000-{i:012}"), "2025-11-04T01:00:00Z", "acme", u64::from(i), 1);
+    let line =
+        |i: u32| record(&format!("bbbbbbbb-0000-4000-8000-{i:012}"), "2025-11-04T01:00:00Z", "acme", u64::from(i), 1);
     let path = s.write("tail.ndjson", format!("{}\n{}\n", line(1), line(2)));
     assert_eq!(s.ingest(std::slice::from_ref(&path)).counted, 2);
     let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
@@ -155,14 +159,24 @@ fn how_batches_are_grouped_into_transactions_changes_no_count() {
     // then many batches to a transaction: the same counters, the same accounting, and the
     // generator's ground truth both times.
     let s = Scratch::new("");
-    let spec =
-        Spec { out: s.path("gen"), tenants: 4, records: 4_000, records_per_object: 150, duplicate_fraction: 0.05, ..Spec::default() };
+    let spec = Spec {
+        out: s.path("gen"),
+        tenants: 4,
+        records: 4_000,
+        records_per_object: 150,
+        duplicate_fraction: 0.05,
+        ..Spec::default()
+    };
     let summary = generate::generate(&spec).unwrap();
     let generated = std::fs::read_to_string(&summary.config).unwrap();
     let truth: Truth = serde_json::from_str(&std::fs::read_to_string(&summary.truth).unwrap()).unwrap();
     let run = |name: &str, commit_records: u64| {
         let config = s.path(&format!("{name}.toml"));
-        let text = generated.replacen("[ingest]", &format!("[ingest]\nbatch_records = 300\ncommit_records = {commit_records}"), 1);
+        let text = generated.replacen(
+            "[ingest]",
+            &format!("[ingest]\nbatch_records = 300\ncommit_records = {commit_records}"),
+            1,
+        );
         assert_ne!(text, generated, "the generated config has an [ingest] table");
         std::fs::write(&config, text.replace("tally.sqlite", &format!("{name}.sqlite"))).unwrap();
         let gen = s_for(&config);

@@ -42,7 +42,11 @@ fn outcome(name: &str, bytes: &[u8]) -> (u64, u64, u64, Vec<(u64, String)>, Stri
     let path = s.write(name, bytes);
     let r: RunReport = s.ingest(&[path]);
     assert!(r.balanced(), "{name}: {r:?}");
-    let q = s.quarantined().iter().map(|q| (q["line"].as_u64().unwrap(), q["reason"].as_str().unwrap().to_string())).collect();
+    let q = s
+        .quarantined()
+        .iter()
+        .map(|q| (q["line"].as_u64().unwrap(), q["reason"].as_str().unwrap().to_string()))
+        .collect();
     let hours = tally::store::CounterStore::hours(&s.store(), "2025-11").unwrap();
     (r.received, r.counted, r.duplicates, q, format!("{hours:?}"))
 }

@@ -17,11 +17,17 @@ use support::{record, Scratch};
 fn one_record_from_the_far_future_costs_only_itself() {
     let s = Scratch::new("");
     let future = record("aaaaaaaa-0000-4000-8000-000000000099", "2099-01-01T00:00:00Z", "acme", 5, 5);
-    let first = s.write("a.ndjson", format!("{future}\n{}\n", record("aaaaaaaa-0000-4000-8000-000000000001", "2025-11-06T00:00:00Z", "acme", 1, 1)));
+    let first = s.write(
+        "a.ndjson",
+        format!("{future}\n{}\n", record("aaaaaaaa-0000-4000-8000-000000000001", "2025-11-06T00:00:00Z", "acme", 1, 1)),
+    );
     let report = s.ingest(&[first]);
     assert_eq!((report.counted, report.skipped.get("bad_timestamp").copied()), (1, Some(1)), "{report:?}");
     // Later, normal records still count.
-    let later = s.write("b.ndjson", format!("{}\n", record("aaaaaaaa-0000-4000-8000-000000000002", "2025-11-07T00:00:00Z", "acme", 1, 1)));
+    let later = s.write(
+        "b.ndjson",
+        format!("{}\n", record("aaaaaaaa-0000-4000-8000-000000000002", "2025-11-07T00:00:00Z", "acme", 1, 1)),
+    );
     let report = s.ingest(&[later]);
     assert_eq!((report.counted, report.skipped_total()), (1, 0), "{report:?}");
     assert!(s.quarantined()[0]["detail"].as_str().unwrap().contains("future"));
@@ -67,8 +73,9 @@ fn a_counter_sum_past_its_range_is_an_error_that_writes_nothing() {
     assert!(!out.status.success() && stderr.contains("counter overflow"), "{:?}: {stderr}", out.status);
     let db = rusqlite::Connection::open(s.path("tally.sqlite")).unwrap();
     for table in ["counters_hour", "counters_day", "counters_month"] {
-        let (kind, input): (String, i64) =
-            db.query_row(&format!("SELECT typeof(input), input FROM {table}"), [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        let (kind, input): (String, i64) = db
+            .query_row(&format!("SELECT typeof(input), input FROM {table}"), [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap();
         assert_eq!((kind.as_str(), input), ("integer", near), "{table}");
     }
 }
@@ -105,11 +112,18 @@ fn negative_or_absurd_prices_are_refused_naming_the_field_with_exit_2() {
     for (name, text, field) in [
         ("neg.toml", "[[price]]\nmodel = \"m\"\nper = \"1M\"\ninput = \"-1\"\n", "price[0].input"),
         ("big.toml", "[[price]]\nmodel = \"m\"\nper = \"1K\"\noutput = \"99999999999\"\n", "price[0].output"),
-        ("neg.json", r#"{"m": {"litellm_provider": "bedrock", "input_cost_per_token": -0.000001}}"#, "m.input_cost_per_token"),
+        (
+            "neg.json",
+            r#"{"m": {"litellm_provider": "bedrock", "input_cost_per_token": -0.000001}}"#,
+            "m.input_cost_per_token",
+        ),
     ] {
         let s = Scratch::new(&format!("[pricing]\ncatalogs = [\"{name}\"]"));
         s.write(name, text);
-        let log = s.write("a.ndjson", format!("{}\n", record("aaaaaaaa-0000-4000-8000-000000000001", "2025-11-06T00:00:00Z", "acme", 1, 1)));
+        let log = s.write(
+            "a.ndjson",
+            format!("{}\n", record("aaaaaaaa-0000-4000-8000-000000000001", "2025-11-06T00:00:00Z", "acme", 1, 1)),
+        );
         let out = s.tally().arg("ingest").arg(&log).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{name}: {}", String::from_utf8_lossy(&out.stderr));
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -139,7 +153,11 @@ fn a_period_without_cur_files_is_an_error_that_changes_nothing() {
     std::fs::create_dir_all(&empty).unwrap();
     let run = f.reconcile(&empty, &out, &[]);
     assert_eq!(run.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&run.stderr).contains("no CUR file for the period"), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        String::from_utf8_lossy(&run.stderr).contains("no CUR file for the period"),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     assert_eq!(reconcile_support::files(&out.join(reconcile_support::MONTH)), before, "the reconciled period changed");
 }
 
@@ -152,28 +170,32 @@ fn non_finite_or_absurd_cur_money_is_an_error_naming_file_row_group_and_column()
     use datafusion::parquet::arrow::ArrowWriter;
 
     let f = reconcile_support::Fixture::new();
-    let sources: Vec<std::path::PathBuf> = walk(f.cur.cur2.clone()).into_iter().filter(|p| p.extension().is_some_and(|x| x == "parquet")).collect();
+    let sources: Vec<std::path::PathBuf> =
+        walk(f.cur.cur2.clone()).into_iter().filter(|p| p.extension().is_some_and(|x| x == "parquet")).collect();
     assert!(!sources.is_empty());
     for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 1e30] {
         let dir = f.path(&format!("bad-cur-{bad}"));
         for (k, source) in sources.iter().enumerate() {
-        let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(source).unwrap()).unwrap().build().unwrap();
-        let batches: Vec<RecordBatch> = reader.map(Result::unwrap).collect();
-        let rel = source.strip_prefix(&f.cur.cur2).unwrap();
-        let path = dir.join(rel).with_file_name(format!("bad-{k}.parquet"));
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        let schema = batches[0].schema();
-        let mut w = ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), schema.clone(), None).unwrap();
-        for b in &batches {
-            let i = schema.index_of("line_item_unblended_cost").unwrap();
-            let cost = b.column(i).as_any().downcast_ref::<Float64Array>().expect("costs are doubles").clone();
-            // Every line's cost broken, so a Bedrock line is certainly hit.
-            let broken: Float64Array = (0..cost.len()).map(|_| Some(bad)).collect();
-            let mut columns: Vec<ArrayRef> = b.columns().to_vec();
-            columns[i] = Arc::new(broken);
-            w.write(&RecordBatch::try_new(schema.clone(), columns).unwrap()).unwrap();
-        }
-        w.close().unwrap();
+            let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(source).unwrap())
+                .unwrap()
+                .build()
+                .unwrap();
+            let batches: Vec<RecordBatch> = reader.map(Result::unwrap).collect();
+            let rel = source.strip_prefix(&f.cur.cur2).unwrap();
+            let path = dir.join(rel).with_file_name(format!("bad-{k}.parquet"));
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            let schema = batches[0].schema();
+            let mut w = ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), schema.clone(), None).unwrap();
+            for b in &batches {
+                let i = schema.index_of("line_item_unblended_cost").unwrap();
+                let cost = b.column(i).as_any().downcast_ref::<Float64Array>().expect("costs are doubles").clone();
+                // Every line's cost broken, so a Bedrock line is certainly hit.
+                let broken: Float64Array = (0..cost.len()).map(|_| Some(bad)).collect();
+                let mut columns: Vec<ArrayRef> = b.columns().to_vec();
+                columns[i] = Arc::new(broken);
+                w.write(&RecordBatch::try_new(schema.clone(), columns).unwrap()).unwrap();
+            }
+            w.close().unwrap();
         }
         let out = f.path(&format!("out-{bad}"));
         let run = f.reconcile(&dir, &out, &[]);
@@ -202,13 +224,21 @@ fn walk(p: std::path::PathBuf) -> Vec<std::path::PathBuf> {
 fn control_bytes_are_quarantined_and_the_last_duplicate_key_wins() {
     let s = Scratch::new("");
     let base = record("aaaaaaaa-0000-4000-8000-000000000001", "2025-11-06T00:00:00Z", "acme", 1, 1);
-    let nul = base.replace("\"tenant_id\":\"acme\"", "\"tenant_id\":\"ac\u{0}me\"").replace("000000000001", "000000000002");
-    let soh = base.replace("\"tenant_id\":\"acme\"", "\"tenant_id\":\"acme\u{1}\"").replace("000000000001", "000000000003");
-    let twice = base.replace("\"tenant_id\":\"acme\"", "\"tenant_id\":\"acme\",\"tenant_id\":\"globex\"").replace("000000000001", "000000000004");
+    let nul =
+        base.replace("\"tenant_id\":\"acme\"", "\"tenant_id\":\"ac\u{0}me\"").replace("000000000001", "000000000002");
+    let soh =
+        base.replace("\"tenant_id\":\"acme\"", "\"tenant_id\":\"acme\u{1}\"").replace("000000000001", "000000000003");
+    let twice = base
+        .replace("\"tenant_id\":\"acme\"", "\"tenant_id\":\"acme\",\"tenant_id\":\"globex\"")
+        .replace("000000000001", "000000000004");
     let path = s.write("a.ndjson", format!("{base}\n{nul}\n{soh}\n{twice}\n"));
     let report = s.ingest(&[path]);
     assert_eq!((report.counted, report.skipped.get("malformed_json").copied()), (2, Some(2)), "{report:?}");
-    let tenants: Vec<String> = tally::store::CounterStore::tenants(&s.store(), "2025-11").unwrap().into_iter().map(|(t, _)| t.as_str().to_string()).collect();
+    let tenants: Vec<String> = tally::store::CounterStore::tenants(&s.store(), "2025-11")
+        .unwrap()
+        .into_iter()
+        .map(|(t, _)| t.as_str().to_string())
+        .collect();
     assert_eq!(tenants, ["acme", "globex"]);
     assert_eq!(s.quarantined().iter().map(|q| q["line"].as_u64().unwrap()).collect::<Vec<_>>(), [2, 3]);
 }
@@ -222,7 +252,10 @@ fn control_bytes_are_quarantined_and_the_last_duplicate_key_wins() {
 #[test]
 fn links_fifos_and_unreadable_folders_cost_only_themselves() {
     let s = Scratch::new("");
-    s.write("logs/good.ndjson", format!("{}\n", record("aaaaaaaa-0000-4000-8000-000000000001", "2025-11-06T00:00:00Z", "acme", 1, 1)));
+    s.write(
+        "logs/good.ndjson",
+        format!("{}\n", record("aaaaaaaa-0000-4000-8000-000000000001", "2025-11-06T00:00:00Z", "acme", 1, 1)),
+    );
     let logs = s.path("logs");
     std::os::unix::fs::symlink("/dev/zero", logs.join("zero.json")).unwrap();
     std::os::unix::fs::symlink(logs.join("gone.json"), logs.join("dangling.json")).unwrap();
@@ -236,7 +269,8 @@ fn links_fifos_and_unreadable_folders_cost_only_themselves() {
     std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
     let root_can_read = std::fs::read_dir(&locked).is_ok();
 
-    let mut child = s.tally().args(["ingest", "--json"]).arg(&logs).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut child =
+        s.tally().args(["ingest", "--json"]).arg(&logs).stdout(std::process::Stdio::piped()).spawn().unwrap();
     let started = std::time::Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -283,7 +317,9 @@ fn a_file_read_while_it_is_written_loses_no_record() {
     let s = Scratch::new("");
     let path = s.path("live.ndjson");
     let all: String = (0..300u32)
-        .map(|i| format!("{}\n", record(&format!("cccccccc-0000-4000-8000-{i:012}"), "2025-11-06T00:00:00Z", "acme", 1, 1)))
+        .map(|i| {
+            format!("{}\n", record(&format!("cccccccc-0000-4000-8000-{i:012}"), "2025-11-06T00:00:00Z", "acme", 1, 1))
+        })
         .collect();
     let mut written = 0;
     let mut counted = 0;
@@ -302,7 +338,9 @@ fn a_file_read_while_it_is_written_loses_no_record() {
 fn a_gzip_file_completed_later_loses_no_record() {
     let s = Scratch::new("");
     let text: String = (0..2000u32)
-        .map(|i| format!("{}\n", record(&format!("dddddddd-0000-4000-8000-{i:012}"), "2025-11-06T00:00:00Z", "acme", 1, 1)))
+        .map(|i| {
+            format!("{}\n", record(&format!("dddddddd-0000-4000-8000-{i:012}"), "2025-11-06T00:00:00Z", "acme", 1, 1))
+        })
         .collect();
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     e.write_all(text.as_bytes()).unwrap();
@@ -357,7 +395,12 @@ fn half_sent_requests_cannot_starve_serve() {
 fn a_gzip_member_that_fails_its_crc_counts_nothing() {
     let member = |from: u32, n: u32| {
         let text: String = (from..from + n)
-            .map(|i| format!("{}\n", record(&format!("ffffffff-0000-4000-8000-{i:012}"), "2025-11-06T00:00:00Z", "acme", 1, 1)))
+            .map(|i| {
+                format!(
+                    "{}\n",
+                    record(&format!("ffffffff-0000-4000-8000-{i:012}"), "2025-11-06T00:00:00Z", "acme", 1, 1)
+                )
+            })
             .collect();
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         e.write_all(text.as_bytes()).unwrap();
@@ -380,7 +423,11 @@ fn a_gzip_member_that_fails_its_crc_counts_nothing() {
         bytes.extend(&bad);
         let path = s.write(name, &bytes);
         let report = s.ingest(&[path]);
-        assert_eq!((report.counted, report.skipped.get("truncated_gzip").copied()), (100, Some(1)), "{name}: {report:?}");
+        assert_eq!(
+            (report.counted, report.skipped.get("truncated_gzip").copied()),
+            (100, Some(1)),
+            "{name}: {report:?}"
+        );
         assert!(s.quarantined()[0]["detail"].as_str().unwrap().contains("corrupt"), "{name}");
     }
     // One member only, corrupt: nothing counted, and the file is a failed file.

@@ -86,7 +86,10 @@ impl Fixture {
         let dir = tempfile::tempdir().unwrap();
         let f = Fixture { config: dir.path().join("tally.toml"), dir };
         let (tenants, records, seed) = (tenants.to_string(), records.to_string(), seed.to_string());
-        ok(&f.tally(&["generate", "--tenants", &tenants, "--records", &records, "--seed", &seed, "--month", MONTH, "--out"], &[f.dir.path()]));
+        ok(&f.tally(
+            &["generate", "--tenants", &tenants, "--records", &records, "--seed", &seed, "--month", MONTH, "--out"],
+            &[f.dir.path()],
+        ));
         let mut text = std::fs::read_to_string(&f.config).unwrap();
         text.push_str(plans);
         std::fs::write(&f.config, text).unwrap();
@@ -115,7 +118,10 @@ impl Fixture {
     /// A CUR billing the logs, with the shared pool billed `drift` above list price.
     fn cur(&self, name: &str, drift: &str) -> PathBuf {
         let out = self.path(name);
-        ok(&self.tally(&["generate-cur", "--month", MONTH, "--drift", drift, "--fixtures"], &[self.dir.path(), Path::new("--out"), &out]));
+        ok(&self.tally(
+            &["generate-cur", "--month", MONTH, "--drift", drift, "--fixtures"],
+            &[self.dir.path(), Path::new("--out"), &out],
+        ));
         out.join("cur2")
     }
 
@@ -146,7 +152,13 @@ impl Fixture {
 
     /// Reconciled cost per tenant, from the allocation table through `tally sql`.
     fn allocated(&self) -> BTreeMap<String, Decimal> {
-        let csv = ok(&self.tally(&["sql", "--csv", "--period", MONTH, "--out"], &[&self.path("out"), Path::new("SELECT tenant, sum(cost) AS cost FROM allocation WHERE tenant IS NOT NULL GROUP BY tenant")]));
+        let csv = ok(&self.tally(
+            &["sql", "--csv", "--period", MONTH, "--out"],
+            &[
+                &self.path("out"),
+                Path::new("SELECT tenant, sum(cost) AS cost FROM allocation WHERE tenant IS NOT NULL GROUP BY tenant"),
+            ],
+        ));
         csv.lines().skip(1).map(|l| l.split_once(',').unwrap()).map(|(t, c)| (t.to_string(), d(c))).collect()
     }
 
@@ -182,7 +194,11 @@ fn provisional_then_final_then_a_delta_after_the_cur_is_restated() {
     assert_eq!(docs.len(), 8, "{:?}", docs.keys());
     for (name, doc) in &docs {
         assert!(name.ends_with(".provisional.json"), "{name}");
-        assert_eq!((doc.status, doc.version, doc.internal.cost_source.as_str()), (Status::Provisional, 0, "estimate"), "{name}");
+        assert_eq!(
+            (doc.status, doc.version, doc.internal.cost_source.as_str()),
+            (Status::Provisional, 0, "estimate"),
+            "{name}"
+        );
         assert_eq!(doc.total, doc.lines.iter().map(|l| l.amount).sum::<Decimal>(), "{name}");
     }
     // A second provisional run gives the drafts the same bytes. An unchanged draft is left
@@ -191,7 +207,11 @@ fn provisional_then_final_then_a_delta_after_the_cur_is_restated() {
     let inode = |name: &str| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(f.invoices().join(name)).unwrap());
     let inode_before = inode("tenant-0000.provisional.json");
     let tampered = f.file("tenant-0001.provisional.json");
-    std::fs::write(f.invoices().join("tenant-0001.provisional.json"), tampered.replace("\"provisional\"", "\"tampered\"")).unwrap();
+    std::fs::write(
+        f.invoices().join("tenant-0001.provisional.json"),
+        tampered.replace("\"provisional\"", "\"tampered\""),
+    )
+    .unwrap();
     let text = f.invoice();
     assert!(text.contains("1 documents written (0 delta versions), 7 drafts and 0 final invoices unchanged"), "{text}");
     assert_eq!(f.file("tenant-0000.provisional.json"), before);
@@ -204,7 +224,10 @@ fn provisional_then_final_then_a_delta_after_the_cur_is_restated() {
     let text = f.invoice();
     assert!(text.contains("final") && !text.contains("PROVISIONAL"), "{text}");
     let docs = f.documents();
-    assert_eq!(docs.keys().cloned().collect::<Vec<_>>(), (0..9).filter(|k| *k != 5).map(|k| format!("tenant-{k:04}.v1.json")).collect::<Vec<_>>());
+    assert_eq!(
+        docs.keys().cloned().collect::<Vec<_>>(),
+        (0..9).filter(|k| *k != 5).map(|k| format!("tenant-{k:04}.v1.json")).collect::<Vec<_>>()
+    );
     let allocated = f.allocated();
     for doc in docs.values() {
         assert_eq!((doc.status, doc.version, doc.supersedes.as_deref()), (Status::Final, 1, None));
@@ -237,7 +260,10 @@ fn provisional_then_final_then_a_delta_after_the_cur_is_restated() {
         assert_eq!(d(&r["margin"]), d(&r["charge"]) - cost, "{r:?}");
     }
     // `tally sql` serves the lines.
-    let sql = ok(&f.tally(&["sql", "--csv", "--period", MONTH, "--out"], &[&f.path("out"), Path::new("SELECT sum(amount) AS total FROM invoice_lines")]));
+    let sql = ok(&f.tally(
+        &["sql", "--csv", "--period", MONTH, "--out"],
+        &[&f.path("out"), Path::new("SELECT sum(amount) AS total FROM invoice_lines")],
+    ));
     assert_eq!(d(sql.lines().nth(1).unwrap()), totals.values().sum::<Decimal>());
 
     // Re-invoicing unchanged inputs issues nothing new.
@@ -295,7 +321,11 @@ fn a_missing_reconcile_after_final_invoices_is_refused() {
     std::fs::remove_file(f.path("out").join(MONTH).join("allocation.parquet")).unwrap();
     let out = f.tally(&["invoice", "--period", MONTH, "--out"], &[&f.path("out")]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("holds final invoices"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("holds final invoices"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `reconcile` killed between its folder renames leaves the period in pieces; whatever runs
@@ -317,7 +347,8 @@ fn an_interrupted_reconcile_never_changes_an_issued_invoice() {
         // As a SIGKILL leaves it: the new tables staged (and marked complete, or not yet),
         // the issued invoices moved in with them, the old folder moved aside.
         let out = f.path("out");
-        let (period, partial, old) = (out.join(MONTH), out.join(format!(".{MONTH}.partial")), out.join(format!(".{MONTH}.old")));
+        let (period, partial, old) =
+            (out.join(MONTH), out.join(format!(".{MONTH}.partial")), out.join(format!(".{MONTH}.old")));
         std::fs::create_dir_all(&partial).unwrap();
         for e in std::fs::read_dir(&period).unwrap() {
             let p = e.unwrap().path();
@@ -373,7 +404,8 @@ fn a_run_stopped_while_writing_is_recovered_by_the_next() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("tenant-0002.v1.json") || stderr.contains("tenant-0003.v1.json"), "{stderr}");
 
-    std::fs::write(&record, "tenant-0002.v1.json\ntenant-0003.v1.json\ntenant-0004.v1.json\ntenant-0006.v1.json\n").unwrap();
+    std::fs::write(&record, "tenant-0002.v1.json\ntenant-0003.v1.json\ntenant-0004.v1.json\ntenant-0006.v1.json\n")
+        .unwrap();
     let text = f.invoice();
     assert!(text.contains("3 documents written (0 delta versions)"), "{text}");
     assert!(!record.exists(), "the in-flight record outlived a finished run");
@@ -459,7 +491,11 @@ fn sigkill_at_random_points_of_an_invoice_run_then_rerun_gives_the_same_invoices
         }
         assert!(mid_run >= 5, "{stage}: only {mid_run} of 10 kills landed mid-run");
         let last = invoice(&killed).output().unwrap();
-        assert!(last.status.success(), "{stage}: the run after the kills failed: {}", String::from_utf8_lossy(&last.stderr));
+        assert!(
+            last.status.success(),
+            "{stage}: the run after the kills failed: {}",
+            String::from_utf8_lossy(&last.stderr)
+        );
         let got = folder(&killed);
         assert_eq!(got.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>(), "{stage}: other files");
         for (name, bytes) in &expected {

@@ -90,7 +90,8 @@ fn golden(name: &str, invoice: &Invoice) {
         std::fs::write(&path, &got).unwrap();
         return;
     }
-    let want = std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("no golden invoice {}; run with TALLY_BLESS=1", path.display()));
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("no golden invoice {}; run with TALLY_BLESS=1", path.display()));
     assert_eq!(got, want, "{name} differs from {}", path.display());
 }
 
@@ -166,12 +167,30 @@ fn add_on_bills_seats_and_the_overage_beyond_the_seats_tokens() {
 fn a_restated_cost_issues_a_delta_version() {
     let plans = plans();
     let t = tenant("metered");
-    let v1 = issue::next_final("2025-11", &t, &plans, &basis(3_000_000, 400_000, 0, "11.00", Some("12.3456789012")), &[]).unwrap();
+    let v1 =
+        issue::next_final("2025-11", &t, &plans, &basis(3_000_000, 400_000, 0, "11.00", Some("12.3456789012")), &[])
+            .unwrap();
     let issued = [Issued::from(&v1)];
     // Unchanged inputs: nothing new.
-    assert_eq!(issue::next_final("2025-11", &t, &plans, &basis(3_000_000, 400_000, 0, "11.00", Some("12.3456789012")), &issued), None);
+    assert_eq!(
+        issue::next_final(
+            "2025-11",
+            &t,
+            &plans,
+            &basis(3_000_000, 400_000, 0, "11.00", Some("12.3456789012")),
+            &issued
+        ),
+        None
+    );
     // The CUR is restated: 13.0000000001 × 4 = 52.0000000004 → 52.00; delta 52.00 − 49.38 = 2.62.
-    let v2 = issue::next_final("2025-11", &t, &plans, &basis(3_000_000, 400_000, 0, "11.00", Some("13.0000000001")), &issued).unwrap();
+    let v2 = issue::next_final(
+        "2025-11",
+        &t,
+        &plans,
+        &basis(3_000_000, 400_000, 0, "11.00", Some("13.0000000001")),
+        &issued,
+    )
+    .unwrap();
     assert_eq!((v2.version, v2.supersedes.as_deref()), (2, Some(v1.id.as_str())));
     assert_eq!(amounts(&v2), (vec![("usage", "2.62".into())], "2.62".into()));
     assert_eq!(v2.lines[0].previous_amount, Some(d("49.38")));
@@ -208,7 +227,10 @@ fn the_schema_refuses_what_is_not_an_invoice() {
     assert!(broken(&|v| v["status"] = serde_json::json!("draft")), "an unknown status");
     assert!(broken(&|v| v["extra"] = serde_json::json!(1)), "an unknown field");
     assert!(broken(&|v| v["id"] = serde_json::json!("inv_123")), "a malformed id");
-    assert!(broken(&|v| {
-        v.as_object_mut().unwrap().remove("internal");
-    }), "no cost basis");
+    assert!(
+        broken(&|v| {
+            v.as_object_mut().unwrap().remove("internal");
+        }),
+        "no cost basis"
+    );
 }

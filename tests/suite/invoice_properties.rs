@@ -19,21 +19,32 @@ fn money(max: i64, scale: u32) -> impl Strategy<Value = Decimal> {
 fn pricing() -> impl Strategy<Value = Pricing> {
     prop_oneof![
         money(100_000, 2).prop_map(|monthly_fee| Pricing::Bundled { monthly_fee }),
-        (money(100_000, 2), 0..5_000_000u64, money(100_000, 5))
-            .prop_map(|(monthly_fee, included, overage_rate)| Pricing::Quota { monthly_fee, allowance: Allowance::Tokens { included }, overage_rate }),
-        (money(100_000, 2), money(1_000_000, 1), 1..10_000i64, money(100_000, 5)).prop_map(|(monthly_fee, included, c, overage_rate)| Pricing::Quota {
-            monthly_fee,
-            allowance: Allowance::Credits { included, credit_usd: Decimal::new(c, 4) },
-            overage_rate
+        (money(100_000, 2), 0..5_000_000u64, money(100_000, 5)).prop_map(|(monthly_fee, included, overage_rate)| {
+            Pricing::Quota { monthly_fee, allowance: Allowance::Tokens { included }, overage_rate }
         }),
-        (1..100_000i64, money(10_000, 2)).prop_map(|(m, minimum)| Pricing::Metered { markup: Decimal::new(m, 3), minimum }),
+        (money(100_000, 2), money(1_000_000, 1), 1..10_000i64, money(100_000, 5)).prop_map(
+            |(monthly_fee, included, c, overage_rate)| Pricing::Quota {
+                monthly_fee,
+                allowance: Allowance::Credits { included, credit_usd: Decimal::new(c, 4) },
+                overage_rate
+            }
+        ),
+        (1..100_000i64, money(10_000, 2))
+            .prop_map(|(m, minimum)| Pricing::Metered { markup: Decimal::new(m, 3), minimum }),
         (money(10_000, 2), proptest::option::of((0..1_000_000u64, money(100_000, 5))))
             .prop_map(|(seat_price, overage)| Pricing::AddOn { seat_price, overage }),
     ]
 }
 
 fn basis() -> impl Strategy<Value = Basis> {
-    (0..50_000_000u64, 0..10_000_000u64, 0..10_000_000u64, 0..1_000_000u64, money(10_000_000_000, 8), proptest::option::of(money(1_000_000_000_000, 10)))
+    (
+        0..50_000_000u64,
+        0..10_000_000u64,
+        0..10_000_000u64,
+        0..1_000_000u64,
+        money(10_000_000_000, 8),
+        proptest::option::of(money(1_000_000_000_000, 10)),
+    )
         .prop_map(|(input, output, cache_read, cache_write, estimated_cost, reconciled_cost)| Basis {
             usage: TokenUsage { input, output, cache_read, cache_write, requests: 1 },
             estimated_cost,
@@ -44,8 +55,13 @@ fn basis() -> impl Strategy<Value = Basis> {
 fn plans_of(pricing: Pricing, seats: u64) -> (Plans, TenantId) {
     let tenant = TenantId::new("t").unwrap();
     let mut plans = Plans::default();
-    plans.plans.insert("p".into(), Plan { name: "p".into(), pricing, requests_per_day: None, alerts: Default::default() });
-    plans.tenants.insert(tenant.clone(), Subscription { plan: "p".into(), seats: if matches!(pricing, Pricing::AddOn { .. }) { seats } else { 0 } });
+    plans
+        .plans
+        .insert("p".into(), Plan { name: "p".into(), pricing, requests_per_day: None, alerts: Default::default() });
+    plans.tenants.insert(
+        tenant.clone(),
+        Subscription { plan: "p".into(), seats: if matches!(pricing, Pricing::AddOn { .. }) { seats } else { 0 } },
+    );
     (plans, tenant)
 }
 
@@ -145,7 +161,11 @@ fn large_period(tenants: usize) -> (Plans, BTreeMap<TenantId, tally::usage::Usag
     let mut plans = Plans::default();
     let kinds = [
         Pricing::Bundled { monthly_fee: Decimal::new(4900, 2) },
-        Pricing::Quota { monthly_fee: Decimal::new(1900, 2), allowance: Allowance::Tokens { included: 50_000 }, overage_rate: Decimal::new(2, 5) },
+        Pricing::Quota {
+            monthly_fee: Decimal::new(1900, 2),
+            allowance: Allowance::Tokens { included: 50_000 },
+            overage_rate: Decimal::new(2, 5),
+        },
         Pricing::Quota {
             monthly_fee: Decimal::new(1000, 2),
             allowance: Allowance::Credits { included: Decimal::new(1000, 0), credit_usd: Decimal::new(1, 3) },
@@ -168,7 +188,15 @@ fn large_period(tenants: usize) -> (Plans, BTreeMap<TenantId, tally::usage::Usag
         }
         if i % 3 != 0 {
             let n = (i as u64 * 7919) % 200_000;
-            let u = tally::usage::Usage { input: n, output: n / 3, cache_read: n / 5, cache_write: n / 50, requests: 1 + n / 1000, est_cost: Decimal::new(n as i64 * 37, 8), ..Default::default() };
+            let u = tally::usage::Usage {
+                input: n,
+                output: n / 3,
+                cache_read: n / 5,
+                cache_write: n / 50,
+                requests: 1 + n / 1000,
+                est_cost: Decimal::new(n as i64 * 37, 8),
+                ..Default::default()
+            };
             usage.insert(t.clone(), u);
             reconciled.insert(t, Decimal::new(n as i64 * 41, 8));
         }
@@ -183,7 +211,8 @@ fn large_period(tenants: usize) -> (Plans, BTreeMap<TenantId, tally::usage::Usag
 fn billing_on_every_core_is_billing_tenant_by_tenant() {
     let (plans, usage, reconciled) = large_period(20_000);
     let no_issued = BTreeMap::new();
-    let period = |reconciled, issued| issue::Period { period: "2025-11", plans: &plans, usage: &usage, reconciled, issued };
+    let period =
+        |reconciled, issued| issue::Period { period: "2025-11", plans: &plans, usage: &usage, reconciled, issued };
 
     let provisional = issue::bill_on(&period(None, &no_issued), 1);
     assert_eq!(provisional.invoices.len(), plans.tenants.len());
@@ -194,7 +223,8 @@ fn billing_on_every_core_is_billing_tenant_by_tenant() {
 
     // Version 1 for everyone, then a restatement that changes every fifth tenant's cost.
     let first = issue::bill_on(&period(Some(&reconciled), &no_issued), 1);
-    let issued: BTreeMap<TenantId, Vec<Issued>> = first.invoices.iter().map(|i| (i.tenant.clone(), vec![Issued::from(i)])).collect();
+    let issued: BTreeMap<TenantId, Vec<Issued>> =
+        first.invoices.iter().map(|i| (i.tenant.clone(), vec![Issued::from(i)])).collect();
     let mut restated = reconciled.clone();
     for (k, cost) in restated.iter_mut().enumerate() {
         if k % 5 == 0 {
@@ -205,7 +235,11 @@ fn billing_on_every_core_is_billing_tenant_by_tenant() {
     assert!(second.invoices.iter().all(|i| i.version == 2) && !second.invoices.is_empty());
     assert!(second.unchanged > 0);
     for threads in [2, 3, 8] {
-        assert_eq!(issue::bill_on(&period(Some(&reconciled), &no_issued), threads), first, "final v1 on {threads} threads");
+        assert_eq!(
+            issue::bill_on(&period(Some(&reconciled), &no_issued), threads),
+            first,
+            "final v1 on {threads} threads"
+        );
         assert_eq!(issue::bill_on(&period(Some(&restated), &issued), threads), second, "final v2 on {threads} threads");
     }
     let tenants: Vec<&TenantId> = second.margin.iter().map(|r| &r.tenant).collect();

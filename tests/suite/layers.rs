@@ -19,8 +19,10 @@ fn floors() -> BTreeMap<String, usize> {
         .expect("README.md has a <!-- floors --> … <!-- /floors --> block");
     let mut out = BTreeMap::new();
     for line in block.lines().filter(|l| !l.trim().is_empty()) {
-        let (number, rest) = line.split_once(". ").unwrap_or_else(|| panic!("floor line {line:?} is not `N. name: `module`, …`"));
-        let floor: usize = number.trim().parse().unwrap_or_else(|_| panic!("floor line {line:?} does not start with a number"));
+        let (number, rest) =
+            line.split_once(". ").unwrap_or_else(|| panic!("floor line {line:?} is not `N. name: `module`, …`"));
+        let floor: usize =
+            number.trim().parse().unwrap_or_else(|_| panic!("floor line {line:?} does not start with a number"));
         for module in rest.split('`').skip(1).step_by(2) {
             assert!(out.insert(module.to_string(), floor).is_none(), "module `{module}` is on two floors");
         }
@@ -90,7 +92,13 @@ fn named_paths(text: &str, me: &[String]) -> Vec<Vec<String>> {
         (text[i..j].to_string(), j)
     };
     // A path from `at` (just after `root::`), through `::`, with `{a, b::c}` groups expanded.
-    fn walk(text: &str, mut at: usize, base: Vec<String>, out: &mut Vec<Vec<String>>, ident: &dyn Fn(usize) -> (String, usize)) {
+    fn walk(
+        text: &str,
+        mut at: usize,
+        base: Vec<String>,
+        out: &mut Vec<Vec<String>>,
+        ident: &dyn Fn(usize) -> (String, usize),
+    ) {
         let b = text.as_bytes();
         let mut path = base;
         loop {
@@ -190,7 +198,11 @@ fn read_tree() -> Tree {
 }
 
 fn show(m: &[String]) -> String {
-    if m.is_empty() { "lib".into() } else { m.join("::") }
+    if m.is_empty() {
+        "lib".into()
+    } else {
+        m.join("::")
+    }
 }
 
 #[test]
@@ -201,7 +213,11 @@ fn every_module_is_on_a_floor_and_imports_only_from_its_floor_or_below() {
     let top = |m: &Vec<String>| m.first().cloned().unwrap_or_default();
     for m in tree.files.keys().filter(|m| !m.is_empty()) {
         if !floors.contains_key(&top(m)) {
-            wrong.push(format!("src/{}: the module `{}` is on no floor (add it to README.md's floors)", show(m), top(m)));
+            wrong.push(format!(
+                "src/{}: the module `{}` is on no floor (add it to README.md's floors)",
+                show(m),
+                top(m)
+            ));
         }
     }
     for (from, tos) in &tree.edges {
@@ -209,7 +225,11 @@ fn every_module_is_on_a_floor_and_imports_only_from_its_floor_or_below() {
         for to in tos {
             if let Some(&t) = floors.get(&top(to)) {
                 if t > f {
-                    wrong.push(format!("{} (floor {f}) imports {} (floor {t}), a floor above it", show(from), show(to)));
+                    wrong.push(format!(
+                        "{} (floor {f}) imports {} (floor {t}), a floor above it",
+                        show(from),
+                        show(to)
+                    ));
                 }
             }
         }

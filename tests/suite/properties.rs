@@ -45,9 +45,13 @@ fn usage() -> impl Strategy<Value = Usage> {
 /// A counter key from a small domain (so keys collide) whose hours span a month boundary:
 /// 2025-11-28T00:00Z plus up to five days.
 fn counter_key() -> impl Strategy<Value = CounterKey> {
-    (prop::sample::select(TENANTS.to_vec()), 0i64..120, prop::sample::select(RESOURCES.to_vec())).prop_map(|(t, h, r)| {
-        CounterKey { tenant: TenantId::new(t).unwrap(), hour: hour("2025-11-28T00:00:00Z") + h * 3600, resource: Resource::new(r) }
-    })
+    (prop::sample::select(TENANTS.to_vec()), 0i64..120, prop::sample::select(RESOURCES.to_vec())).prop_map(
+        |(t, h, r)| CounterKey {
+            tenant: TenantId::new(t).unwrap(),
+            hour: hour("2025-11-28T00:00:00Z") + h * 3600,
+            resource: Resource::new(r),
+        },
+    )
 }
 
 fn items(max: usize) -> impl Strategy<Value = Vec<(CounterKey, Usage)>> {
@@ -81,7 +85,11 @@ impl Rec {
     fn entry(&self) -> Entry {
         Entry {
             dedup: DedupKey::from_request_id(&self.request_id),
-            key: CounterKey { tenant: TenantId::new(self.tenant).unwrap(), hour: self.hour, resource: Resource::new(self.resource) },
+            key: CounterKey {
+                tenant: TenantId::new(self.tenant).unwrap(),
+                hour: self.hour,
+                resource: Resource::new(self.resource),
+            },
             usage: self.usage,
         }
     }
@@ -99,10 +107,12 @@ fn month_hour() -> impl Strategy<Value = EpochSeconds> {
     ])
 }
 
-fn rec_with(request_id: impl Strategy<Value = String>, hour: impl Strategy<Value = EpochSeconds>) -> impl Strategy<Value = Rec> {
-    (prop::sample::select(TENANTS.to_vec()), hour, prop::sample::select(RESOURCES.to_vec()), request_id, usage()).prop_map(
-        |(tenant, hour, resource, request_id, usage)| Rec { tenant, hour, resource, request_id, usage },
-    )
+fn rec_with(
+    request_id: impl Strategy<Value = String>,
+    hour: impl Strategy<Value = EpochSeconds>,
+) -> impl Strategy<Value = Rec> {
+    (prop::sample::select(TENANTS.to_vec()), hour, prop::sample::select(RESOURCES.to_vec()), request_id, usage())
+        .prop_map(|(tenant, hour, resource, request_id, usage)| Rec { tenant, hour, resource, request_id, usage })
 }
 
 /// The model of a store: dedup by (hour, request id), the first occurrence counts.

@@ -102,9 +102,14 @@ fn paths_and_commands_are_found_and_examples_are_not() {
     assert_eq!(commands("cargo run -- demo"), ["demo"]);
     assert_eq!(commands("`tally serve` answers; `tally -q --log-format json status`"), ["serve", "status"]);
     assert_eq!(commands("`tally generate`'s logs"), ["generate"]);
-    assert_eq!(commands("`tally <command> --help`, `tally.toml`, `tally`, \"tally: tenant acme\""), Vec::<String>::new());
+    assert_eq!(
+        commands("`tally <command> --help`, `tally.toml`, `tally`, \"tally: tenant acme\""),
+        Vec::<String>::new()
+    );
 
-    let parts = code_and_links("a `tally\nserve` b, [c](queries) and [d](#anchor)\n\n```sh\ntally demo\n```\nplain tests/prose");
+    let parts = code_and_links(
+        "a `tally\nserve` b, [c](queries) and [d](#anchor)\n\n```sh\ntally demo\n```\nplain tests/prose",
+    );
     let parts: Vec<(usize, &str)> = parts.iter().map(|(n, s)| (*n, s.as_str())).collect();
     assert_eq!(parts, [(1, "tally"), (2, "serve"), (2, "queries/"), (2, ""), (5, "tally demo")]);
 }
@@ -176,7 +181,9 @@ fn link_target(target: &str) -> String {
 fn repo_paths(text: &str) -> Vec<String> {
     let mut paths = Vec::new();
     for word in text.split(|c: char| c.is_whitespace() || c == ',' || c == ';' || c == '|') {
-        let word = word.trim_start_matches(['`', '(', '[', '"', '\'']).trim_end_matches(['`', ')', ']', '"', '\'', '.', ':', ',']);
+        let word = word
+            .trim_start_matches(['`', '(', '[', '"', '\''])
+            .trim_end_matches(['`', ')', ']', '"', '\'', '.', ':', ',']);
         if word.is_empty() || !word.chars().all(|c| c.is_ascii_alphanumeric() || "._/-".contains(c)) {
             continue; // URLs (`:`), globs (`*`), placeholders (`<…>`, `…`), code (`::`, `{`).
         }
@@ -192,10 +199,8 @@ fn repo_paths(text: &str) -> Vec<String> {
             continue;
         }
         let top_level = support::repo(first).is_dir();
-        let source_file = Path::new(word)
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| SOURCE_EXTENSIONS.contains(&e));
+        let source_file =
+            Path::new(word).extension().and_then(|e| e.to_str()).is_some_and(|e| SOURCE_EXTENSIONS.contains(&e));
         if top_level || source_file {
             paths.push(word.to_string());
         }
@@ -222,7 +227,8 @@ fn tally_commands(text: &str, options_with_value: &BTreeSet<String>) -> Vec<Stri
             j += if options_with_value.contains(name) && !words[j].contains('=') { 2 } else { 1 };
         }
         let Some(word) = words.get(j) else { continue };
-        let command: String = word.chars().take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-').collect();
+        let command: String =
+            word.chars().take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-').collect();
         let rest = &word[command.len()..];
         if command.is_empty() || rest.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '.' || c == '_') {
             continue; // a placeholder (`<command>`) or not a command at all (`tally.toml`).

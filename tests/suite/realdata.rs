@@ -34,7 +34,12 @@ fn expected_by_tenant(records: &[Value]) -> BTreeMap<String, (u64, u64, u64)> {
 }
 
 fn counted_by_tenant(s: &Scratch, month: &str) -> BTreeMap<String, (u64, u64, u64)> {
-    s.store().tenants(month).unwrap().into_iter().map(|(t, u)| (t.as_str().to_string(), (u.requests, u.input, u.output))).collect()
+    s.store()
+        .tenants(month)
+        .unwrap()
+        .into_iter()
+        .map(|(t, u)| (t.as_str().to_string(), (u.requests, u.input, u.output)))
+        .collect()
 }
 
 #[test]
@@ -75,7 +80,8 @@ fn every_export_shape_gives_the_same_counters() {
         .enumerate()
         .map(|(i, r)| json!({"timestamp": 1764759284000u64 + i as u64, "message": r.to_string(), "ingestionTime": 1764759295865u64}))
         .collect();
-    let mut with_permission = vec![json!({"timestamp": 1, "message": tally::source::PERMISSION_CHECK_TEXT, "ingestionTime": 2})];
+    let mut with_permission =
+        vec![json!({"timestamp": 1, "message": tally::source::PERMISSION_CHECK_TEXT, "ingestionTime": 2})];
     with_permission.extend(as_string_events.iter().cloned());
     let ndjson: String = records.iter().map(|r| format!("{r}\n")).collect();
     let gz = {
@@ -88,11 +94,24 @@ fn every_export_shape_gives_the_same_counters() {
         {"field": "@message", "value": r.to_string()}
     ])).collect::<Vec<_>>()});
     let shapes: Vec<(&str, Vec<u8>, u64)> = vec![
-        ("get-log-events.json", serde_json::to_vec_pretty(&json!({"events": as_string_events, "nextForwardToken": "f/1"})).unwrap(), 0),
-        ("filter-log-events.json", serde_json::to_vec(&json!({"events": with_permission, "searchedLogStreams": []})).unwrap(), 1),
+        (
+            "get-log-events.json",
+            serde_json::to_vec_pretty(&json!({"events": as_string_events, "nextForwardToken": "f/1"})).unwrap(),
+            0,
+        ),
+        (
+            "filter-log-events.json",
+            serde_json::to_vec(&json!({"events": with_permission, "searchedLogStreams": []})).unwrap(),
+            1,
+        ),
         ("records.ndjson", ndjson.clone().into_bytes(), 0),
         ("bom.ndjson", [b"\xEF\xBB\xBF".as_slice(), ndjson.as_bytes()].concat(), 0),
-        ("bom-export.json", [b"\xEF\xBB\xBF".as_slice(), &serde_json::to_vec_pretty(&json!({"events": as_string_events})).unwrap()].concat(), 0),
+        (
+            "bom-export.json",
+            [b"\xEF\xBB\xBF".as_slice(), &serde_json::to_vec_pretty(&json!({"events": as_string_events})).unwrap()]
+                .concat(),
+            0,
+        ),
         ("object.json.gz", gz, 0),
         ("insights.json", serde_json::to_vec_pretty(&insights).unwrap(), 0),
         ("array.json", serde_json::to_vec_pretty(&Value::Array(records.clone())).unwrap(), 0),

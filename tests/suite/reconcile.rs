@@ -50,7 +50,10 @@ fn the_whole_bill_is_allocated_or_unallocated_by_the_rules() {
         &out,
         &format!("SELECT tenant, sum({tt}) FROM usage WHERE resource LIKE '%sharedpool01' AND day = '{day}' GROUP BY tenant HAVING sum({tt}) > 0 ORDER BY tenant"),
     ));
-    assert_eq!(group.iter().map(|r| r[2].clone()).collect::<Vec<_>>(), used.iter().map(|r| r[0].clone()).collect::<Vec<_>>());
+    assert_eq!(
+        group.iter().map(|r| r[2].clone()).collect::<Vec<_>>(),
+        used.iter().map(|r| r[0].clone()).collect::<Vec<_>>()
+    );
     let total: Decimal = group.iter().map(|r| dec(&r[3])).sum();
     let tokens: Decimal = used.iter().map(|r| dec(&r[1])).sum();
     for (share, u) in group.iter().zip(&used) {
@@ -59,11 +62,24 @@ fn the_whole_bill_is_allocated_or_unallocated_by_the_rules() {
     }
 
     // Unallocated: base-model lines without a resource id, and a profile nobody metered.
-    let unallocated = rows(&sql_csv(&out, "SELECT DISTINCT unallocated_reason, resource FROM allocation WHERE tenant IS NULL ORDER BY 1, 2"));
-    assert_eq!(unallocated, [vec!["no_resource".to_string(), String::new()], vec!["no_usage_metered".into(), "arn:aws:bedrock:us-east-1:111122223333:application-inference-profile/orphan000001".into()]]);
+    let unallocated = rows(&sql_csv(
+        &out,
+        "SELECT DISTINCT unallocated_reason, resource FROM allocation WHERE tenant IS NULL ORDER BY 1, 2",
+    ));
+    assert_eq!(
+        unallocated,
+        [
+            vec!["no_resource".to_string(), String::new()],
+            vec![
+                "no_usage_metered".into(),
+                "arn:aws:bedrock:us-east-1:111122223333:application-inference-profile/orphan000001".into()
+            ]
+        ]
+    );
 
     // Adjustments are reported, not allocated; the previous period's lines are left out.
-    let adj = rows(&sql_csv(&out, "SELECT line_item_type, count(*) FROM adjustments GROUP BY line_item_type ORDER BY 1"));
+    let adj =
+        rows(&sql_csv(&out, "SELECT line_item_type, count(*) FROM adjustments GROUP BY line_item_type ORDER BY 1"));
     assert_eq!(adj.iter().map(|r| r[0].as_str()).collect::<Vec<_>>(), ["Credit", "Refund", "Tax"]);
     let summary = rows(&sql_csv(&out, "SELECT cur_lines, balanced FROM summary"));
     let adjustment_lines: usize = adj.iter().map(|r| r[1].parse::<usize>().unwrap()).sum();
@@ -125,7 +141,10 @@ fn sql_prints_a_table_csv_or_parquet() {
     assert_eq!(csv.lines().count(), 3);
     let pq = f.path("result.parquet");
     ok(&f.tally().args(["sql", q, "--period", MONTH, "--out"]).arg(&out).arg("--parquet").arg(&pq).output().unwrap());
-    let reader = datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&pq).unwrap()).unwrap();
+    let reader = datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(&pq).unwrap(),
+    )
+    .unwrap();
     assert_eq!(reader.metadata().file_metadata().num_rows(), 2);
     assert_eq!(reader.schema().fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>(), ["tenant", "cost"]);
     let missing = f.tally().args(["sql", "SELECT 1", "--period", "2025-01", "--out"]).arg(&out).output().unwrap();
@@ -154,14 +173,21 @@ fn bad_cur_input_is_named() {
         Field::new("line_item_product_code", DataType::Utf8, true),
         Field::new("line_item_usage_amount", DataType::Float64, true),
     ]));
-    let batch = RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(vec!["AmazonBedrock"])), Arc::new(Float64Array::from(vec![1.0]))]).unwrap();
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![Arc::new(StringArray::from(vec!["AmazonBedrock"])), Arc::new(Float64Array::from(vec![1.0]))],
+    )
+    .unwrap();
     let missing = f.path("missing/part-00001.parquet");
     std::fs::create_dir_all(missing.parent().unwrap()).unwrap();
     tally::tables::write_parquet(&missing, &batch).unwrap();
     let r = f.reconcile(&f.path("missing"), &out, &[]);
     let err = String::from_utf8_lossy(&r.stderr);
     assert_eq!(r.status.code(), Some(1));
-    assert!(err.contains(&missing.display().to_string()) && err.contains("missing column `line_item_usage_type`"), "{err}");
+    assert!(
+        err.contains(&missing.display().to_string()) && err.contains("missing column `line_item_usage_type`"),
+        "{err}"
+    );
     assert!(!out.join(MONTH).exists(), "nothing is written when the input is bad");
 
     // Without the `aws` feature an S3 location is refused with the way out; with it, reading

@@ -48,7 +48,13 @@ fn a_cur_in_s3_reconciles_exactly_as_the_same_cur_in_a_folder() {
         let local = report(&f.reconcile(&dir, &local_out, &["--csv", "--json"]));
         let s3_out = f.path(&format!("out-s3-{variant}"));
         let url = format!("s3://{bucket}/billing/{variant}/");
-        let s3 = report(&f.tally().args(["reconcile", "--period", MONTH, "--cur", &url, "--csv", "--json", "--out"]).arg(&s3_out).output().unwrap());
+        let s3 = report(
+            &f.tally()
+                .args(["reconcile", "--period", MONTH, "--cur", &url, "--csv", "--json", "--out"])
+                .arg(&s3_out)
+                .output()
+                .unwrap(),
+        );
 
         assert_eq!(s3["cur_files"], local["cur_files"], "{variant}: the period's partition only");
         assert_eq!(s3["cur_lines"], local["cur_lines"], "{variant}");
@@ -68,7 +74,12 @@ fn a_missing_bucket_fails_naming_it() {
     let Some(ep) = aws::endpoint() else { return };
     let f = fixture_on(&ep);
     let missing = aws::unique_name("tally-no-such-bucket");
-    let out = f.tally().args(["reconcile", "--period", MONTH, "--cur", &format!("s3://{missing}/cur"), "--out"]).arg(f.path("out")).output().unwrap();
+    let out = f
+        .tally()
+        .args(["reconcile", "--period", MONTH, "--cur", &format!("s3://{missing}/cur"), "--out"])
+        .arg(f.path("out"))
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&format!("s3://{missing}")), "{stderr}");
@@ -80,7 +91,8 @@ fn cost_explorer_differences_are_reported_per_tenant() {
     let Some(ep) = aws::endpoint() else { return };
     let f = fixture_on(&ep);
     // What the CUR carries per tag value, read through the library.
-    let snap = load::load(&f.cur.cur2, &LoadOptions { period: MONTH.into(), tenant_tag: "tenant".into() }, &NoProgress).unwrap();
+    let snap = load::load(&f.cur.cur2, &LoadOptions { period: MONTH.into(), tenant_tag: "tenant".into() }, &NoProgress)
+        .unwrap();
     let mut by_tag: BTreeMap<Option<String>, i128> = BTreeMap::new();
     for (g, s) in &snap.groups {
         if classify::is_usage(&g.line_item_type) {
@@ -121,7 +133,8 @@ fn cost_explorer_differences_are_reported_per_tenant() {
         .collect();
     assert_eq!(rows.len(), by_tag.len() + 1, "every CUR tag value plus the one only Cost Explorer knows");
     for row in &rows {
-        let (tenant, ce, cur, alloc, diff, flagged) = (&row[0], d(&row[1]), d(&row[2]), d(&row[3]), d(&row[4]), &row[5]);
+        let (tenant, ce, cur, alloc, diff, flagged) =
+            (&row[0], d(&row[1]), d(&row[2]), d(&row[3]), d(&row[4]), &row[5]);
         assert_eq!(diff, ce - cur, "{row:?}");
         let expect_flag = tenant == &off || tenant.is_empty() || tenant == "ghost";
         assert_eq!(flagged == "true", expect_flag, "{row:?}");
@@ -129,7 +142,11 @@ fn cost_explorer_differences_are_reported_per_tenant() {
             assert_eq!(diff, Decimal::ONE);
         }
         if !tenant.is_empty() {
-            assert_eq!(alloc, allocated.get(tenant).copied().unwrap_or_default(), "allocated is tally's allocation: {row:?}");
+            assert_eq!(
+                alloc,
+                allocated.get(tenant).copied().unwrap_or_default(),
+                "allocated is tally's allocation: {row:?}"
+            );
         }
     }
 }

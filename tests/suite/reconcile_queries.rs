@@ -35,7 +35,8 @@ fn every_query_matches_its_golden_output() {
             std::fs::write(&golden, &got).unwrap();
             continue;
         }
-        let want = std::fs::read_to_string(&golden).unwrap_or_else(|_| panic!("no golden output {}; run with TALLY_BLESS=1", golden.display()));
+        let want = std::fs::read_to_string(&golden)
+            .unwrap_or_else(|_| panic!("no golden output {}; run with TALLY_BLESS=1", golden.display()));
         if got != want {
             failed.push(format!("{name}:\n--- golden\n{want}\n--- got\n{got}"));
         }
@@ -53,7 +54,8 @@ fn margin_matches_the_invoice_report(out: &std::path::Path, sql: &str) {
     use std::collections::BTreeMap;
     use std::str::FromStr;
     let d = |s: &str| rust_decimal::Decimal::from_str(if s.is_empty() { "0" } else { s }).unwrap();
-    let report = std::fs::read_to_string(out.join(reconcile_support::MONTH).join("invoices").join("margin.csv")).unwrap();
+    let report =
+        std::fs::read_to_string(out.join(reconcile_support::MONTH).join("invoices").join("margin.csv")).unwrap();
     let head: Vec<&str> = report.lines().next().unwrap().split(',').collect();
     let col = |n: &str| head.iter().position(|h| *h == n).unwrap();
     let (tenant, charge, cost) = (col("tenant"), col("charge"), col("cost"));

@@ -23,7 +23,12 @@ fn expected() -> BTreeMap<String, (u64, Decimal, i64)> {
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap().split(',').map(|h| h.trim_matches('"')).collect();
     let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
-    let (period, cost, amount, unit) = (col("bill_billing_period_start_date"), col("line_item_unblended_cost"), col("line_item_usage_amount"), col("pricing_unit"));
+    let (period, cost, amount, unit) = (
+        col("bill_billing_period_start_date"),
+        col("line_item_unblended_cost"),
+        col("line_item_usage_amount"),
+        col("pricing_unit"),
+    );
     let mut out: BTreeMap<String, (u64, Decimal, i64)> = BTreeMap::new();
     for line in lines {
         // No field of the selected columns contains a comma except descriptions, which come
@@ -33,7 +38,11 @@ fn expected() -> BTreeMap<String, (u64, Decimal, i64)> {
         e.0 += 1;
         e.1 += Decimal::from_str(&fields[cost]).unwrap_or_else(|_| Decimal::from_scientific(&fields[cost]).unwrap());
         if fields[unit] == "1K tokens" {
-            e.2 += (Decimal::from_str(&fields[amount]).unwrap() * Decimal::from(1000)).round().to_string().parse::<i64>().unwrap();
+            e.2 += (Decimal::from_str(&fields[amount]).unwrap() * Decimal::from(1000))
+                .round()
+                .to_string()
+                .parse::<i64>()
+                .unwrap();
         }
     }
     out
@@ -62,7 +71,9 @@ fn all_52_bedrock_rows_load_in_their_periods_with_their_costs() {
     let mut rows = 0;
     for month in 3..=10 {
         let period = format!("2024-{month:02}");
-        let snap = load::load(&dir, &LoadOptions { period: period.clone(), tenant_tag: "tenant_id".into() }, &NoProgress).unwrap();
+        let snap =
+            load::load(&dir, &LoadOptions { period: period.clone(), tenant_tag: "tenant_id".into() }, &NoProgress)
+                .unwrap();
         assert_eq!(snap.files.len(), 8, "every chunk is read; rows are kept by billing period");
         let (n, cost, tokens) = expected.get(&period).copied().unwrap_or_default();
         assert_eq!(snap.lines(), n, "{period}: Bedrock rows");
@@ -71,7 +82,10 @@ fn all_52_bedrock_rows_load_in_their_periods_with_their_costs() {
         let got_tokens: i64 = snap
             .groups
             .iter()
-            .filter_map(|(k, s)| classify::tokens_per_unit(&k.pricing_unit, &k.usage_type).map(|per| (tally::money::from_units(s.quantity) * per).round()))
+            .filter_map(|(k, s)| {
+                classify::tokens_per_unit(&k.pricing_unit, &k.usage_type)
+                    .map(|per| (tally::money::from_units(s.quantity) * per).round())
+            })
             .map(|d| d.to_string().parse::<i64>().unwrap())
             .sum();
         assert_eq!(got_tokens, tokens, "{period}: tokens of the 1K-token rows");
@@ -86,7 +100,8 @@ fn without_resource_ids_the_real_cost_is_unallocated_and_balances() {
     let config = s.config();
     let pipeline = config.pipeline().unwrap();
     let dir = repo("fixtures/cur/legacy-workshop/year=2024/month=9");
-    let snap = load::load(&dir, &LoadOptions { period: "2024-08".into(), tenant_tag: "tenant_id".into() }, &NoProgress).unwrap();
+    let snap = load::load(&dir, &LoadOptions { period: "2024-08".into(), tenant_tag: "tenant_id".into() }, &NoProgress)
+        .unwrap();
     let t = reconcile::reconcile("2024-08", &snap, &[], &pipeline, Thresholds::default()).unwrap();
     let (_, cost, _) = expected()["2024-08"];
     assert_eq!(t.report.usage_cost.normalize(), cost.normalize());

@@ -59,7 +59,11 @@ fn phase_one() -> String {
 
 /// Two more acme requests today: 1,070 tokens (past the allowance), 5 requests (the daily limit).
 fn phase_two() -> String {
-    (0..2).map(|i| record(&format!("acme-more{i}"), "2025-11-15T12:10:00Z", "acme", 100, 50)).collect::<Vec<_>>().join("\n") + "\n"
+    (0..2)
+        .map(|i| record(&format!("acme-more{i}"), "2025-11-15T12:10:00Z", "acme", 100, 50))
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
 }
 
 fn ingest(config: &Path, file: &Path) {
@@ -105,7 +109,12 @@ fn check_endpoints(config: &Path) {
             assert_eq!(get(&format!("{path}?tenant={own}"), Some(key)).status, 200);
             for asked in [other, "gamma", "_unattributed", "ACME"] {
                 let r = get(&format!("{path}?tenant={asked}&period=2025-11"), Some(key));
-                assert_eq!((r.status, r.json()["error"].as_str()), (403, Some("forbidden")), "{own}'s key on {asked}: {}", r.body);
+                assert_eq!(
+                    (r.status, r.json()["error"].as_str()),
+                    (403, Some("forbidden")),
+                    "{own}'s key on {asked}: {}",
+                    r.body
+                );
                 assert!(!r.body.contains(asked), "a refusal names nothing of {asked}: {}", r.body);
             }
         }
@@ -116,10 +125,19 @@ fn check_endpoints(config: &Path) {
 
     // acme's quota, worked out from the data: 770 of 1,000 tokens (warn at 50%), 3 of 5 requests.
     let q = get("/v1/quota", Some(ACME_KEY)).json();
-    assert_eq!((q["plan"].as_str(), q["period"].as_str(), q["day"].as_str()), (Some("pro"), Some("2025-11"), Some("2025-11-15")));
+    assert_eq!(
+        (q["plan"].as_str(), q["period"].as_str(), q["day"].as_str()),
+        (Some("pro"), Some("2025-11"), Some("2025-11-15"))
+    );
     let a = &q["allowance"];
-    assert_eq!((a["unit"].as_str(), a["used"].as_str(), a["limit"].as_str(), a["remaining"].as_str()), (Some("tokens"), Some("770"), Some("1000"), Some("230")));
-    assert_eq!((q["requests_today"].as_u64(), q["requests"]["limit"].as_str(), q["requests"]["remaining"].as_str()), (Some(3), Some("5"), Some("2")));
+    assert_eq!(
+        (a["unit"].as_str(), a["used"].as_str(), a["limit"].as_str(), a["remaining"].as_str()),
+        (Some("tokens"), Some("770"), Some("1000"), Some("230"))
+    );
+    assert_eq!(
+        (q["requests_today"].as_u64(), q["requests"]["limit"].as_str(), q["requests"]["remaining"].as_str()),
+        (Some(3), Some("5"), Some("2"))
+    );
     assert_eq!((q["status"].as_str(), q["tokens"].as_u64()), (Some("warn"), Some(770)));
     assert!(q["as_of"].as_str().is_some_and(|t| t.ends_with('Z')) && q["cache_ms"] == 200, "{q}");
 
@@ -136,16 +154,25 @@ fn check_endpoints(config: &Path) {
 
     // beta has no allowance and no warning; gamma's usage is there for the admin only.
     let qb = get("/v1/quota", Some(BETA_KEY)).json();
-    assert_eq!((qb["status"].as_str(), qb["allowance"].is_null(), qb["requests_today"].as_u64()), (Some("ok"), true, Some(2)));
+    assert_eq!(
+        (qb["status"].as_str(), qb["allowance"].is_null(), qb["requests_today"].as_u64()),
+        (Some("ok"), true, Some(2))
+    );
 
     // The admin lists every tenant, by usage, and reads any of them; must name one for quota.
     let t = get("/v1/tenants", Some(ADMIN_KEY)).json();
     let order: Vec<&str> = t["tenants"].as_array().unwrap().iter().map(|r| r["tenant"].as_str().unwrap()).collect();
     assert_eq!(order, ["beta", "acme", "gamma", "delta"]);
     let acme_row = &t["tenants"][1];
-    assert_eq!((acme_row["status"].as_str(), acme_row["requests_today"].as_u64(), acme_row["allowance_fraction"].as_str()), (Some("warn"), Some(3), Some("0.77")));
+    assert_eq!(
+        (acme_row["status"].as_str(), acme_row["requests_today"].as_u64(), acme_row["allowance_fraction"].as_str()),
+        (Some("warn"), Some(3), Some("0.77"))
+    );
     let by_admin = get("/v1/quota?tenant=acme", Some(ADMIN_KEY)).json();
-    assert_eq!((&by_admin["allowance"], &by_admin["status"], &by_admin["requests"]), (&q["allowance"], &q["status"], &q["requests"]));
+    assert_eq!(
+        (&by_admin["allowance"], &by_admin["status"], &by_admin["requests"]),
+        (&q["allowance"], &q["status"], &q["requests"])
+    );
     assert_eq!(get("/v1/usage?tenant=gamma", Some(ADMIN_KEY)).json()["total"]["input"], 10);
     assert_eq!(get("/v1/quota", Some(ADMIN_KEY)).status, 400);
 
@@ -153,10 +180,17 @@ fn check_endpoints(config: &Path) {
     assert_eq!(get("/healthz", None).json()["status"], "ok");
     let page = get("/", None);
     assert!(page.status == 200 && page.body.contains("tally · live meter") && !page.body.contains("acme"));
-    wait_for(15, "an ingest sample in /metrics", || get("/metrics", None).body.contains("tally_ingest_records_total{outcome=\"received\"} 10"));
+    wait_for(15, "an ingest sample in /metrics", || {
+        get("/metrics", None).body.contains("tally_ingest_records_total{outcome=\"received\"} 10")
+    });
     let m = get("/metrics", None).body;
     assert!(!m.contains("acme") && !m.contains("beta"), "metrics name no tenant");
-    let quota_count: u64 = m.lines().find_map(|l| l.strip_prefix("tally_http_request_duration_seconds_count{route=\"/v1/quota\"} ")).unwrap().parse().unwrap();
+    let quota_count: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("tally_http_request_duration_seconds_count{route=\"/v1/quota\"} "))
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(quota_count >= 20, "every /v1/quota request is timed: {quota_count}");
     assert!(m.contains("tally_http_responses_total{route=\"/v1/quota\",code=\"403\"}"));
 
@@ -184,7 +218,10 @@ fn quota_answers_are_at_most_cache_ms_old() {
     // cache_ms = 200: within 200 ms of the ingest committing, every answer has the new count.
     std::thread::sleep(std::time::Duration::from_millis(250));
     let q = server.get("/v1/quota", Some(ACME_KEY)).json();
-    assert_eq!((q["allowance"]["used"].as_str(), q["requests_today"].as_u64(), q["status"].as_str()), (Some("1070"), Some(5), Some("exceeded")));
+    assert_eq!(
+        (q["allowance"]["used"].as_str(), q["requests_today"].as_u64(), q["status"].as_str()),
+        (Some("1070"), Some(5), Some("exceeded"))
+    );
     assert_eq!(q["allowance"]["remaining"], "0");
 }
 
@@ -197,11 +234,13 @@ fn alert_ids(r: &Receiver) -> Vec<String> {
 #[test]
 fn each_alert_threshold_fires_once_and_the_webhook_is_retried() {
     let receiver = Receiver::start(2);
-    let alerts = format!("webhook = \"{}\"\ncheck_seconds = 0.2\nattempts = 4\nledger = \"alerts.jsonl\"", receiver.url);
+    let alerts =
+        format!("webhook = \"{}\"\ncheck_seconds = 0.2\nattempts = 4\nledger = \"alerts.jsonl\"", receiver.url);
     let (s, config) = setup("", &alerts);
     let env = [("TALLY_WEBHOOK_BACKOFF_MS", "50")];
     let server = Server::start(&config, &["--as-of", AS_OF], &env);
-    let first = ["acme/allowance/2025-11/0.5", "acme/requests_per_day/2025-11-15/0.5", "acme/spike/2025-11-15T11:00:00Z/3"];
+    let first =
+        ["acme/allowance/2025-11/0.5", "acme/requests_per_day/2025-11-15/0.5", "acme/spike/2025-11-15T11:00:00Z/3"];
     wait_for(20, "the first alerts", || receiver.delivered().len() >= 3);
     // Several more checks: nothing is raised twice.
     std::thread::sleep(std::time::Duration::from_millis(1000));
@@ -210,7 +249,11 @@ fn each_alert_threshold_fires_once_and_the_webhook_is_retried() {
     assert_eq!(hooks.iter().filter(|h| h.body["id"] == first[0]).count(), 3, "two 500s, then delivered: {hooks:?}");
     assert!(hooks.iter().all(|h| h.idempotency_key.as_deref() == h.body["id"].as_str()));
     let spike = hooks.iter().find(|h| h.body["kind"] == "spike").unwrap();
-    assert_eq!((spike.body["used"].as_str(), spike.body["limit"].as_str()), (Some("300"), Some("5")), "300 tokens in 11:00 against 20/4 before");
+    assert_eq!(
+        (spike.body["used"].as_str(), spike.body["limit"].as_str()),
+        (Some("300"), Some("5")),
+        "300 tokens in 11:00 against 20/4 before"
+    );
 
     // Past the allowance and the daily limit: only the 100% crossings are new, and the 12:00
     // hour (300 tokens against (20 + 300) / 4 = 80 before it) is a spike of its own.
@@ -218,7 +261,10 @@ fn each_alert_threshold_fires_once_and_the_webhook_is_retried() {
     wait_for(20, "the 100% alerts", || receiver.delivered().len() >= 6);
     std::thread::sleep(std::time::Duration::from_millis(600));
     let mut expected: Vec<String> = first.iter().map(|s| s.to_string()).collect();
-    expected.extend(["acme/allowance/2025-11/1", "acme/requests_per_day/2025-11-15/1", "acme/spike/2025-11-15T12:00:00Z/3"].map(String::from));
+    expected.extend(
+        ["acme/allowance/2025-11/1", "acme/requests_per_day/2025-11-15/1", "acme/spike/2025-11-15T12:00:00Z/3"]
+            .map(String::from),
+    );
     expected.sort();
     assert_eq!(alert_ids(&receiver), expected);
     assert!(server.log().contains("acme/allowance/2025-11/1"), "each alert is also a log line");
@@ -253,7 +299,10 @@ fn an_alert_not_delivered_is_sent_after_a_restart() {
     let _again = Server::start(&config, &["--as-of", AS_OF], &env);
     wait_for(20, "the pending alerts", || working.delivered().len() >= 3);
     std::thread::sleep(std::time::Duration::from_millis(600));
-    assert_eq!(alert_ids(&working), ["acme/allowance/2025-11/0.5", "acme/requests_per_day/2025-11-15/0.5", "acme/spike/2025-11-15T11:00:00Z/3"]);
+    assert_eq!(
+        alert_ids(&working),
+        ["acme/allowance/2025-11/0.5", "acme/requests_per_day/2025-11-15/0.5", "acme/spike/2025-11-15T11:00:00Z/3"]
+    );
 }
 
 #[test]
@@ -268,7 +317,12 @@ fn keys_are_made_and_hashed_by_the_cli() {
     assert_eq!((k["tenant"].as_str(), k["name"].as_str()), (Some("acme"), Some("acme prod")));
     assert_eq!(k["hash"].as_str(), Some(hash(&key).as_str()));
     assert!(!entry.contains(&key), "the config entry holds the hash, not the key");
-    let mut child = support::tally_bin().args(["key", "hash"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut child = support::tally_bin()
+        .args(["key", "hash"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     use std::io::Write;
     child.stdin.take().unwrap().write_all(format!("{key}\n").as_bytes()).unwrap();
     let hashed = child.wait_with_output().unwrap();
@@ -297,9 +351,16 @@ fn the_dashboard_renders_the_meters_in_chromium() {
     render(&chromium, &server.addr, ACME_KEY, Some(&artifacts.join("dashboard-tenant.png")));
 
     let dom = render(&chromium, &server.addr, ADMIN_KEY, None);
-    let rows: Vec<&str> = dom.match_indices("data-tenant=\"").map(|(i, m)| &dom[i + m.len()..]).map(|rest| &rest[..rest.find('"').unwrap()]).collect();
+    let rows: Vec<&str> = dom
+        .match_indices("data-tenant=\"")
+        .map(|(i, m)| &dom[i + m.len()..])
+        .map(|rest| &rest[..rest.find('"').unwrap()])
+        .collect();
     assert_eq!(rows, ["beta", "acme", "gamma", "delta"], "the admin sees every tenant, by usage");
-    assert!(dom.contains("<td class=\"tokens\">4,000</td>") && dom.contains("<td class=\"allowance\">77.0%</td>"), "{dom}");
+    assert!(
+        dom.contains("<td class=\"tokens\">4,000</td>") && dom.contains("<td class=\"allowance\">77.0%</td>"),
+        "{dom}"
+    );
     let shot = artifacts.join("dashboard-admin.png");
     render(&chromium, &server.addr, ADMIN_KEY, Some(&shot));
     assert!(std::fs::metadata(&shot).unwrap().len() > 5_000, "a screenshot was written: {}", shot.display());
@@ -312,9 +373,15 @@ fn browser() -> Option<PathBuf> {
         return Some(path);
     }
     if std::env::var("TALLY_TEST_REQUIRE_BROWSER").is_ok_and(|v| v == "1") {
-        panic!("TALLY_TEST_REQUIRE_BROWSER=1 but {} is missing (tests/run-all.sh installs Debian's chromium)", path.display());
+        panic!(
+            "TALLY_TEST_REQUIRE_BROWSER=1 but {} is missing (tests/run-all.sh installs Debian's chromium)",
+            path.display()
+        );
     }
-    eprintln!("note: no Chromium at {}, so the dashboard test checks nothing; tests/run-all.sh installs it", path.display());
+    eprintln!(
+        "note: no Chromium at {}, so the dashboard test checks nothing; tests/run-all.sh installs it",
+        path.display()
+    );
     None
 }
 
@@ -323,9 +390,22 @@ fn browser() -> Option<PathBuf> {
 fn render(chromium: &Path, addr: &str, key: &str, shot: Option<&Path>) -> String {
     let profile = tempfile::tempdir().unwrap();
     let mut cmd = std::process::Command::new(chromium);
-    cmd.args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking"])
-        .args(["--disable-component-update", "--disable-sync", "--hide-scrollbars", "--virtual-time-budget=8000", "--window-size=1100,900"])
-        .arg(format!("--user-data-dir={}", profile.path().display()));
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+    ])
+    .args([
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        "--virtual-time-budget=8000",
+        "--window-size=1100,900",
+    ])
+    .arg(format!("--user-data-dir={}", profile.path().display()));
     match shot {
         Some(p) => cmd.arg(format!("--screenshot={}", p.display())),
         None => cmd.arg("--dump-dom"),

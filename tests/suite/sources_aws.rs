@@ -57,7 +57,8 @@ fn fixture(dir: &Path, records: u64) -> Fixture {
 /// `endpoint`; `batch_records` small so objects and streams are committed part-way.
 fn scratch(fx: &Fixture, endpoint: &str, batch_records: usize) -> Scratch {
     let s = Scratch::new("");
-    let text = fx.config.replace("[ingest]\n", &format!("[ingest]\nbatch_records = {batch_records}\npoll_seconds = 0.2\n"));
+    let text =
+        fx.config.replace("[ingest]\n", &format!("[ingest]\nbatch_records = {batch_records}\npoll_seconds = 0.2\n"));
     let text = format!("{text}\n[sources]\nendpoint_url = \"{endpoint}\"\nregion = \"us-east-1\"\n");
     std::fs::write(&s.config_path, text).unwrap();
     s
@@ -72,7 +73,8 @@ fn ingest(s: &Scratch, inputs: &[&str]) -> RunReport {
     let mut inputs = Inputs::new(inputs, &config.sources).unwrap();
     let mut store = s.store();
     let mut q = Quarantine::new(config.resolve(&config.ingest.quarantine));
-    ingest::run_pass(&mut inputs, &mut store, &pipeline, &settings, &mut q, &AtomicBool::new(false), &NoProgress).expect("ingest runs")
+    ingest::run_pass(&mut inputs, &mut store, &pipeline, &settings, &mut q, &AtomicBool::new(false), &NoProgress)
+        .expect("ingest runs")
 }
 
 fn counters(s: &Scratch, month: &str) -> Vec<TruthRow> {
@@ -111,7 +113,9 @@ fn put_events(r: &Remote, group: &str, stream: &str, messages: &[String]) {
         let mut req = r.logs.put_log_events().log_group_name(group).log_stream_name(stream);
         for (i, m) in chunk.iter().enumerate() {
             let ts = start + (c * 500 + i) as i64;
-            req = req.log_events(aws_sdk_cloudwatchlogs::types::InputLogEvent::builder().timestamp(ts).message(m).build().unwrap());
+            req = req.log_events(
+                aws_sdk_cloudwatchlogs::types::InputLogEvent::builder().timestamp(ts).message(m).build().unwrap(),
+            );
         }
         let out = r.block_on(req.send()).unwrap();
         assert!(out.rejected_log_events_info().is_none(), "moto rejected events: {:?}", out.rejected_log_events_info());
@@ -167,7 +171,10 @@ fn files_s3_and_cloudwatch_give_the_same_counters() {
     assert_eq!(l.skipped.get("permission_check"), Some(&1));
 
     // A second pass finds nothing new anywhere.
-    let again = (ingest(&from_s3, &[&format!("s3://{bucket}/bedrock/")]), ingest(&from_logs, &[&format!("cloudwatch://{group}")]));
+    let again = (
+        ingest(&from_s3, &[&format!("s3://{bucket}/bedrock/")]),
+        ingest(&from_logs, &[&format!("cloudwatch://{group}")]),
+    );
     assert_eq!((again.0.received, again.1.received), (0, 0));
 }
 
@@ -206,8 +213,10 @@ fn marker_object_is_skipped_and_offloaded_bodies_are_never_fetched() {
     let root = "AWSLogs/111122223333/BedrockModelInvocationLogs/";
     let hour = format!("{root}us-east-1/2025/11/03/10/");
     let body_key = format!("{hour}data/dddddddd-0000-4000-8000-000000000001_input.json.gz");
-    let offloaded = record("dddddddd-0000-4000-8000-000000000001", "2025-11-03T10:01:00Z", "acme", 100, 5)
-        .replace(r#""inputTokenCount":100"#, &format!(r#""inputBodyS3Path":"s3://{bucket}/{body_key}","inputTokenCount":100"#));
+    let offloaded = record("dddddddd-0000-4000-8000-000000000001", "2025-11-03T10:01:00Z", "acme", 100, 5).replace(
+        r#""inputTokenCount":100"#,
+        &format!(r#""inputBodyS3Path":"s3://{bucket}/{body_key}","inputTokenCount":100"#),
+    );
     let plain = record("dddddddd-0000-4000-8000-000000000002", "2025-11-03T10:02:00Z", "acme", 7, 1);
     put_object(&r, &bucket, &format!("{root}amazon-bedrock-logs-permission-check"), Vec::new());
     put_object(&r, &bucket, &format!("{hour}20251103T100500Z_0001.json.gz"), gzip(&format!("{offloaded}\n{plain}\n")));
@@ -234,10 +243,12 @@ fn firehose_objects_of_back_to_back_payloads_are_read_from_s3() {
     let Some(ep) = aws::endpoint() else { return };
     let r = remote(&ep);
     let bucket = new_bucket(&r);
-    let rec = |n: u32| record(&format!("abababab-0000-4000-8000-{n:012}"), "2025-11-03T10:10:00Z", "acme", u64::from(n), 1);
+    let rec =
+        |n: u32| record(&format!("abababab-0000-4000-8000-{n:012}"), "2025-11-03T10:10:00Z", "acme", u64::from(n), 1);
     let payload = |ids: std::ops::Range<u32>| {
-        let events: Vec<serde_json::Value> =
-            ids.map(|n| serde_json::json!({"id": n.to_string(), "timestamp": 1762164600000u64, "message": rec(n)})).collect();
+        let events: Vec<serde_json::Value> = ids
+            .map(|n| serde_json::json!({"id": n.to_string(), "timestamp": 1762164600000u64, "message": rec(n)}))
+            .collect();
         serde_json::json!({"messageType": "DATA_MESSAGE", "owner": "111122223333", "logGroup": "/aws/bedrock/invocations",
             "logStream": "aws/bedrock/modelinvocations", "subscriptionFilters": ["to-firehose"], "logEvents": events}).to_string()
     };
@@ -246,7 +257,11 @@ fn firehose_objects_of_back_to_back_payloads_are_read_from_s3() {
     put_object(&r, &bucket, "firehose/2025/11/03/10/bedrock-to-s3-1-2025-11-03-10-10-00-0a1b2c3d", object);
     let s = Scratch::new(&format!("[sources]\nendpoint_url = \"{ep}\"\nregion = \"us-east-1\"\n"));
     let report = ingest(&s, &[&format!("s3://{bucket}/firehose/")]);
-    assert_eq!((report.received, report.counted, report.skipped.get("control_message").copied()), (6, 5, Some(1)), "{report:?}");
+    assert_eq!(
+        (report.received, report.counted, report.skipped.get("control_message").copied()),
+        (6, 5, Some(1)),
+        "{report:?}"
+    );
     assert!(s.quarantined().is_empty(), "{:?}", s.quarantined());
     let u = s.store().period_usage(&tally::ids::TenantId::new("acme").unwrap(), "2025-11").unwrap();
     assert_eq!(u.total.input, 1 + 2 + 3 + 4 + 5);
@@ -266,17 +281,43 @@ fn late_objects_within_the_lookback_and_new_regions_are_read() {
     let bucket = new_bucket(&r);
     let part = |region: &str| format!("AWSLogs/111122223333/BedrockModelInvocationLogs/{region}/");
     let rec = |n: u32, ts: &str| record(&format!("eeeeeeee-0000-4000-8000-{n:012}"), ts, "acme", u64::from(n), 1);
-    put_object(&r, &bucket, &format!("{}2025/11/03/10/b.json.gz", part("us-east-1")), gzip(&rec(1, "2025-11-03T10:10:00Z")));
-    put_object(&r, &bucket, &format!("{}2025/11/03/12/a.json.gz", part("us-east-1")), gzip(&rec(2, "2025-11-03T12:10:00Z")));
-    let s = Scratch::new(&format!("[sources]\nendpoint_url = \"{ep}\"\nregion = \"us-east-1\"\ns3_lookback_hours = 3\n"));
+    put_object(
+        &r,
+        &bucket,
+        &format!("{}2025/11/03/10/b.json.gz", part("us-east-1")),
+        gzip(&rec(1, "2025-11-03T10:10:00Z")),
+    );
+    put_object(
+        &r,
+        &bucket,
+        &format!("{}2025/11/03/12/a.json.gz", part("us-east-1")),
+        gzip(&rec(2, "2025-11-03T12:10:00Z")),
+    );
+    let s =
+        Scratch::new(&format!("[sources]\nendpoint_url = \"{ep}\"\nregion = \"us-east-1\"\ns3_lookback_hours = 3\n"));
     let url = format!("s3://{bucket}");
     assert_eq!(ingest(&s, &[&url]).counted, 2);
 
     // Landing now, with keys before the newest counted one: same hour, earlier hour, and a
     // region whose keys sort before everything counted so far.
-    put_object(&r, &bucket, &format!("{}2025/11/03/10/a.json.gz", part("us-east-1")), gzip(&rec(3, "2025-11-03T10:20:00Z")));
-    put_object(&r, &bucket, &format!("{}2025/11/03/11/z.json.gz", part("us-east-1")), gzip(&rec(4, "2025-11-03T11:20:00Z")));
-    put_object(&r, &bucket, &format!("{}2025/11/01/00/a.json.gz", part("eu-west-1")), gzip(&rec(5, "2025-11-01T00:20:00Z")));
+    put_object(
+        &r,
+        &bucket,
+        &format!("{}2025/11/03/10/a.json.gz", part("us-east-1")),
+        gzip(&rec(3, "2025-11-03T10:20:00Z")),
+    );
+    put_object(
+        &r,
+        &bucket,
+        &format!("{}2025/11/03/11/z.json.gz", part("us-east-1")),
+        gzip(&rec(4, "2025-11-03T11:20:00Z")),
+    );
+    put_object(
+        &r,
+        &bucket,
+        &format!("{}2025/11/01/00/a.json.gz", part("eu-west-1")),
+        gzip(&rec(5, "2025-11-01T00:20:00Z")),
+    );
     let second = ingest(&s, &[&url]);
     assert_eq!((second.received, second.counted), (3, 3));
     let u = s.store().period_usage(&tally::ids::TenantId::new("acme").unwrap(), "2025-11").unwrap();
@@ -336,7 +377,9 @@ fn follow_picks_up_new_objects_and_events_and_sigterm_exits_zero() {
     let r = remote(&ep);
     let bucket = new_bucket(&r);
     let group = new_log_group(&r, &[STREAM]);
-    let s = Scratch::new(&format!("[ingest]\npoll_seconds = 0.2\n[sources]\nendpoint_url = \"{ep}\"\nregion = \"us-east-1\"\n"));
+    let s = Scratch::new(&format!(
+        "[ingest]\npoll_seconds = 0.2\n[sources]\nendpoint_url = \"{ep}\"\nregion = \"us-east-1\"\n"
+    ));
     let mut child = s
         .tally()
         .arg("ingest")

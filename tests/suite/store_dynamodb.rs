@@ -53,7 +53,15 @@ fn big_batch(tenants: usize, hours: usize, per_key: usize, source: &str) -> (Bat
                 for i in 0..per_key {
                     let n = entries.len();
                     let id = if n % 13 == 12 { format!("req-{}", n - 5) } else { format!("req-{n}") };
-                    entries.push(entry(t, &at, m, &id, 10 + n as u64, 1 + (n % 7) as u64, &format!("0.00000{}{}", n % 10, i)));
+                    entries.push(entry(
+                        t,
+                        &at,
+                        m,
+                        &id,
+                        10 + n as u64,
+                        1 + (n % 7) as u64,
+                        &format!("0.00000{}{}", n % 10, i),
+                    ));
                 }
             }
         }
@@ -142,7 +150,10 @@ fn a_writer_cut_off_at_any_call_of_a_split_batch_is_finished_by_the_next() {
         let result = cut.apply(&b);
         watch.join().unwrap();
         drop(cut);
-        assert!(result.is_err() || proxy.injected.load(Ordering::Relaxed) == 0, "k={k}: apply succeeded through a dead endpoint");
+        assert!(
+            result.is_err() || proxy.injected.load(Ordering::Relaxed) == 0,
+            "k={k}: apply succeeded through a dead endpoint"
+        );
 
         // The next writer, after the first one's lease ran out.
         std::thread::sleep(Duration::from_millis(500));
@@ -168,7 +179,15 @@ fn a_writer_cut_off_at_any_call_of_a_split_batch_is_finished_by_the_next() {
 const MOTO_HOURS: u64 = 24;
 
 fn generated(dir: &std::path::Path, records: u64) -> (generate::Summary, Truth) {
-    let spec = Spec { out: dir.join("gen"), tenants: 8, records, records_per_object: 300, duplicate_fraction: 0.02, hours: Some(MOTO_HOURS), ..Spec::default() };
+    let spec = Spec {
+        out: dir.join("gen"),
+        tenants: 8,
+        records,
+        records_per_object: 300,
+        duplicate_fraction: 0.02,
+        hours: Some(MOTO_HOURS),
+        ..Spec::default()
+    };
     let summary = generate::generate(&spec).unwrap();
     let truth = serde_json::from_str(&std::fs::read_to_string(&summary.truth).unwrap()).unwrap();
     (summary, truth)
@@ -186,7 +205,14 @@ fn config_on(summary: &generate::Summary, endpoint: &str, table: &str, batch_rec
 }
 
 fn tally_ingest(config: &std::path::Path, logs: &std::path::Path) -> std::process::Output {
-    support::tally_bin().arg("--config").arg(config).args(["-q", "ingest", "--json"]).arg(logs).stderr(Stdio::piped()).output().unwrap()
+    support::tally_bin()
+        .arg("--config")
+        .arg(config)
+        .args(["-q", "ingest", "--json"])
+        .arg(logs)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -201,10 +227,17 @@ fn throttling_and_500s_on_a_tenth_of_calls_leave_counters_exact() {
     let injected = proxy.injected.load(Ordering::Relaxed);
     let forwarded = proxy.forwarded.load(Ordering::Relaxed);
     eprintln!("{injected} faults injected, {forwarded} calls forwarded");
-    assert!(injected * 100 >= (injected + forwarded) * 5, "too few faults injected: {injected} of {}", injected + forwarded);
+    assert!(
+        injected * 100 >= (injected + forwarded) * 5,
+        "too few faults injected: {injected} of {}",
+        injected + forwarded
+    );
     assert_eq!(kill::counters(&store, "2025-11"), kill::sorted(truth.rows.clone()));
     let t = store.totals().unwrap();
-    assert_eq!((t.received, t.counted, t.duplicates, t.skipped), (truth.received, truth.counted, truth.duplicates, truth.skipped));
+    assert_eq!(
+        (t.received, t.counted, t.duplicates, t.skipped),
+        (truth.received, truth.counted, truth.duplicates, truth.skipped)
+    );
 }
 
 #[test]

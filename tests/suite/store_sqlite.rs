@@ -96,7 +96,10 @@ fn data_survives_closing_and_reopening() {
         let a = apply_ok(&mut s, &batch(entries.clone(), vec![cp("src-a", Some("a1"), "a2")]));
         assert_eq!(a, Applied { counted: 0, duplicates: 3, keys_written: 0 });
         assert_eq!(snapshot(&s, &months, &tenants).counters, before.counters);
-        apply_ok(&mut s, &batch(vec![entry("acme", "2025-12-02T00:00:00Z", "m-haiku", "r4", 1, 1, "0.0000000001")], vec![]));
+        apply_ok(
+            &mut s,
+            &batch(vec![entry("acme", "2025-12-02T00:00:00Z", "m-haiku", "r4", 1, 1, "0.0000000001")], vec![]),
+        );
     }
 
     // A full-sync reopen sees the second session's writes as well.
@@ -116,9 +119,11 @@ fn data_survives_closing_and_reopening() {
 /// How many runs `seen_runs` holds for `hour` and how many keys in all.
 fn runs_of_hour(path: &std::path::Path, hour: i64) -> (i64, i64) {
     let db = rusqlite::Connection::open(path).unwrap();
-    db.query_row("SELECT count(*), coalesce(sum(length(keys)), 0) / 16 FROM seen_runs WHERE hour = ?1", [hour / 3600], |r| {
-        Ok((r.get(0)?, r.get(1)?))
-    })
+    db.query_row(
+        "SELECT count(*), coalesce(sum(length(keys)), 0) / 16 FROM seen_runs WHERE hour = ?1",
+        [hour / 3600],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
     .unwrap()
 }
 
@@ -131,14 +136,16 @@ fn small_batches_in_one_hour_keep_few_dedup_runs_and_every_key() {
     let mut s = SqliteStore::open(&path, false).unwrap();
     let id = |n: usize| format!("req-{n}");
     for b in 0..300 {
-        let entries = (0..5).map(|i| entry("acme", "2025-11-03T10:20:00Z", "m", &id(b * 5 + i), 1, 0, "0.01")).collect();
+        let entries =
+            (0..5).map(|i| entry("acme", "2025-11-03T10:20:00Z", "m", &id(b * 5 + i), 1, 0, "0.01")).collect();
         assert_eq!(apply_ok(&mut s, &batch(entries, vec![])).counted, 5);
         let (runs, _) = runs_of_hour(&path, c::hour("2025-11-03T10:00:00Z"));
         assert!(runs <= 8, "after batch {b} the hour has {runs} runs");
     }
     assert_eq!(runs_of_hour(&path, c::hour("2025-11-03T10:00:00Z")).1, 1500);
     // Every id is still known, whichever run it ended up in; one new id is not.
-    let mut replay: Vec<_> = (0..1500).step_by(7).map(|n| entry("acme", "2025-11-03T10:59:00Z", "m", &id(n), 1, 0, "0.01")).collect();
+    let mut replay: Vec<_> =
+        (0..1500).step_by(7).map(|n| entry("acme", "2025-11-03T10:59:00Z", "m", &id(n), 1, 0, "0.01")).collect();
     let old = replay.len() as u64;
     replay.push(entry("acme", "2025-11-03T10:59:00Z", "m", "req-new", 1, 0, "0.01"));
     assert_eq!(apply_ok(&mut s, &batch(replay, vec![])), Applied { counted: 1, duplicates: old, keys_written: 1 });
@@ -171,9 +178,11 @@ fn a_schema_2_store_is_migrated_with_its_dedup_index() {
     replay.push(entry("acme", "2025-11-03T10:00:00Z", "m", "r4", 1, 0, "0.01"));
     assert_eq!(apply_ok(&mut s, &batch(replay, vec![])), Applied { counted: 1, duplicates: 3, keys_written: 1 });
     let db = rusqlite::Connection::open(&path).unwrap();
-    let version: String = db.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).unwrap();
+    let version: String =
+        db.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).unwrap();
     assert_eq!(version, "3");
-    let old_table: i64 = db.query_row("SELECT count(*) FROM sqlite_master WHERE name = 'seen'", [], |r| r.get(0)).unwrap();
+    let old_table: i64 =
+        db.query_row("SELECT count(*) FROM sqlite_master WHERE name = 'seen'", [], |r| r.get(0)).unwrap();
     assert_eq!(old_table, 0, "the old table is dropped once converted");
 }
 
@@ -215,7 +224,8 @@ fn a_group_is_invisible_until_it_commits_and_a_failure_rolls_all_of_it_back() {
     // A group whose second batch is refused (its checkpoint is stale) leaves nothing of its
     // first batch either: not its counters, dedup keys, checkpoint or totals.
     let b3 = batch(vec![entry("acme", "2025-11-04T00:00:00Z", "m", "r4", 7, 7, "1")], vec![cp("src", Some("2"), "3")]);
-    let stale = batch(vec![entry("globex", "2025-11-04T00:00:00Z", "m", "r5", 1, 1, "1")], vec![cp("src", Some("1"), "9")]);
+    let stale =
+        batch(vec![entry("globex", "2025-11-04T00:00:00Z", "m", "r5", 1, 1, "1")], vec![cp("src", Some("1"), "9")]);
     writer.apply_grouped(&b3).unwrap();
     match writer.apply_grouped(&stale) {
         Err(tally::store::StoreError::ConditionFailed { source_key, .. }) => assert_eq!(source_key, "src"),

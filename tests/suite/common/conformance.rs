@@ -67,7 +67,11 @@ pub fn entry(
 }
 
 pub fn cp(source: &str, expected: Option<&str>, position: &str) -> CheckpointUpdate {
-    CheckpointUpdate { source: source.to_string(), expected: expected.map(str::to_string), position: position.to_string() }
+    CheckpointUpdate {
+        source: source.to_string(),
+        expected: expected.map(str::to_string),
+        position: position.to_string(),
+    }
 }
 
 /// A batch of `entries` and `checkpoints`, every received record counted (nothing skipped).
@@ -189,7 +193,10 @@ pub fn run_all(factory: Factory) {
         ("applied_accounts_for_every_entry", applied_accounts_for_every_entry),
         ("dedup_keys_are_compared_exactly", dedup_keys_are_compared_exactly),
         ("replay_with_current_checkpoint_changes_no_counter", replay_with_current_checkpoint_changes_no_counter),
-        ("replay_with_stale_checkpoint_is_refused_and_writes_nothing", replay_with_stale_checkpoint_is_refused_and_writes_nothing),
+        (
+            "replay_with_stale_checkpoint_is_refused_and_writes_nothing",
+            replay_with_stale_checkpoint_is_refused_and_writes_nothing,
+        ),
         ("a_failed_condition_writes_nothing", a_failed_condition_writes_nothing),
         ("checkpoints_round_trip", checkpoints_round_trip),
         ("the_first_checkpoint_write_requires_none", the_first_checkpoint_write_requires_none),
@@ -246,7 +253,8 @@ pub fn apply_counts_every_field_and_rolls_up(factory: Factory) {
         est_cost: dec("0.000000175"),
         ..Usage::default()
     };
-    let acme_0310_sonnet = Usage { input: 1, output: 2, requests: 1, errors: 1, est_cost: dec("0.1"), ..Usage::default() };
+    let acme_0310_sonnet =
+        Usage { input: 1, output: 2, requests: 1, errors: 1, est_cost: dec("0.1"), ..Usage::default() };
     let acme_0400_haiku = Usage { requests: 1, no_usage: 1, ..Usage::default() };
     let acme_0405_sonnet = Usage { input: 10, output: 10, requests: 1, est_cost: dec("0.2"), ..Usage::default() };
     let globex_0309_haiku =
@@ -299,7 +307,10 @@ pub fn apply_counts_every_field_and_rolls_up(factory: Factory) {
         by_resource: [(Resource::new("m-haiku"), globex_0309_haiku)].into_iter().collect(),
     };
     assert_eq!(s.period_usage(&tenant("globex"), "2025-11").unwrap(), want_globex);
-    assert_eq!(s.tenants("2025-11").unwrap(), vec![(tenant("acme"), acme_total), (tenant("globex"), globex_0309_haiku)]);
+    assert_eq!(
+        s.tenants("2025-11").unwrap(),
+        vec![(tenant("acme"), acme_total), (tenant("globex"), globex_0309_haiku)]
+    );
     assert_rollups_match_hours(&*s, "2025-11");
 
     // Nothing leaks into neighbouring months.
@@ -317,7 +328,10 @@ pub fn costs_sum_exactly_as_decimals(factory: Factory) {
     let mut s = factory();
     // Ten batches of one 0.1 each: the sum is formed by the store across writes.
     for i in 0..10 {
-        apply_ok(&mut *s, &batch(vec![entry("acme", "2025-11-05T08:00:00Z", "m", &format!("a{i}"), 1, 0, "0.1")], vec![]));
+        apply_ok(
+            &mut *s,
+            &batch(vec![entry("acme", "2025-11-05T08:00:00Z", "m", &format!("a{i}"), 1, 0, "0.1")], vec![]),
+        );
     }
     // Eight entries of 0.0000000875 in one batch: the sum is formed within one write.
     let small: Vec<Entry> =
@@ -367,12 +381,18 @@ pub fn counters_accumulate_across_batches(factory: Factory) {
     let e = |ts: &str, r: &str, u: Usage| Entry { usage: u, ..entry("acme", ts, "m", r, 0, 0, "0") };
     apply_ok(
         &mut *s,
-        &batch(vec![e("2025-11-07T10:00:00Z", "r1", full(1, "0.001")), e("2025-11-08T10:00:00Z", "r2", full(10, "0.002"))], vec![]),
+        &batch(
+            vec![e("2025-11-07T10:00:00Z", "r1", full(1, "0.001")), e("2025-11-08T10:00:00Z", "r2", full(10, "0.002"))],
+            vec![],
+        ),
     );
     apply_ok(
         &mut *s,
         &batch(
-            vec![e("2025-11-07T10:30:00Z", "r3", full(100, "0.01")), e("2025-11-07T11:00:00Z", "r4", full(1000, "0.1"))],
+            vec![
+                e("2025-11-07T10:30:00Z", "r3", full(100, "0.01")),
+                e("2025-11-07T11:00:00Z", "r4", full(1000, "0.1")),
+            ],
             vec![],
         ),
     );
@@ -444,7 +464,10 @@ pub fn applied_accounts_for_every_entry(factory: Factory) {
     let mut s = factory();
     let h1 = "2025-11-12T01:00:00Z";
     let h2 = "2025-11-12T02:00:00Z";
-    apply_ok(&mut *s, &batch(vec![entry("acme", h1, "m", "r1", 1, 0, "0"), entry("acme", h1, "m", "r2", 1, 0, "0")], vec![]));
+    apply_ok(
+        &mut *s,
+        &batch(vec![entry("acme", h1, "m", "r1", 1, 0, "0"), entry("acme", h1, "m", "r2", 1, 0, "0")], vec![]),
+    );
     let entries = vec![
         entry("acme", h1, "m", "r1", 1, 0, "0"), // counted before
         entry("acme", h1, "m", "r3", 1, 0, "0"), // new
@@ -629,7 +652,10 @@ pub fn a_failed_condition_writes_nothing(factory: Factory) {
         HashMap::from([("source-a".to_string(), "a2".to_string()), ("source-b".to_string(), "b2".to_string())])
     );
     let dec_hours = hours_map(&*s, "2025-12");
-    assert_eq!(dec_hours[&key("globex", "2025-12-02T07:00:00Z", "m")], sum([&usage(11, 1, "0.11"), &usage(22, 2, "0.22")]));
+    assert_eq!(
+        dec_hours[&key("globex", "2025-12-02T07:00:00Z", "m")],
+        sum([&usage(11, 1, "0.11"), &usage(22, 2, "0.22")])
+    );
     assert_eq!(
         hours_map(&*s, "2025-11")[&key("acme", "2025-11-16T10:00:00Z", "m")],
         sum([&usage(5, 5, "0.05"), &usage(33, 3, "0.33")])
@@ -689,7 +715,11 @@ pub fn totals_accumulate_across_batches(factory: Factory) {
     let mut s = factory();
     let h = "2025-11-19T19:00:00Z";
     let mut b1 = batch(
-        vec![entry("acme", h, "m", "r1", 1, 0, "0"), entry("acme", h, "m", "r2", 1, 0, "0"), entry("acme", h, "m", "r2", 1, 0, "0")],
+        vec![
+            entry("acme", h, "m", "r1", 1, 0, "0"),
+            entry("acme", h, "m", "r2", 1, 0, "0"),
+            entry("acme", h, "m", "r2", 1, 0, "0"),
+        ],
         vec![],
     );
     b1.received = 6;

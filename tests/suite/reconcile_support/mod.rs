@@ -17,7 +17,8 @@ use tally::store::sqlite::SqliteStore;
 pub const MONTH: &str = "2025-11";
 
 /// Drift thresholds small enough for a small fixture's daily costs.
-pub const CONFIG_EXTRA: &str = "\n[reconcile]\ntenant_tag = \"tenant\"\ndrift_min_usd = \"0.0001\"\ndrift_fraction = \"0.05\"\n";
+pub const CONFIG_EXTRA: &str =
+    "\n[reconcile]\ntenant_tag = \"tenant\"\ndrift_min_usd = \"0.0001\"\ndrift_fraction = \"0.05\"\n";
 
 pub struct Fixture {
     pub dir: tempfile::TempDir,
@@ -29,7 +30,14 @@ impl Fixture {
     /// Logs generated, ingested into the fixture's SQLite store, and billed in CUR.
     pub fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let spec = Spec { out: dir.path().to_path_buf(), tenants: 12, records: 6_000, month: MONTH.into(), seed: 7, ..Spec::default() };
+        let spec = Spec {
+            out: dir.path().to_path_buf(),
+            tenants: 12,
+            records: 6_000,
+            month: MONTH.into(),
+            seed: 7,
+            ..Spec::default()
+        };
         let summary = generate::generate(&spec).unwrap();
         let mut text = std::fs::read_to_string(&summary.config).unwrap();
         text.push_str(CONFIG_EXTRA);
@@ -39,9 +47,23 @@ impl Fixture {
         let mut store = SqliteStore::open(&config.resolve(&config.store.path), false).unwrap();
         let mut q = Quarantine::new(config.resolve(&config.ingest.quarantine));
         let settings = config.ingest_settings(false);
-        let report = ingest::run_once(std::slice::from_ref(&summary.logs), &mut store, &pipeline, &settings, &mut q, &AtomicBool::new(false), &NoProgress).unwrap();
+        let report = ingest::run_once(
+            std::slice::from_ref(&summary.logs),
+            &mut store,
+            &pipeline,
+            &settings,
+            &mut q,
+            &AtomicBool::new(false),
+            &NoProgress,
+        )
+        .unwrap();
         assert_eq!(report.counted, 6_000);
-        let cur = tally::generate::cur::generate(&CurSpec::new(dir.path().to_path_buf(), dir.path().join("cur"), MONTH.into())).unwrap();
+        let cur = tally::generate::cur::generate(&CurSpec::new(
+            dir.path().to_path_buf(),
+            dir.path().join("cur"),
+            MONTH.into(),
+        ))
+        .unwrap();
         Fixture { dir, config: summary.config, cur }
     }
 
@@ -51,7 +73,14 @@ impl Fixture {
 
     /// `tally reconcile` on a CUR folder, outputs under `out`.
     pub fn reconcile(&self, cur: &Path, out: &Path, extra: &[&str]) -> Output {
-        self.tally().args(["reconcile", "--period", MONTH, "--cur"]).arg(cur).arg("--out").arg(out).args(extra).output().unwrap()
+        self.tally()
+            .args(["reconcile", "--period", MONTH, "--cur"])
+            .arg(cur)
+            .arg("--out")
+            .arg(out)
+            .args(extra)
+            .output()
+            .unwrap()
     }
 
     pub fn tally(&self) -> Command {
@@ -63,7 +92,11 @@ impl Fixture {
 
 /// Every file in `dir` (a period's outputs), by name, with its bytes.
 pub fn files(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
-    std::fs::read_dir(dir).unwrap().map(|e| e.unwrap()).map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap())).collect()
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
+        .collect()
 }
 
 /// Runs SQL over reconciled outputs through the library and renders CSV.

@@ -28,7 +28,9 @@ pub fn endpoint() -> Option<String> {
     match std::env::var(ENDPOINT_VAR) {
         Ok(url) if !url.is_empty() => Some(url),
         _ if std::env::var(REQUIRE_VAR).is_ok_and(|v| v == "1") => {
-            panic!("{REQUIRE_VAR}=1 but {ENDPOINT_VAR} is not set: the AWS tests need moto (tests/run-all.sh starts it)")
+            panic!(
+                "{REQUIRE_VAR}=1 but {ENDPOINT_VAR} is not set: the AWS tests need moto (tests/run-all.sh starts it)"
+            )
         }
         _ => {
             eprintln!("note: {ENDPOINT_VAR} is not set, so this AWS test checks nothing; tests/run-all.sh starts moto and sets it");

@@ -84,16 +84,39 @@ fn serve(conn: TcpStream, s: &Shared) -> std::io::Result<()> {
     if roll % 100 < percent {
         s.errors.fetch_add(1, Ordering::Relaxed);
         let (status, ctype, body) = match (logs, (roll >> 8) % 2 == 0) {
-            (true, true) => ("400 Bad Request", "application/x-amz-json-1.1", r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#.to_string()),
-            (true, false) => ("500 Internal Server Error", "application/x-amz-json-1.1", r#"{"__type":"ServiceUnavailableException","message":"injected"}"#.to_string()),
-            (false, true) => ("503 Slow Down", "application/xml", "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>".to_string()),
-            (false, false) => ("500 Internal Server Error", "application/xml", "<Error><Code>InternalError</Code><Message>injected</Message></Error>".to_string()),
+            (true, true) => (
+                "400 Bad Request",
+                "application/x-amz-json-1.1",
+                r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#.to_string(),
+            ),
+            (true, false) => (
+                "500 Internal Server Error",
+                "application/x-amz-json-1.1",
+                r#"{"__type":"ServiceUnavailableException","message":"injected"}"#.to_string(),
+            ),
+            (false, true) => (
+                "503 Slow Down",
+                "application/xml",
+                "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>".to_string(),
+            ),
+            (false, false) => (
+                "500 Internal Server Error",
+                "application/xml",
+                "<Error><Code>InternalError</Code><Message>injected</Message></Error>".to_string(),
+            ),
         };
-        write!(client, "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
+        write!(
+            client,
+            "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )?;
         return client.flush();
     }
     let (resp_head, resp_body) = forward(&s.upstream, &req)?;
-    let object_get = !logs && req.line.starts_with("GET ") && !req.line.contains("list-type=") && resp_head.starts_with(b"HTTP/1.1 200");
+    let object_get = !logs
+        && req.line.starts_with("GET ")
+        && !req.line.contains("list-type=")
+        && resp_head.starts_with(b"HTTP/1.1 200");
     // A second draw decides whether an object body is cut off half-way.
     let cut = object_get && resp_body.len() > 64 && (roll >> 16) % 100 < percent;
     write_head_closing(&mut client, &resp_head)?;

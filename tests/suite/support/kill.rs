@@ -100,7 +100,11 @@ pub fn sigkill_at_random_points(backend: &dyn Backend, dir: &Path, records: u64,
     let started = Instant::now();
     assert!(ingest(&probe).status().unwrap().success());
     let full_ms = started.elapsed().as_millis().max(50) as u64;
-    assert_eq!(counters(&*backend.open("probe"), &spec.month), sorted(truth.rows.clone()), "an uninterrupted run is not exact");
+    assert_eq!(
+        counters(&*backend.open("probe"), &spec.month),
+        sorted(truth.rows.clone()),
+        "an uninterrupted run is not exact"
+    );
 
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
     eprintln!("kill-time seed {seed}, a full run takes {full_ms} ms");

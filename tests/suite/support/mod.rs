@@ -57,7 +57,8 @@ impl Scratch {
         let pipeline = config.pipeline().unwrap();
         let settings = config.ingest_settings(false);
         let mut store = self.store();
-        let mut q = Quarantine::new(config.resolve(&config.ingest.quarantine)).with_limit(config.ingest.quarantine_max_bytes);
+        let mut q =
+            Quarantine::new(config.resolve(&config.ingest.quarantine)).with_limit(config.ingest.quarantine_max_bytes);
         ingest::run_once(paths, &mut store, &pipeline, &settings, &mut q, &AtomicBool::new(false), &NoProgress)
             .expect("ingest runs")
     }

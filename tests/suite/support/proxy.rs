@@ -32,7 +32,8 @@ impl FaultProxy {
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
-                let (upstream, inj, fwd, pct, calls) = (upstream.clone(), inj.clone(), fwd.clone(), pct.clone(), calls.clone());
+                let (upstream, inj, fwd, pct, calls) =
+                    (upstream.clone(), inj.clone(), fwd.clone(), pct.clone(), calls.clone());
                 std::thread::spawn(move || {
                     let _ = serve(conn, &upstream, &inj, &fwd, &pct, &calls);
                 });
@@ -108,13 +109,23 @@ pub fn forward(upstream: &str, req: &Request) -> std::io::Result<(Vec<u8>, Vec<u
 /// Writes a forwarded response's head with `Connection: close` in place of the upstream's, so
 /// the client does not reuse the socket; the caller writes the body (or part of it) after.
 pub fn write_head_closing(client: &mut impl Write, head: &[u8]) -> std::io::Result<()> {
-    for line in String::from_utf8_lossy(head).split_inclusive("\r\n").filter(|l| !l.to_ascii_lowercase().starts_with("connection:")) {
+    for line in String::from_utf8_lossy(head)
+        .split_inclusive("\r\n")
+        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+    {
         client.write_all(line.as_bytes())?;
     }
     client.write_all(b"Connection: close\r\n")
 }
 
-fn serve(conn: TcpStream, upstream: &str, injected: &AtomicU64, forwarded: &AtomicU64, percent: &AtomicU32, calls: &AtomicU64) -> std::io::Result<()> {
+fn serve(
+    conn: TcpStream,
+    upstream: &str,
+    injected: &AtomicU64,
+    forwarded: &AtomicU64,
+    percent: &AtomicU32,
+    calls: &AtomicU64,
+) -> std::io::Result<()> {
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut client = conn;
     loop {
@@ -127,7 +138,9 @@ fn serve(conn: TcpStream, upstream: &str, injected: &AtomicU64, forwarded: &Atom
             } else {
                 ("500 Internal Server Error", "InternalServerError")
             };
-            let body = format!("{{\"__type\":\"com.amazonaws.dynamodb.v20120810#{kind}\",\"message\":\"injected by the test proxy\"}}");
+            let body = format!(
+                "{{\"__type\":\"com.amazonaws.dynamodb.v20120810#{kind}\",\"message\":\"injected by the test proxy\"}}"
+            );
             write!(
                 client,
                 "HTTP/1.1 {status}\r\nContent-Type: application/x-amz-json-1.0\r\nx-amzn-ErrorType: {kind}\r\nContent-Length: {}\r\n\r\n{body}",

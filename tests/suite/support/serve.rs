@@ -23,7 +23,12 @@ impl Server {
     }
 
     /// [`Server::start`], with the process's open-file limit set to `open_files`.
-    pub fn start_with_open_files(config: &Path, args: &[&str], env: &[(&str, &str)], open_files: Option<u64>) -> Server {
+    pub fn start_with_open_files(
+        config: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        open_files: Option<u64>,
+    ) -> Server {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let stderr = config.parent().unwrap().join(format!("serve-{n}.log"));
@@ -158,7 +163,11 @@ impl Receiver {
                 });
                 let mut all = seen.lock().unwrap();
                 let status = if all.len() < fail_first { 500 } else { 200 };
-                all.push(Hook { body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null), idempotency_key: key, status });
+                all.push(Hook {
+                    body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+                    idempotency_key: key,
+                    status,
+                });
                 drop(all);
                 let reason = if status == 200 { "OK" } else { "Internal Server Error" };
                 let _ = write!(conn, "HTTP/1.1 {status} {reason}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
@@ -173,6 +182,10 @@ impl Receiver {
 
     /// The ids of the alerts it accepted (answered 200), in order.
     pub fn delivered(&self) -> Vec<String> {
-        self.hooks().iter().filter(|h| h.status == 200).map(|h| h.body["id"].as_str().unwrap_or_default().to_string()).collect()
+        self.hooks()
+            .iter()
+            .filter(|h| h.status == 200)
+            .map(|h| h.body["id"].as_str().unwrap_or_default().to_string())
+            .collect()
     }
 }
