@@ -92,6 +92,16 @@ pub struct ReadSettings {
     pub follow: bool,
 }
 
+/// What every read of one input carries: the decoder, the settings, the byte counter shown as
+/// progress, the stop flag and where pieces go (`send` is false once the receiver is gone).
+pub struct Reading<'r, 'd> {
+    pub decoder: &'r mut Decoder<'d>,
+    pub settings: &'r ReadSettings,
+    pub bytes_read: &'r Arc<AtomicU64>,
+    pub shutdown: &'r AtomicBool,
+    pub send: &'r mut dyn FnMut(Piece) -> bool,
+}
+
 /// The checkpoint key of a file, from its canonical path.
 fn source_key(canonical: &Path) -> String {
     format!("file://{}", canonical.display())
@@ -388,6 +398,7 @@ pub fn read_file(
     shutdown: &AtomicBool,
     send: &mut dyn FnMut(Piece) -> bool,
 ) -> io::Result<()> {
+    let mut r = Reading { decoder, settings, bytes_read, shutdown, send };
     let name = job.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let head_len = job.size.min(HEAD_BYTES);
     let head = head_of(&job.path, head_len)?;
@@ -410,7 +421,7 @@ pub fn read_file(
         piece.received = 1;
         piece.rejects.push(Rejected::new(Reason::MarkerObject, "bucket permission-check object", 1, 0, b""));
         piece.position = position(Mark { offset: job.size, line: 1, ..Mark::default() }, false).encode();
-        send(piece);
+        (r.send)(piece);
         return Ok(());
     }
 
@@ -419,16 +430,7 @@ pub fn read_file(
         // from its start (records already counted are deduplicated).
         let from =
             if p.partial && p.size == job.size { Mark { partial: false, ..mark_of(p) } } else { Mark::default() };
-        return read_documents(
-            job,
-            from,
-            decoder,
-            settings,
-            bytes_read,
-            shutdown,
-            &|m| position(m, true).encode(),
-            send,
-        );
+        return read_documents(job, from, &mut r, &|m| position(m, true).encode());
     }
     let (mut file, gz) = open_sniffed(&job.path)?;
     let mut inflater = (gz && job.size <= WHOLE_GZ_BYTES).then(|| INFLATER.take().unwrap_or_else(Inflater::new));
@@ -477,29 +479,20 @@ pub fn read_file(
         let inf = inflater.as_mut().expect("inflated by it");
         bytes_read.fetch_add(inf.compressed.len() as u64, Ordering::Relaxed);
         let mut lines = LineReader::whole(text, start_offset, settings.max_record_bytes).with_prefix_crc(prefix_crc);
-        let reached = stream::read_lines(&mut lines, start, decoder, shutdown, &encoded, send, &moved);
+        let reached = stream::read_lines(&mut lines, start, r.decoder, r.shutdown, &encoded, r.send, &moved);
         inf.text = lines.into_buf();
         reached
     } else {
         file.seek(SeekFrom::Start(0))?;
         let corrupt = members.and_then(|m| m.corrupt);
-        stream_file(file, gz, corrupt, start, prefix_crc, bytes_read, decoder, shutdown, &encoded, send, &moved)?
+        stream_file(Opened { file, gz, corrupt, prefix_crc }, start, &mut r, &encoded, &moved)?
     };
     if inflater.is_some() {
         INFLATER.set(inflater);
     }
     match reached.end {
         // JSON documents (an export, payloads back to back): streamed from the start.
-        End::Document => read_documents(
-            job,
-            Mark::default(),
-            decoder,
-            settings,
-            bytes_read,
-            shutdown,
-            &|m| position(m, true).encode(),
-            send,
-        ),
+        End::Document => read_documents(job, Mark::default(), &mut r, &|m| position(m, true).encode()),
         End::Fetch(e) => Err(e),
         End::Done | End::Stopped => Ok(()),
     }
@@ -546,22 +539,26 @@ fn plain_prefix_crc(path: &Path, len: u64) -> io::Result<Option<u32>> {
     Ok(crc.finish())
 }
 
-/// Reads `file` (at its start) as a stream from `start.offset`, gunzipping it if `gz`;
-/// `prefix_crc` is the CRC-32 of the decoded bytes before that offset.
-#[allow(clippy::too_many_arguments)]
-fn stream_file(
-    mut file: File,
+/// A file opened for streaming: gzip or plain, where its first corrupt gzip member starts (if
+/// any), and the CRC-32 of the decoded bytes before the offset it is read from.
+struct Opened {
+    file: File,
     gz: bool,
     corrupt: Option<Corrupt>,
-    start: Start<'_>,
     prefix_crc: u32,
-    bytes_read: &Arc<AtomicU64>,
-    decoder: &mut Decoder<'_>,
-    shutdown: &AtomicBool,
+}
+
+/// Reads `file` (at its start) as a stream from `start.offset`, gunzipping it if `gz`;
+/// `prefix_crc` is the CRC-32 of the decoded bytes before that offset.
+fn stream_file(
+    opened: Opened,
+    start: Start<'_>,
+    r: &mut Reading<'_, '_>,
     encoded: &dyn Fn(Mark) -> String,
-    send: &mut dyn FnMut(Piece) -> bool,
     moved: &dyn Fn(u64, u64) -> bool,
 ) -> io::Result<stream::Reached> {
+    let Opened { mut file, gz, corrupt, prefix_crc } = opened;
+    let bytes_read = r.bytes_read;
     let start_offset = start.offset;
     // A streamed gzip file is read only up to its first corrupt member (`check_members`).
     let reader: Box<dyn Read> = if gz {
@@ -581,7 +578,7 @@ fn stream_file(
     };
     let (source, gz_start) = (start.source.to_string(), start.offset);
     let mut lines = LineReader::new(reader, start.offset, start.max_record_bytes).with_prefix_crc(prefix_crc);
-    let reached = stream::read_lines(&mut lines, start, decoder, shutdown, encoded, send, moved);
+    let reached = stream::read_lines(&mut lines, start, r.decoder, r.shutdown, encoded, r.send, moved);
     if let (Some(c), stream::End::Done) = (&corrupt, &reached.end) {
         if c.at >= gz_start {
             // The corrupt member is one quarantined record; the checkpoint stays before it.
@@ -602,7 +599,7 @@ fn stream_file(
                 rejects: vec![Rejected::new(Reason::TruncatedGzip, detail, reached.line + 1, c.at, b"")],
                 ..Piece::default()
             };
-            send(piece);
+            (r.send)(piece);
         }
     }
     Ok(reached)
@@ -722,17 +719,13 @@ impl Drop for Inflater {
 
 /// Reads a file as JSON documents, streamed ([`document`]) from `from`: a position the
 /// document reader made, or the start.
-#[allow(clippy::too_many_arguments)]
 fn read_documents(
     job: &FileJob,
     from: Mark,
-    decoder: &mut Decoder<'_>,
-    settings: &ReadSettings,
-    bytes_read: &Arc<AtomicU64>,
-    shutdown: &AtomicBool,
+    r: &mut Reading<'_, '_>,
     position: &dyn Fn(Mark) -> String,
-    send: &mut dyn FnMut(Piece) -> bool,
 ) -> io::Result<()> {
+    let (settings, bytes_read) = (r.settings, r.bytes_read);
     let (mut file, gz) = open_sniffed(&job.path)?;
     let reader: Box<dyn Read> = if gz {
         let counted = Counting { inner: BufReader::with_capacity(256 * 1024, file), counter: bytes_read.clone() };
@@ -755,7 +748,7 @@ fn read_documents(
         max_record_bytes: settings.max_record_bytes,
         piece_records: settings.piece_records,
     };
-    match document::read_document(reader, start, from.frame, decoder, shutdown, position, send).end {
+    match document::read_document(reader, start, from.frame, r.decoder, r.shutdown, position, r.send).end {
         End::Fetch(e) => Err(e),
         _ => Ok(()),
     }

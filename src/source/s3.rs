@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::document;
-use super::files::{ReadSettings, MARKER_OBJECT};
+use super::files::{ReadSettings, Reading, MARKER_OBJECT};
 use super::lines::LineReader;
 use super::remote::{Body, Remote, SourceError};
 use super::stream::{self, End, Frame, Mark, Start};
@@ -408,19 +408,8 @@ pub fn read_job(
         } else {
             let resume = state.open.take().filter(|o| o.key == rel);
             let target = Target { key: &object.key, rel: &rel, what: &what };
-            match read_object(
-                remote,
-                job,
-                &state,
-                &target,
-                resume,
-                decoder,
-                settings,
-                bytes_read,
-                shutdown,
-                send,
-                &mut expected,
-            )? {
+            let mut r = Reading { decoder: &mut *decoder, settings, bytes_read, shutdown, send: &mut *send };
+            match read_object(remote, job, &state, &target, resume, &mut r, &mut expected)? {
                 Read_::Done => {}
                 Read_::Stopped => return Ok(()),
             }
@@ -449,20 +438,16 @@ struct Target<'a> {
 }
 
 /// Streams one object from `resume` (or its start), retrying fetches that fail mid-body.
-#[allow(clippy::too_many_arguments)]
 fn read_object(
     remote: &Remote,
     job: &S3Job,
     state: &S3Position,
     target: &Target<'_>,
     resume: Option<OpenObject>,
-    decoder: &mut Decoder<'_>,
-    settings: &ReadSettings,
-    bytes_read: &Arc<AtomicU64>,
-    shutdown: &AtomicBool,
-    send: &mut dyn FnMut(Piece) -> bool,
+    r: &mut Reading<'_, '_>,
     expected: &mut Option<String>,
 ) -> Result<Read_, SourceError> {
+    let (settings, bytes_read) = (r.settings, r.bytes_read);
     let Target { key, rel, what } = *target;
     let (mut offset, mut line) = resume.as_ref().map_or((0, 0), |o| (o.offset, o.line));
     // `Some(frame)`: read as JSON documents, from that frame.
@@ -509,16 +494,16 @@ fn read_object(
             };
             if let Some(frame) = document {
                 let position = |m: Mark| state.at(rel, &etag, m, true);
-                return Ok(document::read_document(reader, start, frame, decoder, shutdown, &position, send));
+                return Ok(document::read_document(reader, start, frame, r.decoder, r.shutdown, &position, r.send));
             }
             let mut lines = LineReader::new(reader, start.offset, start.max_record_bytes);
             Ok(stream::read_lines(
                 &mut lines,
                 start,
-                decoder,
-                shutdown,
+                r.decoder,
+                r.shutdown,
                 &|m| state.at(rel, &etag, m, false),
-                send,
+                r.send,
                 &|_, _| false,
             ))
         })();
