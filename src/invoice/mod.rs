@@ -48,10 +48,10 @@ use plan::Plans;
 pub enum InvoiceError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("reading {path}: {source}")]
-    Parquet { path: PathBuf, source: ParquetError },
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
+    #[error("reading {path}: {error}")]
+    Parquet { path: PathBuf, error: ParquetError },
     #[error("{path}: not a tally invoice: {message}")]
     BadDocument { path: PathBuf, message: String },
     #[error("{dir} holds final invoices for {period} but {allocation} is missing: reconcile the period again before invoicing it")]
@@ -59,7 +59,7 @@ pub enum InvoiceError {
     #[error("the config's plans: field `{field}`: {message}")]
     Plans { field: String, message: String },
     #[error("building invoice_lines: {0}")]
-    Arrow(#[from] datafusion::arrow::error::ArrowError),
+    Arrow(datafusion::arrow::error::ArrowError),
     #[error("putting the period's folder back together after an interrupted reconcile: {0}")]
     Recover(String),
 }
@@ -97,6 +97,12 @@ pub struct Report {
     pub cost: Decimal,
     pub margin: Vec<MarginRow>,
     pub files: Vec<PathBuf>,
+}
+
+impl From<datafusion::arrow::error::ArrowError> for InvoiceError {
+    fn from(e: datafusion::arrow::error::ArrowError) -> Self {
+        InvoiceError::Arrow(e)
+    }
 }
 
 /// Loads, invoices and writes (see the module docs).
@@ -172,7 +178,7 @@ pub fn run(req: &Request, plans: &Plans, store: &dyn CounterStore) -> Result<Rep
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InvoiceError {
     let path = path.to_owned();
-    move |source| InvoiceError::Io { path, source }
+    move |error| InvoiceError::Io { path, error }
 }
 
 /// The folder's tables (`invoice_lines.csv`, `invoice_lines.parquet`, `margin.csv`), written
@@ -209,7 +215,7 @@ impl Tables {
             let table = scope.spawn(|| {
                 let batch = export::lines_table(docs)?;
                 crate::tables::write_parquet(parquet, &batch)
-                    .map_err(|source| InvoiceError::Parquet { path: parquet.clone(), source })
+                    .map_err(|error| InvoiceError::Parquet { path: parquet.clone(), error })
             });
             let csvs = std::fs::write(csv, export::lines_csv(docs))
                 .map_err(io(csv))
@@ -276,13 +282,13 @@ fn write_documents(dir: &Path, invoices: &[issue::Invoice]) -> Result<Vec<(PathB
         match create_new(&path, json.as_bytes()) {
             Ok(()) => return Ok((path, true)),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(source) => return Err(InvoiceError::Io { path, source }),
+            Err(error) => return Err(InvoiceError::Io { path, error }),
         }
         if inv.status == Status::Final {
             // Never reached while only tally writes the folder: the version number comes from
             // the documents read before.
-            let source = std::io::Error::new(std::io::ErrorKind::AlreadyExists, "a final invoice is never rewritten");
-            return Err(InvoiceError::Io { path, source });
+            let error = std::io::Error::new(std::io::ErrorKind::AlreadyExists, "a final invoice is never rewritten");
+            return Err(InvoiceError::Io { path, error });
         }
         if std::fs::read(&path).is_ok_and(|on_disk| on_disk == json.as_bytes()) {
             // An unchanged draft is left as it is: same bytes, and no new inode. Replacing
@@ -313,7 +319,7 @@ fn recover_in_flight(dir: &Path) -> Result<(), InvoiceError> {
     let listing = match std::fs::read_to_string(&record) {
         Ok(listing) => listing,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => return Err(InvoiceError::Io { path: record, source }),
+        Err(error) => return Err(InvoiceError::Io { path: record, error }),
     };
     let names: Vec<&str> =
         listing.lines().filter(|n| !n.is_empty() && !n.contains('/') && n.ends_with(".json")).collect();
@@ -322,7 +328,7 @@ fn recover_in_flight(dir: &Path) -> Result<(), InvoiceError> {
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-            Err(source) => return Err(InvoiceError::Io { path, source }),
+            Err(error) => return Err(InvoiceError::Io { path, error }),
         };
         if is_whole_document(&bytes) {
             return Ok(false);
@@ -450,7 +456,7 @@ fn issued_by_tenant(finals: &[(PathBuf, InvoiceV1)]) -> Result<BTreeMap<TenantId
 /// Σ allocated cost per tenant from a reconciled `allocation.parquet` (unallocated rows, which
 /// have no tenant, are left out).
 fn reconciled_costs(path: &Path) -> Result<BTreeMap<TenantId, Decimal>, InvoiceError> {
-    let err = |source| InvoiceError::Parquet { path: path.to_owned(), source };
+    let err = |error| InvoiceError::Parquet { path: path.to_owned(), error };
     let file = File::open(path).map_err(io(path))?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(file).map_err(err)?.build().map_err(err)?;
     let mut units: BTreeMap<TenantId, i128> = BTreeMap::new();

@@ -119,11 +119,11 @@ pub enum ReconcileError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("building the tables: {0}")]
-    Arrow(#[from] ArrowError),
-    #[error("writing {path}: {source}")]
-    Write { path: PathBuf, source: ParquetError },
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Arrow(ArrowError),
+    #[error("writing {path}: {error}")]
+    Write { path: PathBuf, error: ParquetError },
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("cost explorer cross-check: {0}")]
     CostExplorer(String),
     /// The invariant broke: a bug. Nothing was written.
@@ -189,6 +189,12 @@ pub struct Tables {
     pub report: Report,
     /// (name, batch), in writing order.
     pub batches: Vec<(&'static str, RecordBatch)>,
+}
+
+impl From<ArrowError> for ReconcileError {
+    fn from(e: ArrowError) -> Self {
+        ReconcileError::Arrow(e)
+    }
 }
 
 /// Loads, allocates, checks and writes (see the module docs).
@@ -620,7 +626,7 @@ fn summary_table(r: &Report) -> Result<RecordBatch, ArrowError> {
 /// An I/O error on `path`, as a [`ReconcileError`].
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReconcileError {
     let path = path.to_owned();
-    move |source| ReconcileError::Io { path, source }
+    move |error| ReconcileError::Io { path, error }
 }
 
 /// A period's output folder, and the two beside it that a run swaps it through.
@@ -666,7 +672,7 @@ pub fn recover_interrupted(out: &Path, period: &str) -> Result<(), ReconcileErro
             if invoices.exists() {
                 return Err(ReconcileError::Io {
                     path: stranded,
-                    source: std::io::Error::other(format!(
+                    error: std::io::Error::other(format!(
                         "issued invoices are in two folders, this one and {}; move one aside by hand (nothing was changed)",
                         invoices.display()
                     )),
@@ -696,7 +702,7 @@ fn write(t: &Tables, out: &Path, period: &str, csv: bool) -> Result<Vec<PathBuf>
     let mut written = Vec::new();
     for (name, batch) in &t.batches {
         let p = partial.join(format!("{name}.parquet"));
-        tables::write_parquet(&p, batch).map_err(|source| ReconcileError::Write { path: p.clone(), source })?;
+        tables::write_parquet(&p, batch).map_err(|error| ReconcileError::Write { path: p.clone(), error })?;
         written.push(final_dir.join(format!("{name}.parquet")));
         if csv {
             let p = partial.join(format!("{name}.csv"));

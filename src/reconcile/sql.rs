@@ -19,9 +19,15 @@ pub enum SqlError {
     #[error("no reconciled outputs for {period} in {dir}: run `tally reconcile --period {period}` first")]
     NotReconciled { period: String, dir: PathBuf },
     #[error("{0}")]
-    Query(#[from] DataFusionError),
+    Query(DataFusionError),
     #[error("cannot start the query runtime: {0}")]
     Runtime(std::io::Error),
+}
+
+impl From<DataFusionError> for SqlError {
+    fn from(e: DataFusionError) -> Self {
+        SqlError::Query(e)
+    }
 }
 
 /// Runs `query` over the period's tables under `out` and returns the result.

@@ -224,7 +224,7 @@ impl Default for TenantId {
 pub enum StoreError {
     /// Another writer holds the store; try again.
     #[error("store busy: {0}")]
-    Busy(#[source] Box<dyn std::error::Error + Send + Sync>),
+    Busy(Box<dyn std::error::Error + Send + Sync>),
     /// A checkpoint was not where this writer expected: another ingester moved it.
     #[error("checkpoint for {source_key} moved underneath this ingester (expected {expected:?}, found {found:?})")]
     ConditionFailed { source_key: String, expected: Option<String>, found: Option<String> },
@@ -236,7 +236,7 @@ pub enum StoreError {
     Invalid(String),
     /// Any other backend failure.
     #[error("store error: {0}")]
-    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    Backend(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl StoreError {

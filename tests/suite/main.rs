@@ -146,6 +146,7 @@ mod support;
 
 mod bad_input;
 mod demo;
+mod errors;
 mod every_record_counts;
 mod exactly_once;
 mod gzip;
