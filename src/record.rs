@@ -57,7 +57,7 @@ impl LogRecord<'_> {
     }
 
     pub fn has_expected_schema(&self) -> bool {
-        self.schema_version.as_deref().map_or(true, |v| v == "1.0")
+        self.schema_version.as_deref().is_none_or(|v| v == "1.0")
     }
 }
 

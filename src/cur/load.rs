@@ -424,9 +424,11 @@ mod tests {
     use datafusion::parquet::arrow::ArrowWriter;
     use datafusion::parquet::file::properties::WriterProperties;
 
-    /// Legacy-CUR rows: (code, product name, tag, billing period start, cost).
-    fn legacy_batch(rows: &[(&str, &str, Option<&str>, &str, f64)]) -> RecordBatch {
-        let text = |f: &dyn Fn(&(&str, &str, Option<&str>, &str, f64)) -> Option<String>| -> ArrayRef {
+    /// A legacy-CUR row: (code, product name, tag, billing period start, cost).
+    type LegacyRow<'a> = (&'a str, &'a str, Option<&'a str>, &'a str, f64);
+
+    fn legacy_batch(rows: &[LegacyRow<'_>]) -> RecordBatch {
+        let text = |f: &dyn Fn(&LegacyRow<'_>) -> Option<String>| -> ArrayRef {
             Arc::new(rows.iter().map(f).collect::<StringArray>())
         };
         RecordBatch::try_from_iter(vec![

@@ -364,7 +364,7 @@ impl Groups {
         self.keep.clear();
         self.keep.extend(self.ids[S_CODE].iter().map(|&c| c == self.bedrock));
         if self.keep.iter().any(|k| !k) {
-            if let Some(product) = plan.product.column().and_then(|c| col(c)) {
+            if let Some(product) = plan.product.column().and_then(&col) {
                 let key = match &plan.product {
                     MapOrColumn::Map { key, .. } => Some(key.as_str()),
                     _ => None,
@@ -397,7 +397,7 @@ impl Groups {
             MapOrColumn::Map { key, .. } => Some(key.as_str()),
             _ => None,
         };
-        self.text(plan.tag.column().and_then(|c| col(c)), tag_key, S_TAG, Text::Tag, n)?;
+        self.text(plan.tag.column().and_then(&col), tag_key, S_TAG, Text::Tag, n)?;
         self.text(col(UNIT), None, S_UNIT, Text::Plain, n)?;
         self.text(col(DESCRIPTION), None, S_DESCRIPTION, Text::Plain, n)?;
         units("line_item_usage_amount", col(AMOUNT), n, &self.keep, &mut self.quantity)?;

@@ -373,7 +373,7 @@ fn model_code(model: &str) -> String {
         _ => name,
     };
     name.split('-')
-        .filter(|p| !p.is_empty() && !(p.len() == 8 && p.bytes().all(|b| b.is_ascii_digit())))
+        .filter(|p| !p.is_empty() && (p.len() != 8 || !p.bytes().all(|b| b.is_ascii_digit())))
         .map(|p| {
             let mut c = p.chars();
             c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
@@ -556,7 +556,7 @@ fn legacy_batch(lines: &[Line], tag: &str, n: u64) -> anyhow::Result<RecordBatch
         "product_product_name".into(),
         Arc::new(StringArray::from_iter_values(lines.iter().map(|l| l.product_name.clone()))),
     ));
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         cols.push((
             "product_inference_type".into(),
             Arc::new(StringArray::from_iter_values(lines.iter().map(|_| "On-demand"))),

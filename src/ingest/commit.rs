@@ -279,10 +279,10 @@ mod tests {
         let (tx, rx) = crossbeam_channel::bounded(4);
         let store_seen = std::thread::scope(|scope| {
             scope.spawn(move || {
-                tx.send(Message::Piece(piece(None, "1", "r1"))).unwrap();
+                tx.send(Message::Piece(Box::new(piece(None, "1", "r1")))).unwrap();
                 // After the merger's wait, so the two pieces make two batches.
                 std::thread::sleep(BATCH_WAIT * 2);
-                tx.send(Message::Piece(piece(Some("0"), "2", "r2"))).unwrap();
+                tx.send(Message::Piece(Box::new(piece(Some("0"), "2", "r2")))).unwrap();
             });
             let mut committer = Committer::new(store, &mut quarantine, &settings, &mut report).unwrap();
             committer.run(&rx, &AtomicU64::new(0), &NoProgress)
@@ -326,7 +326,7 @@ mod tests {
                 let reader = SqliteStore::open(path, false).unwrap();
                 let seen =
                     || (reader.totals().unwrap().counted, reader.checkpoints().unwrap().get("file://f").cloned());
-                tx.send(Message::Piece(piece(None, "1", "r1"))).unwrap();
+                tx.send(Message::Piece(Box::new(piece(None, "1", "r1")))).unwrap();
                 // The first batch is far below `commit_records` and the next one is not sent
                 // until the first is visible: only the interval can commit it.
                 let deadline = Instant::now() + Duration::from_secs(20);
@@ -334,7 +334,7 @@ mod tests {
                     assert!(Instant::now() < deadline, "the open group was never committed: {:?}", seen());
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                tx.send(Message::Piece(piece(Some("1"), "2", "r2"))).unwrap();
+                tx.send(Message::Piece(Box::new(piece(Some("1"), "2", "r2")))).unwrap();
             });
             let mut committer = Committer::new(&mut store, &mut quarantine, &settings, &mut report).unwrap();
             committer.run(&rx, &AtomicU64::new(0), &NoProgress).unwrap();

@@ -12,7 +12,7 @@ use crate::store::{Batch, CheckpointUpdate};
 use super::settings::Settings;
 
 pub(super) enum Message {
-    Piece(Piece),
+    Piece(Box<Piece>),
     Failed(String),
 }
 
@@ -98,7 +98,7 @@ impl Merging {
 
     fn add(&mut self, m: Message, stats: &mut DecodeStats) {
         let mut piece = match m {
-            Message::Piece(p) => p,
+            Message::Piece(p) => *p,
             Message::Failed(msg) => {
                 self.failed.push(msg);
                 return;
@@ -234,9 +234,9 @@ mod tests {
             &settings,
             None,
             vec![
-                Message::Piece(piece("file://a", None, "a@1", &[("r1", HOUR, 3)], 1)),
-                Message::Piece(piece("file://b", Some("b@0"), "b@5", &[("r2", HOUR + 3600, 4)], 0)),
-                Message::Piece(piece("file://a", Some("a@1"), "a@2", &[("r3", HOUR, 5)], 0)),
+                Message::Piece(Box::new(piece("file://a", None, "a@1", &[("r1", HOUR, 3)], 1))),
+                Message::Piece(Box::new(piece("file://b", Some("b@0"), "b@5", &[("r2", HOUR + 3600, 4)], 0))),
+                Message::Piece(Box::new(piece("file://a", Some("a@1"), "a@2", &[("r3", HOUR, 5)], 0))),
                 Message::Failed("c: permission denied".into()),
             ],
         );
@@ -269,7 +269,7 @@ mod tests {
         let (merged, max) = merge(
             &settings,
             Some(newest),
-            vec![Message::Piece(piece("file://a", None, "a@2", &[("old", old, 7), ("new", newest, 2)], 0))],
+            vec![Message::Piece(Box::new(piece("file://a", None, "a@2", &[("old", old, 7), ("new", newest, 2)], 0)))],
         );
         let b = &merged.batch;
         assert_eq!(b.entries.len(), 1);

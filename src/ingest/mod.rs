@@ -144,7 +144,7 @@ pub fn run_pass(
                     let mut send = |mut p: Piece| {
                         read.add(&p);
                         p.finish();
-                        tx.send(Message::Piece(p)).is_ok()
+                        tx.send(Message::Piece(Box::new(p))).is_ok()
                     };
                     let failed = match &job {
                         Job::File(j) => {

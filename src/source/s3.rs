@@ -179,7 +179,7 @@ fn dated_prefix(prefix: &str) -> Option<&str> {
         if seg_end - start == 4 && digits(&prefix[start..seg_end]) {
             let after = &prefix[seg_end..];
             let month = after.strip_prefix('/').map(|a| a.split('/').next().unwrap_or(""));
-            if month.map_or(true, |m| m.len() <= 2 && (m.is_empty() || digits(m))) {
+            if month.is_none_or(|m| m.len() <= 2 && (m.is_empty() || digits(m))) {
                 return Some(&prefix[..start]);
             }
         }
@@ -245,7 +245,7 @@ impl S3Source {
         let mut jobs = Vec::new();
         // Walk again every REWALK, and on every pass while no partition is known yet (a new
         // deployment's first records should not wait a minute).
-        if self.partitions.is_empty() || self.walked.map_or(true, |t| t.elapsed() >= REWALK) {
+        if self.partitions.is_empty() || self.walked.is_none_or(|t| t.elapsed() >= REWALK) {
             let (partitions, loose) = self.walk(remote)?;
             self.partitions = partitions;
             self.walked = Some(Instant::now());

@@ -384,7 +384,7 @@ impl SqliteStore {
     /// An upsert of `rows` keys into one counter table: one statement's set-up and reset is
     /// shared by [`UPSERT_ROWS`] keys.
     fn upsert_sql(table: &str, bucket: &str, rows: usize) -> String {
-        let row = format!("({})", vec!["?"; 11].join(", "));
+        let row = format!("({})", ["?"; 11].join(", "));
         let values = vec![row.as_str(); rows].join(", ");
         format!(
             "INSERT INTO {table} (tenant, {bucket}, resource, {COLUMNS}) VALUES {values}

@@ -441,7 +441,7 @@ fn sigkill_at_random_points_of_an_invoice_run_then_rerun_gives_the_same_invoices
         std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().path())
-            .filter(|p| !p.extension().is_some_and(|x| x == "tmp"))
+            .filter(|p| p.extension().is_none_or(|x| x != "tmp"))
             .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
             .collect()
     };

@@ -122,7 +122,7 @@ fn model(recs: &[Rec]) -> (BTreeMap<CounterKey, Usage>, u64) {
     let mut counted = 0;
     for r in recs {
         let e = r.entry();
-        if seen.insert((e.key.hour, e.dedup.clone())) {
+        if seen.insert((e.key.hour, e.dedup)) {
             *out.entry(e.key).or_default() += &e.usage;
             counted += 1;
         }

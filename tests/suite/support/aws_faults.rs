@@ -83,7 +83,7 @@ fn serve(conn: TcpStream, s: &Shared) -> std::io::Result<()> {
     let roll = draw(&s.calls);
     if roll % 100 < percent {
         s.errors.fetch_add(1, Ordering::Relaxed);
-        let (status, ctype, body) = match (logs, (roll >> 8) % 2 == 0) {
+        let (status, ctype, body) = match (logs, (roll >> 8).is_multiple_of(2)) {
             (true, true) => (
                 "400 Bad Request",
                 "application/x-amz-json-1.1",

@@ -133,7 +133,7 @@ fn serve(
         let roll = draw(calls);
         if req.target.contains("dynamodb") && roll % 100 < u64::from(percent.load(Ordering::Relaxed)) {
             injected.fetch_add(1, Ordering::Relaxed);
-            let (status, kind) = if (roll >> 8) % 2 == 0 {
+            let (status, kind) = if (roll >> 8).is_multiple_of(2) {
                 ("400 Bad Request", "ThrottlingException")
             } else {
                 ("500 Internal Server Error", "InternalServerError")
