@@ -56,7 +56,6 @@ pub use report::{last_run_path, IngestError, LastRun, RunReport};
 pub use settings::{IngestConfig, Pipeline, Settings};
 
 /// Reads `paths` once: every file from its checkpoint to its current end.
-#[allow(clippy::too_many_arguments)]
 pub fn run_once(
     paths: &[PathBuf],
     store: &mut dyn CounterStore,
@@ -71,7 +70,6 @@ pub fn run_once(
 
 /// Reads every input once: files from their checkpoints to their current ends, S3 partitions'
 /// new objects, log streams' new events.
-#[allow(clippy::too_many_arguments)]
 pub fn run_pass(
     inputs: &mut Inputs,
     store: &mut dyn CounterStore,
@@ -228,9 +226,8 @@ fn lower_priority(increment: i32) {
     let _ = increment;
 }
 
-/// Runs passes until `shutdown` is set, sleeping `poll` between them. An AWS input that
+/// Runs passes until `shutdown` is set, sleeping `settings.poll` between them. An AWS input that
 /// cannot be listed for a while (after the SDK's retries) is tried again at the next poll.
-#[allow(clippy::too_many_arguments)]
 pub fn follow(
     inputs: &mut Inputs,
     store: &mut dyn CounterStore,
@@ -238,7 +235,6 @@ pub fn follow(
     settings: &Settings,
     quarantine: &mut Quarantine,
     shutdown: &AtomicBool,
-    poll: Duration,
     progress: &dyn Progress,
 ) -> Result<RunReport, IngestError> {
     let mut total = RunReport::default();
@@ -262,6 +258,7 @@ pub fn follow(
             );
         }
         total.merge(&pass);
+        let poll = settings.poll;
         let until = Instant::now() + poll;
         while Instant::now() < until && !shutdown.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(50).min(poll));

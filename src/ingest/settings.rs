@@ -145,6 +145,8 @@ pub struct Settings {
     pub reader_nice: i32,
     pub dedup_window: i64,
     pub parse: ParseOptions,
+    /// With `--follow`, the wait between passes.
+    pub poll: Duration,
     /// Files never read as input (tally's own store and quarantine).
     pub exclude: Vec<PathBuf>,
 }
@@ -170,6 +172,7 @@ impl Settings {
                 max_token_count: i.max_token_count,
                 latest_timestamp: Some(chrono::Utc::now().timestamp() + i64::from(i.max_future_hours) * 3600),
             },
+            poll: Duration::from_secs_f64(i.poll_seconds),
             exclude,
         }
     }
