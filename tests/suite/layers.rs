@@ -43,14 +43,26 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 /// A file's module path from `src/`: `src/cur/load.rs` → ["cur", "load"]; `mod.rs` names its
-/// folder; `lib.rs` is the crate root (no module); `main.rs` is the module `main`.
+/// folder; `lib.rs` is the crate root (no module); a binary's `src/bin/tally/main.rs` names its
+/// folder too (["bin", "tally"], the root of that binary's own modules).
 fn module_path(src: &Path, file: &Path) -> Vec<String> {
     let rel = file.strip_prefix(src).unwrap().with_extension("");
     let mut parts: Vec<String> = rel.iter().map(|p| p.to_string_lossy().into_owned()).collect();
-    if parts.last().is_some_and(|p| p == "mod") || parts == ["lib"] {
+    let binary_root = parts.len() == 3 && parts[0] == "bin" && parts[2] == "main";
+    if parts.last().is_some_and(|p| p == "mod") || parts == ["lib"] || binary_root {
         parts.pop();
     }
     parts
+}
+
+/// Where `crate::` points from the file `me`: a binary's own root (["bin", name]) from a file
+/// under `src/bin/<name>/`, else the library's root.
+fn crate_root(me: &[String]) -> Vec<String> {
+    if me.len() >= 2 && me[0] == "bin" {
+        me[..2].to_vec()
+    } else {
+        Vec::new()
+    }
 }
 
 /// The text a file builds into, without its `#[cfg(test)]` modules and its comments.
@@ -79,8 +91,9 @@ fn built_text(text: &str) -> String {
     out
 }
 
-/// The module paths a file names: `crate::a::b`, `tally::a::b` (the binary), `super::x`, and
-/// the names inside `crate::{…}` groups, as far as they go (`crate::a::b::Item` → [a, b, Item]).
+/// The module paths a file names: `crate::a::b`, `tally::a::b` (the library, from the binary),
+/// `super::x`, and the names inside `crate::{…}` groups, as far as they go (`crate::a::b::Item`
+/// → [a, b, Item]). In a binary's files `crate::` is the binary's root (see [`crate_root`]).
 fn named_paths(text: &str, me: &[String]) -> Vec<Vec<String>> {
     let mut out = Vec::new();
     let bytes = text.as_bytes();
@@ -160,6 +173,7 @@ fn named_paths(text: &str, me: &[String]) -> Vec<Vec<String>> {
                     // `super` of `a/b.rs` is `a`; of `a/mod.rs` (the module `a`), the crate.
                     me[..me.len().saturating_sub(1)].to_vec()
                 }
+                "crate::" => crate_root(me),
                 _ => Vec::new(),
             };
             walk(text, from, base, &mut out, &ident);
@@ -298,4 +312,20 @@ fn the_reader_finds_paths_groups_and_super() {
     let mut got: Vec<String> = named_paths(&text, &me).iter().map(|p| p.join("::")).collect();
     got.sort();
     assert_eq!(got, ["cur::scan::Groups", "ids::TenantId", "money::to_units", "store::Batch", "store::self"]);
+}
+
+/// In the binary, `crate::` names its own files and `tally::` the library's.
+#[test]
+fn the_reader_resolves_the_binarys_own_modules() {
+    let src = repo("src");
+    assert_eq!(module_path(&src, &src.join("bin/tally/main.rs")), ["bin", "tally"]);
+    assert_eq!(module_path(&src, &src.join("bin/tally/commands/mod.rs")), ["bin", "tally", "commands"]);
+    let me = vec!["bin".to_string(), "tally".to_string(), "commands".to_string(), "demo".to_string()];
+    let text = "use crate::{args::Global, print};\nuse super::ingest::run;\nuse tally::progress::Progress;\n";
+    let mut got: Vec<String> = named_paths(text, &me).iter().map(|p| p.join("::")).collect();
+    got.sort();
+    assert_eq!(
+        got,
+        ["bin::tally::args::Global", "bin::tally::commands::ingest::run", "bin::tally::print", "progress::Progress"]
+    );
 }

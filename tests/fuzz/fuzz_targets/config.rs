@@ -4,7 +4,7 @@
 //! - a config that validates builds everything the commands build from it without a panic or
 //!   an error: its plans and tenants (`plans()`), `tally serve`'s keys, the tenant resolver,
 //!   and the durations `tally ingest --follow` / `serve` / the DynamoDB store make of its
-//!   numbers (as src/main.rs and src/serve/mod.rs do);
+//!   numbers (as src/bin/tally/ and src/serve/mod.rs do);
 //! - loading is deterministic.
 #![no_main]
 
@@ -38,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
             let keys = config.serve.keys();
             assert!(keys.is_ok(), "validated config, but serve keys fail: {keys:?}");
             let _ = Resolver::new(&config.tenancy);
-            // What the commands do with the numbers (src/main.rs, src/serve/mod.rs).
+            // What the commands do with the numbers (src/bin/tally/, src/serve/mod.rs).
             let _ = Duration::from_secs_f64(config.ingest.poll_seconds);
             let _ = Duration::from_secs_f64(config.ingest.commit_seconds);
             let _ = config.ingest_settings(true);
