@@ -105,8 +105,8 @@ impl Config {
 
     fn validate(&self) -> Result<(), (String, String)> {
         let bad = |f: &str, m: &str| Err((f.to_string(), m.to_string()));
-        if !matches!(self.store.backend.as_str(), "sqlite" | "dynamodb") {
-            return bad("store.backend", "must be \"sqlite\" or \"dynamodb\"");
+        if let Err(why) = self.store.parse_backend() {
+            return Err(("store.backend".into(), why));
         }
         self.validate_dynamodb()?;
         self.validate_sources()?;
@@ -225,7 +225,7 @@ impl Config {
     pub fn ingest_settings(&self, follow: bool) -> Settings {
         let quarantine = self.resolve(&self.ingest.quarantine);
         let exclude = vec![self.resolve(&self.store.path), quarantine.clone(), ingest::last_run_path(&quarantine)];
-        Settings::new(&self.ingest, self.ingest.batch_records_for(&self.store.backend), follow, exclude)
+        Settings::new(&self.ingest, self.ingest.batch_records_for(self.store.kind()), follow, exclude)
     }
 
     /// What `tally serve` runs on: `[serve]`, the plans, the alert ledger's path resolved.

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use crate::pricing::Catalog;
 use crate::record::ParseOptions;
 use crate::source::files::ReadSettings;
+use crate::store::Backend;
 use crate::tenant::Resolver;
 
 /// `[ingest]`: how log files are read and counted.
@@ -67,8 +68,8 @@ impl IngestConfig {
     /// Records per batch: as configured, else 20,000 on SQLite (a batch's memory is most of
     /// an ingest's; more transactions cost little) and 50,000 on DynamoDB (each batch rewrites
     /// the day, month and dedup items it touches, and writes are billed).
-    pub fn batch_records_for(&self, backend: &str) -> usize {
-        self.batch_records.unwrap_or(if backend == "dynamodb" { 50_000 } else { 20_000 })
+    pub fn batch_records_for(&self, backend: Backend) -> usize {
+        self.batch_records.unwrap_or(if backend == Backend::Dynamodb { 50_000 } else { 20_000 })
     }
     fn default_commit_records() -> u64 {
         100_000

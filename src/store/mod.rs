@@ -53,7 +53,47 @@ pub struct StoreConfig {
     pub lease_seconds: f64,
 }
 
+/// The counter store `[store] backend` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded SQLite file (the default).
+    Sqlite,
+    /// DynamoDB (the `aws` feature).
+    Dynamodb,
+}
+
+impl Backend {
+    /// The name as the config writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Dynamodb => "dynamodb",
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl StoreConfig {
+    /// The backend, or why `backend` names none (the config's validation reports it, naming
+    /// the field, so a loaded config always has one).
+    pub fn parse_backend(&self) -> Result<Backend, String> {
+        match self.backend.as_str() {
+            "sqlite" => Ok(Backend::Sqlite),
+            "dynamodb" => Ok(Backend::Dynamodb),
+            _ => Err("must be \"sqlite\" or \"dynamodb\"".into()),
+        }
+    }
+
+    /// The backend of a validated config (`sqlite` for one that names none).
+    pub fn kind(&self) -> Backend {
+        self.parse_backend().unwrap_or(Backend::Sqlite)
+    }
+
     fn default_backend() -> String {
         "sqlite".into()
     }

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 #[cfg(feature = "aws")]
 use std::time::Duration;
+use tally::store::Backend;
 
 use tally::config::{Config, ConfigError};
 use tally::store::sqlite::SqliteStore;
@@ -17,7 +18,7 @@ pub fn config(explicit: Option<&Path>) -> anyhow::Result<Config> {
         }
         None => return Ok(Config::defaults_in(PathBuf::from("."))),
     };
-    if config.store.backend == "dynamodb" && !cfg!(feature = "aws") {
+    if config.store.kind() == Backend::Dynamodb && !cfg!(feature = "aws") {
         return Err(ConfigError::Invalid {
             path,
             field: "store.backend".into(),
@@ -29,7 +30,7 @@ pub fn config(explicit: Option<&Path>) -> anyhow::Result<Config> {
 }
 
 pub fn store(config: &Config) -> anyhow::Result<Box<dyn CounterStore>> {
-    if config.store.backend == "dynamodb" {
+    if config.store.kind() == Backend::Dynamodb {
         return dynamodb_boxed(config);
     }
     Ok(Box::new(sqlite(config)?))
@@ -38,7 +39,7 @@ pub fn store(config: &Config) -> anyhow::Result<Box<dyn CounterStore>> {
 /// A store connection for `tally serve`'s reader pool: SQLite with a small page cache each
 /// (several readers share one file, and their caches would otherwise grow with it).
 pub fn reader(config: &Config) -> anyhow::Result<Box<dyn CounterStore>> {
-    if config.store.backend == "dynamodb" {
+    if config.store.kind() == Backend::Dynamodb {
         return dynamodb_boxed(config);
     }
     Ok(Box::new(sqlite(config)?.with_page_cache(2_048)?))

@@ -1,6 +1,7 @@
 //! The commands on the counter store itself: `tally init`, `tally meter`, `tally status`.
 
 use anyhow::Context;
+use tally::store::Backend;
 
 use tally::config::Config;
 use tally::ids::TenantId;
@@ -13,7 +14,7 @@ use crate::{open, print};
 /// `tally init`: creates the store and checks that it can be reached.
 pub fn init(global: &Global) -> anyhow::Result<u8> {
     let config = global.config()?;
-    if config.store.backend == "dynamodb" {
+    if config.store.kind() == Backend::Dynamodb {
         init_dynamodb(&config)?;
         return Ok(0);
     }

@@ -28,7 +28,7 @@ pub fn serve(global: &Global, args: ServeArgs) -> anyhow::Result<u8> {
         webhook_backoff: Duration::from_millis(
             std::env::var("TALLY_WEBHOOK_BACKOFF_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(500),
         ),
-        backend: config.store.backend.clone(),
+        backend: config.store.kind().to_string(),
     };
     let setup = config.serve_setup().map_err(|(f, m)| anyhow::anyhow!("config field `{f}`: {m}"))?;
     let listen = &config.serve.listen;
