@@ -130,7 +130,8 @@ pub fn generate(spec: &CurSpec) -> anyhow::Result<CurSummary> {
     .with_context(|| format!("{} is not a generator truth file", truth_path.display()))?;
     let config = crate::config::Config::load(&spec.fixtures.join("tally.toml"))?;
     let pipeline = config.pipeline()?;
-    let (month_start, month_end) = crate::store::month_range(&spec.month)?;
+    let month = crate::month::Month::parse(&spec.month)?;
+    let (month_start, month_end) = month.range();
     let drifting: Option<String> = config.tenancy.profiles.iter().find(|p| p.shared).map(|p| p.profile.clone());
 
     // CUR has no tenants: sum the truth per hour × resource.
@@ -167,9 +168,7 @@ pub fn generate(spec: &CurSpec) -> anyhow::Result<CurSummary> {
     };
     let mut day_cost = Decimal::ZERO;
     let mut last_day = None;
-    let (prev_start, _) = crate::store::month_range(
-        &crate::month::Month::parse(&spec.month).map(|m| m.previous().to_string()).unwrap_or_default(),
-    )?;
+    let (prev_start, _) = month.previous().range();
 
     // A few lines of the previous billing period, in its own partition.
     for h in 0..3 {
