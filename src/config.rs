@@ -156,6 +156,26 @@ impl Config {
         } else if t.order.contains(&Rule::Identity) && self.tenancy_order_is_explicit_identity() {
             return bad("tenancy.identity_pattern", "the `identity` rule is listed but no pattern is set");
         }
+        let mut accounts = std::collections::HashMap::new();
+        for (n, a) in t.accounts.iter().enumerate() {
+            let field = |f: &str| format!("tenancy.accounts[{n}].{f}");
+            let id = a.account.trim();
+            if id.len() != 12 || !id.bytes().all(|b| b.is_ascii_digit()) {
+                return Err((field("account"), format!("{:?} is not a 12-digit AWS account id", a.account)));
+            }
+            if let Some(first) = accounts.insert(id, n) {
+                return Err((
+                    field("account"),
+                    format!("{id} is listed twice (also tenancy.accounts[{first}]): one account has one tenant"),
+                ));
+            }
+            if a.tenant.trim().is_empty() {
+                return Err((field("tenant"), "must not be empty".into()));
+            }
+            if let Some(why) = crate::ids::tenant_id_problem(&a.tenant) {
+                return Err((field("tenant"), why));
+            }
+        }
         let mut profiles = std::collections::HashMap::new();
         for (n, p) in t.profiles.iter().enumerate() {
             let field = |f: &str| format!("tenancy.profiles[{n}].{f}");
@@ -312,6 +332,15 @@ mod tests {
         assert_eq!(field_of("[ingest]\ncommit_seconds = 7200"), "ingest.commit_seconds");
         assert_eq!(field_of("[tenancy]\nidentity_pattern = 'role/(.*)'"), "tenancy.identity_pattern");
         assert_eq!(field_of("[[tenancy.profiles]]\nprofile = 'p'\n"), "tenancy.profiles[0].tenant");
+        assert_eq!(field_of("[[tenancy.accounts]]\naccount = '12345'\ntenant = 'a'"), "tenancy.accounts[0].account");
+        assert_eq!(
+            field_of("[[tenancy.accounts]]\naccount = '111122223333'\ntenant = 'a'\n[[tenancy.accounts]]\naccount = '111122223333'\ntenant = 'b'"),
+            "tenancy.accounts[1].account"
+        );
+        assert_eq!(
+            field_of("[[tenancy.accounts]]\naccount = '111122223333'\ntenant = ' '"),
+            "tenancy.accounts[0].tenant"
+        );
         assert_eq!(
             field_of("[[tenancy.profiles]]\nprofile = 'p'\ntenant = 'a'\ntier = 'spot'"),
             "tenancy.profiles[0].tier"

@@ -1,8 +1,14 @@
 //! Tenant resolution (SPEC §2): which tenant a record is billed to, by server-side rules.
 //!
-//! Rules are tried in the configured order: request metadata, the profile registry, a pattern
-//! on the caller's identity. The first that names a tenant wins; when a later rule names a
-//! different tenant the disagreement is counted as a conflict. No rule → `_unattributed`.
+//! A silo tenant's own AWS accounts (`[[tenancy.accounts]]`) decide first: a record from such an
+//! account is that tenant's. Then the rules are tried in the configured order: request
+//! metadata, the profile registry, a pattern on the caller's identity. The first that names a
+//! tenant wins; when a later rule names a different tenant the disagreement is counted as a
+//! conflict. No rule → `_unattributed`.
+//!
+//! Reconcile asks the same resolver about CUR lines: which tenant owns a usage account
+//! ([`Resolver::account_owner`]) and which tenant an IAM principal names through the identity
+//! rule ([`Resolver::principal_tenant`]).
 
 use std::collections::HashMap;
 
@@ -87,6 +93,10 @@ pub enum Rule {
     Profile,
     /// `identity_pattern` on `identity.arn`.
     Identity,
+    /// The record's `accountId` is a silo tenant's (`[[tenancy.accounts]]`). Not listed in
+    /// `order`: it always decides first.
+    #[serde(skip)]
+    Account,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -104,6 +114,9 @@ pub struct TenancyConfig {
     /// The profile registry.
     #[serde(default)]
     pub profiles: Vec<ProfileEntry>,
+    /// Silo tenants' AWS accounts: account id → tenant.
+    #[serde(default)]
+    pub accounts: Vec<AccountEntry>,
 }
 
 impl TenancyConfig {
@@ -122,6 +135,7 @@ impl Default for TenancyConfig {
             metadata_key: Self::default_metadata_key(),
             identity_pattern: None,
             profiles: Vec::new(),
+            accounts: Vec::new(),
         }
     }
 }
@@ -146,6 +160,16 @@ pub struct ProfileEntry {
     pub tier: Option<String>,
 }
 
+/// A silo tenant's AWS account (the seeds' silo and bridge models: an enterprise tenant in its
+/// own linked account). Its records and its CUR lines are that tenant's.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountEntry {
+    /// The 12-digit AWS account id (`accountId` in logs, `line_item_usage_account_id` in CUR).
+    pub account: String,
+    pub tenant: String,
+}
+
 /// The configured rules, ready to apply.
 #[derive(Debug, Clone)]
 pub struct Resolver {
@@ -153,6 +177,7 @@ pub struct Resolver {
     metadata_key: String,
     identity: Option<Regex>,
     profiles: HashMap<String, ProfileInfo>,
+    accounts: HashMap<String, TenantId>,
 }
 
 impl Resolver {
@@ -172,7 +197,30 @@ impl Resolver {
             metadata_key: cfg.metadata_key.clone(),
             identity: cfg.identity_pattern.as_deref().map(|p| Regex::new(p).expect("validated with the config")),
             profiles,
+            accounts: cfg
+                .accounts
+                .iter()
+                .filter_map(|a| Some((a.account.trim().to_string(), TenantId::new(&a.tenant)?)))
+                .collect(),
         }
+    }
+
+    /// The silo tenant that owns AWS account `account`, if any.
+    pub fn account_owner(&self, account: &str) -> Option<&TenantId> {
+        if self.accounts.is_empty() {
+            return None;
+        }
+        self.accounts.get(account.trim())
+    }
+
+    /// The tenant an IAM principal ARN names through the identity rule, when that rule is
+    /// configured (CUR 2.0's `line_item_iam_principal` is the caller's ARN, as `identity.arn` is
+    /// in the logs).
+    pub fn principal_tenant(&self, principal: &str) -> Option<TenantId> {
+        if !self.order.contains(&Rule::Identity) {
+            return None;
+        }
+        TenantId::new(self.identity.as_ref()?.captures(principal)?.name("tenant")?.as_str())
     }
 
     /// The registry entry for a `modelId`: by the exact string, then by the id after the last
@@ -212,11 +260,15 @@ impl Resolver {
                     TenantId::new(pattern.captures(arn)?.name("tenant")?.as_str())
                 })
             }
+            Rule::Account => self.account_owner(rec.account_id.as_deref()?).cloned(),
         }
     }
 
     /// The tenant of `rec`; `names` is the calling thread's cache (see [`Names`]).
     pub fn resolve(&self, rec: &LogRecord<'_>, profile: Option<&ProfileInfo>, names: &mut Names) -> Resolution {
+        if let Some(tenant) = self.by_rule(Rule::Account, rec, profile, names) {
+            return Resolution { tenant, rule: Some(Rule::Account), conflict: false };
+        }
         let mut found: Option<(Rule, TenantId)> = None;
         let mut conflict = false;
         for &rule in &self.order {
@@ -251,6 +303,7 @@ mod tests {
                 },
                 ProfileEntry { profile: "pool1".into(), tenant: None, shared: true, model: None, tier: None },
             ],
+            accounts: vec![AccountEntry { account: "444455556666".into(), tenant: "hooli".into() }],
             ..TenancyConfig::default()
         })
     }
@@ -281,5 +334,38 @@ mod tests {
         check(Some(r#"{"tenant_id":"globex"}"#), aip, Some(role), "globex", true);
         check(None, "arn:aws:bedrock:us-east-1:1:application-inference-profile/pool1", None, "_unattributed", false);
         check(Some(r#"{"team":"x"}"#), "m.x", Some("arn:aws:iam::1:user/bob"), "_unattributed", false);
+    }
+
+    #[test]
+    fn a_silo_account_decides_before_every_rule() {
+        let r = resolver();
+        let rec = LogRecord {
+            model_id: "amazon.nova-lite-v1:0".into(),
+            account_id: Some("444455556666".into()),
+            identity_arn: Some("arn:aws:sts::444455556666:assumed-role/tenant-initech/s1".into()),
+            request_metadata: Some(br#"{"tenant_id":"acme"}"#),
+            ..LogRecord::default()
+        };
+        let got = r.resolve(&rec, None, &mut Names::default());
+        assert_eq!((got.tenant.as_str(), got.rule, got.conflict), ("hooli", Some(Rule::Account), false));
+        let other = LogRecord { account_id: Some("111122223333".into()), ..rec };
+        let got = r.resolve(&other, None, &mut Names::default());
+        assert_eq!((got.tenant.as_str(), got.rule), ("acme", Some(Rule::RequestMetadata)));
+        assert_eq!(r.account_owner("444455556666").map(TenantId::as_str), Some("hooli"));
+        assert_eq!(r.account_owner("111122223333"), None);
+    }
+
+    #[test]
+    fn a_principal_names_its_tenant_through_the_identity_rule() {
+        let r = resolver();
+        let arn = "arn:aws:sts::111122223333:assumed-role/tenant-initech/session-7";
+        assert_eq!(r.principal_tenant(arn).as_ref().map(TenantId::as_str), Some("initech"));
+        assert_eq!(r.principal_tenant("arn:aws:sts::111122223333:assumed-role/app/s"), None);
+        let without = Resolver::new(&TenancyConfig {
+            order: vec![Rule::RequestMetadata],
+            identity_pattern: Some("assumed-role/tenant-(?P<tenant>[a-z0-9-]+)/".into()),
+            ..TenancyConfig::default()
+        });
+        assert_eq!(without.principal_tenant(arn), None, "the identity rule is not in `order`");
     }
 }

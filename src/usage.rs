@@ -17,7 +17,7 @@ use crate::ids::{self, DedupKey, EpochSeconds, Target, TenantId};
 use crate::pricing::{Catalog, TokenPrices, Tokens};
 use crate::quarantine::Reason;
 use crate::record::{LogRecord, Reject};
-use crate::tenant::{Names, ProfileInfo, Resolver};
+use crate::tenant::{Names, ProfileInfo, Resolver, Rule};
 
 /// A cost resource: the `modelId` exactly as logged.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -97,6 +97,50 @@ pub struct CounterKey {
     /// Start of the UTC hour, seconds since the epoch.
     pub hour: EpochSeconds,
     pub resource: Resource,
+    /// How the tenant was decided, as far as the bill cares. Kept on hourly counters only;
+    /// roll-ups and meters sum over it.
+    pub via: Via,
+}
+
+/// How a record's tenant was decided, as far as reconcile cares (SPEC §3): usage a silo
+/// account or the identity rule decided is paid by that account's or that principal's own CUR
+/// lines, so it is left out of the splits of pooled lines, and nobody pays twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Via {
+    /// Request metadata, the profile registry, or no rule (`_unattributed`).
+    #[default]
+    Pool,
+    /// The identity rule, on `identity.arn` (the IAM principal).
+    Identity,
+    /// A silo tenant's own account (`[[tenancy.accounts]]`).
+    Account,
+}
+
+impl Via {
+    pub const ALL: [Via; 3] = [Via::Pool, Via::Identity, Via::Account];
+
+    /// The name stored in counters and written to the `usage` table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::Pool => "pool",
+            Via::Identity => "identity",
+            Via::Account => "account",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Via> {
+        Via::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// What a tenant-resolution rule means for the bill.
+    pub fn of_rule(rule: Option<Rule>) -> Via {
+        match rule {
+            Some(Rule::Identity) => Via::Identity,
+            Some(Rule::Account) => Via::Account,
+            Some(Rule::RequestMetadata | Rule::Profile) | None => Via::Pool,
+        }
+    }
 }
 
 /// A roll-up bucket.
@@ -241,6 +285,7 @@ impl<'c> Metering<'c> {
         }
         let info = self.resource(&rec.model_id);
         let resolution = self.resolver.resolve(rec, info.profile.as_ref(), &mut self.names);
+        let via = Via::of_rule(resolution.rule);
         let tenant = resolution.tenant;
         let tokens = Tokens {
             input: rec.input_tokens.unwrap_or(0),
@@ -252,7 +297,7 @@ impl<'c> Metering<'c> {
         let est_cost = info.prices.as_ref().map(|p| p.cost(&tokens)).unwrap_or_default();
         Ok(Measured {
             dedup: DedupKey::from_request_id(&rec.request_id),
-            key: CounterKey { tenant, hour: ids::hour_of(ts), resource: info.resource.clone() },
+            key: CounterKey { tenant, hour: ids::hour_of(ts), resource: info.resource.clone(), via },
             usage: Usage {
                 input: tokens.input,
                 output: tokens.output,

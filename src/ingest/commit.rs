@@ -210,7 +210,7 @@ mod tests {
     use crate::source::Origin;
     use crate::source::Piece;
     use crate::store::sqlite::SqliteStore;
-    use crate::usage::{CounterKey, Entry, Resource, Usage};
+    use crate::usage::{CounterKey, Entry, Resource, Usage, Via};
     use std::collections::HashMap;
 
     /// One record of `acme` on 2025-11-03 10:00 UTC, moving `file://f` from `expected` to
@@ -222,6 +222,7 @@ mod tests {
                 tenant: TenantId::new("acme").unwrap(),
                 hour: 1_762_164_000,
                 resource: Resource::new("m"),
+                via: Via::Pool,
             },
             usage: Usage { input: 3, requests: 1, ..Usage::default() },
         };

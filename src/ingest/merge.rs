@@ -178,7 +178,7 @@ mod tests {
     use crate::config::Config;
     use crate::ids::{DedupKey, TenantId};
     use crate::source::Origin;
-    use crate::usage::{aggregate, CounterKey, Entry, Resource, Usage};
+    use crate::usage::{aggregate, CounterKey, Entry, Resource, Usage, Via};
 
     const HOUR: EpochSeconds = 1_762_164_000; // 2025-11-03 10:00 UTC
 
@@ -201,7 +201,12 @@ mod tests {
         for (i, (id, hour, input)) in records.iter().enumerate() {
             p.entries.push(Entry {
                 dedup: DedupKey::from_request_id(id),
-                key: CounterKey { tenant: TenantId::new("acme").unwrap(), hour: *hour, resource: Resource::new("m") },
+                key: CounterKey {
+                    tenant: TenantId::new("acme").unwrap(),
+                    hour: *hour,
+                    resource: Resource::new("m"),
+                    via: Via::Pool,
+                },
                 usage: Usage { input: *input, requests: 1, ..Usage::default() },
             });
             p.origins.push(Origin { line: i as u64 + 1, offset: 0 });

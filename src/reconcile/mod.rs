@@ -585,6 +585,7 @@ pub fn usage_table(hours: &[(CounterKey, Usage)]) -> Result<RecordBatch, ArrowEr
         ("hour", Col::Time(rows.iter().map(|(k, _)| k.hour).collect())),
         ("day", text(rows.iter().map(|(k, _)| day_label(&mut labels, k.hour)))),
         ("resource", text(rows.iter().map(|(k, _)| k.resource.as_str()))),
+        ("via", text(rows.iter().map(|(k, _)| k.via.as_str()))),
         ("input", int(|u| u.input)),
         ("output", int(|u| u.output)),
         ("cache_read", int(|u| u.cache_read)),

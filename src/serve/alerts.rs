@@ -326,7 +326,7 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
-    use crate::usage::Resource;
+    use crate::usage::{Resource, Via};
 
     fn plans(extra: &str) -> Plans {
         let text = format!(
@@ -339,8 +339,12 @@ mod tests {
     const NOW: EpochSeconds = 1_763_200_000; // 2025-11-15T09:46:40Z
 
     fn hour(tenant: &str, h: EpochSeconds, input: u64, requests: u64) -> (CounterKey, Usage) {
-        let key =
-            CounterKey { tenant: TenantId::new(tenant).unwrap(), hour: ids::hour_of(h), resource: Resource::new("m") };
+        let key = CounterKey {
+            tenant: TenantId::new(tenant).unwrap(),
+            hour: ids::hour_of(h),
+            resource: Resource::new("m"),
+            via: Via::Pool,
+        };
         (key, Usage { input, requests, ..Default::default() })
     }
 

@@ -4,7 +4,7 @@
 //!
 //! | table | key | holds |
 //! |---|---|---|
-//! | `counters_hour` | tenant, hour (epoch s, UTC), resource | input, output, cache_read, cache_write, requests, errors, no_usage, est_cost (decimal text) |
+//! | `counters_hour` | tenant, hour (epoch s, UTC), resource, via (`pool`, `identity`, `account`: how the tenant was decided) | input, output, cache_read, cache_write, requests, errors, no_usage, est_cost (decimal text) |
 //! | `counters_day` | tenant, day `YYYY-MM-DD`, resource | the same sums |
 //! | `counters_month` | tenant, month `YYYY-MM`, resource | the same sums ("tenant X this month" is one range read) |
 //! | `seen_runs` | hour (hours since the epoch) | the dedup index: sorted runs of 16-byte request-id keys |
@@ -50,10 +50,11 @@ use rust_decimal::Decimal;
 
 use super::{month_range, Applied, Batch, CounterStore, IngestTotals, PeriodUsage, StoreError};
 use crate::ids::{DedupKey, EpochSeconds, TenantId};
-use crate::usage::{rollup_days_and_months, CounterKey, Entry, Resource, Sums, Usage};
+use crate::usage::{rollup_days_and_months, CounterKey, Entry, Resource, Sums, Usage, Via};
 
 /// 3: the dedup index is `seen_runs` (one row per key in `seen` before; [`migrate_seen`]).
-const SCHEMA_VERSION: &str = "3";
+/// 4: hourly counters are keyed by `via` too ([`migrate_via`]).
+const SCHEMA_VERSION: &str = "4";
 
 /// The tables that are not counters.
 const SCHEMA: &str = "
@@ -72,14 +73,25 @@ DROP INDEX IF EXISTS counters_hour_by_hour;
 const COUNTER_TABLES: [(&str, &str, &str); 3] =
     [("counters_hour", "hour", "INTEGER"), ("counters_day", "day", "TEXT"), ("counters_month", "month", "TEXT")];
 
+/// The key columns of a counter table: the hourly one also keeps `via`.
+fn key_columns(bucket: &str) -> String {
+    if bucket == "hour" {
+        "tenant, hour, resource, via".to_string()
+    } else {
+        format!("tenant, {bucket}, resource")
+    }
+}
+
 fn counter_table_sql(table: &str, bucket: &str, ty: &str) -> String {
+    let via = if bucket == "hour" { "via TEXT NOT NULL DEFAULT 'pool'," } else { "" };
+    let key = key_columns(bucket);
     format!(
         "CREATE TABLE IF NOT EXISTS {table} (
-            tenant TEXT NOT NULL, {bucket} {ty} NOT NULL, resource TEXT NOT NULL,
+            tenant TEXT NOT NULL, {bucket} {ty} NOT NULL, resource TEXT NOT NULL, {via}
             input INTEGER NOT NULL, output INTEGER NOT NULL, cache_read INTEGER NOT NULL,
             cache_write INTEGER NOT NULL, requests INTEGER NOT NULL, errors INTEGER NOT NULL,
             no_usage INTEGER NOT NULL, est_cost TEXT NOT NULL,
-            PRIMARY KEY (tenant, {bucket}, resource)) WITHOUT ROWID;"
+            PRIMARY KEY ({key})) WITHOUT ROWID;"
     )
 }
 
@@ -246,8 +258,34 @@ fn migrate_seen(conn: &Connection) -> Result<(), StoreError> {
         tx.execute_batch("DROP TABLE seen").map_err(backend)?;
     }
     if version.as_deref() == Some("2") {
-        tx.execute("UPDATE meta SET value = ?1 WHERE key = 'schema_version'", [SCHEMA_VERSION]).map_err(backend)?;
+        tx.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'", []).map_err(backend)?;
     }
+    tx.commit().map_err(backend)
+}
+
+/// Schema 3 → 4: `counters_hour` gains `via` in its key; every hour counted before is `pool`
+/// (before schema 4 no tenant was decided by a silo account, and usage decided by the identity
+/// rule was split like any other). In one transaction, so a store is either migrated or left
+/// as it was.
+fn migrate_via(conn: &Connection) -> Result<(), StoreError> {
+    // The columns of schema 3, named so that later columns (with defaults) do not break this.
+    const V3: &str =
+        "tenant, hour, resource, input, output, cache_read, cache_write, requests, errors, no_usage, est_cost";
+    let tx = Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate).map_err(backend)?;
+    let has_via: bool = tx
+        .query_row("SELECT count(*) > 0 FROM pragma_table_info('counters_hour') WHERE name = 'via'", [], |r| r.get(0))
+        .map_err(backend)?;
+    if !has_via {
+        tx.execute_batch(&format!(
+            "ALTER TABLE counters_hour RENAME TO counters_hour_v3;
+             {create}
+             INSERT INTO counters_hour ({V3}, via) SELECT {V3}, 'pool' FROM counters_hour_v3;
+             DROP TABLE counters_hour_v3;",
+            create = counter_table_sql("counters_hour", "hour", "INTEGER"),
+        ))
+        .map_err(backend)?;
+    }
+    tx.execute("UPDATE meta SET value = ?1 WHERE key = 'schema_version'", [SCHEMA_VERSION]).map_err(backend)?;
     tx.commit().map_err(backend)
 }
 
@@ -365,7 +403,11 @@ impl SqliteStore {
                     .map_err(backend)?;
             }
             Some(SCHEMA_VERSION) => {}
-            Some("2") => migrate_seen(&conn)?,
+            Some("2") => {
+                migrate_seen(&conn)?;
+                migrate_via(&conn)?;
+            }
+            Some("3") => migrate_via(&conn)?,
             Some(other) => {
                 return Err(StoreError::Unavailable(format!(
                     "store schema version {other} is not {SCHEMA_VERSION}; this tally cannot read it"
@@ -384,11 +426,12 @@ impl SqliteStore {
     /// An upsert of `rows` keys into one counter table: one statement's set-up and reset is
     /// shared by [`UPSERT_ROWS`] keys.
     fn upsert_sql(table: &str, bucket: &str, rows: usize) -> String {
-        let row = format!("({})", ["?"; 11].join(", "));
+        let key = key_columns(bucket);
+        let row = format!("({})", vec!["?"; key.split(',').count() + 8].join(", "));
         let values = vec![row.as_str(); rows].join(", ");
         format!(
-            "INSERT INTO {table} (tenant, {bucket}, resource, {COLUMNS}) VALUES {values}
-             ON CONFLICT (tenant, {bucket}, resource) DO UPDATE SET
+            "INSERT INTO {table} ({key}, {COLUMNS}) VALUES {values}
+             ON CONFLICT ({key}) DO UPDATE SET
                input = int_add(input, excluded.input), output = int_add(output, excluded.output),
                cache_read = int_add(cache_read, excluded.cache_read), cache_write = int_add(cache_write, excluded.cache_write),
                requests = int_add(requests, excluded.requests), errors = int_add(errors, excluded.errors),
@@ -396,12 +439,13 @@ impl SqliteStore {
         )
     }
 
-    /// Adds each key's usage to `table`: (tenant, bucket, resource, usage), keys distinct.
+    /// Adds each key's usage to `table`: (tenant, bucket, resource, via, usage), keys distinct;
+    /// `via` is bound only for the hourly table, whose key has it.
     fn upsert_all<B: rusqlite::ToSql>(
         tx: &Connection,
         table: &str,
         bucket: &str,
-        rows: &[(&str, B, &str, &Usage)],
+        rows: &[(&str, B, &str, Option<&str>, &Usage)],
     ) -> Result<(), StoreError> {
         let bind = |st: &mut rusqlite::CachedStatement<'_>, at: usize, v: &dyn rusqlite::ToSql| {
             st.raw_bind_parameter(at, v).map_err(backend)
@@ -414,10 +458,14 @@ impl SqliteStore {
             let mut st = tx.prepare_cached(&Self::upsert_sql(table, bucket, n)).map_err(backend)?;
             for statement_rows in chunk.chunks(n) {
                 let mut at = 1;
-                for (tenant, b, resource, u) in statement_rows {
+                for (tenant, b, resource, via, u) in statement_rows {
                     bind(&mut st, at, tenant)?;
                     bind(&mut st, at + 1, b)?;
                     bind(&mut st, at + 2, resource)?;
+                    if let Some(via) = via {
+                        bind(&mut st, at + 3, via)?;
+                        at += 1;
+                    }
                     let counts = [u.input, u.output, u.cache_read, u.cache_write, u.requests, u.errors, u.no_usage];
                     for (i, c) in counts.into_iter().enumerate() {
                         let c = i64::try_from(c)
@@ -497,12 +545,16 @@ impl SqliteStore {
         let mut hours: Vec<(&CounterKey, &Usage)> = sums.iter().collect();
         // In key order, so the writes walk the tables' B-trees front to back.
         hours.sort_unstable_by_key(|&(k, _)| k);
-        let rows: Vec<_> = hours.iter().map(|(k, u)| (k.tenant.as_str(), k.hour, k.resource.as_str(), *u)).collect();
+        let rows: Vec<_> = hours
+            .iter()
+            .map(|(k, u)| (k.tenant.as_str(), k.hour, k.resource.as_str(), Some(k.via.as_str()), *u))
+            .collect();
         Self::upsert_all(tx, "counters_hour", "hour", &rows)?;
         let hours_done = started.elapsed();
         let [days, months] = rollup_days_and_months(hours.iter().copied());
         for (table, bucket, rolled) in [("counters_day", "day", days), ("counters_month", "month", months)] {
-            let rows: Vec<_> = rolled.iter().map(|((t, b, r), u)| (t.as_str(), b.as_str(), r.as_str(), u)).collect();
+            let rows: Vec<_> =
+                rolled.iter().map(|((t, b, r), u)| (t.as_str(), b.as_str(), r.as_str(), None, u)).collect();
             Self::upsert_all(tx, table, bucket, &rows)?;
         }
         if let Some(max) = hours.iter().map(|(k, _)| k.hour).max() {
@@ -540,6 +592,12 @@ impl SqliteStore {
     fn tenant_of(s: String) -> rusqlite::Result<TenantId> {
         TenantId::new(&s).ok_or_else(|| {
             rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, "empty tenant id".into())
+        })
+    }
+
+    fn via_of(s: String) -> rusqlite::Result<Via> {
+        Via::parse(&s).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, format!("via {s:?}").into())
         })
     }
 }
@@ -669,7 +727,7 @@ impl CounterStore for SqliteStore {
                 // Each of the month's tenants (from the small month table) as one range of the
                 // primary key (tenant, hour, resource): no per-row lookups through the hour
                 // index, which took most of the time on a big month.
-                "SELECT h.tenant, h.hour, h.resource, {COLUMNS}
+                "SELECT h.tenant, h.hour, h.resource, h.via, {COLUMNS}
                  FROM (SELECT DISTINCT tenant FROM counters_month WHERE month = ?3) m
                  CROSS JOIN counters_hour h ON h.tenant = m.tenant AND h.hour >= ?1 AND h.hour < ?2"
             ))
@@ -680,8 +738,9 @@ impl CounterStore for SqliteStore {
                     tenant: Self::tenant_of(r.get(0)?)?,
                     hour: r.get(1)?,
                     resource: Resource::new(&r.get::<_, String>(2)?),
+                    via: Self::via_of(r.get(3)?)?,
                 };
-                Ok((key, Self::usage_row(r, 3)?))
+                Ok((key, Self::usage_row(r, 4)?))
             })
             .map_err(backend)?;
         // In key order already (tenant by tenant, each in primary-key order); sorted to be sure.

@@ -11,7 +11,7 @@ use tally::ids::{day_of, month_of, DedupKey, EpochSeconds, TenantId};
 use tally::store::sqlite::SqliteStore;
 use tally::store::{Applied, CounterStore};
 use tally::usage::Entry;
-use tally::usage::{aggregate, rollup, CounterKey, Granularity, Resource, Usage};
+use tally::usage::{aggregate, rollup, CounterKey, Granularity, Resource, Usage, Via};
 
 use common::conformance::{apply_ok, batch, counters, cp, hour, hours_map};
 
@@ -45,13 +45,18 @@ fn usage() -> impl Strategy<Value = Usage> {
 /// A counter key from a small domain (so keys collide) whose hours span a month boundary:
 /// 2025-11-28T00:00Z plus up to five days.
 fn counter_key() -> impl Strategy<Value = CounterKey> {
-    (prop::sample::select(TENANTS.to_vec()), 0i64..120, prop::sample::select(RESOURCES.to_vec())).prop_map(
-        |(t, h, r)| CounterKey {
+    (
+        prop::sample::select(TENANTS.to_vec()),
+        0i64..120,
+        prop::sample::select(RESOURCES.to_vec()),
+        prop::sample::select(Via::ALL.to_vec()),
+    )
+        .prop_map(|(t, h, r, via)| CounterKey {
             tenant: TenantId::new(t).unwrap(),
             hour: hour("2025-11-28T00:00:00Z") + h * 3600,
             resource: Resource::new(r),
-        },
-    )
+            via,
+        })
 }
 
 fn items(max: usize) -> impl Strategy<Value = Vec<(CounterKey, Usage)>> {
@@ -89,6 +94,7 @@ impl Rec {
                 tenant: TenantId::new(self.tenant).unwrap(),
                 hour: self.hour,
                 resource: Resource::new(self.resource),
+                via: Via::Pool,
             },
             usage: self.usage,
         }

@@ -10,6 +10,7 @@ use common::conformance::{self as c, apply_ok, batch, cp, entry, snapshot};
 use tally::quarantine::Reason;
 use tally::store::sqlite::SqliteStore;
 use tally::store::{Applied, CounterStore};
+use tally::usage::Via;
 
 fn in_memory() -> Box<dyn CounterStore> {
     Box::new(SqliteStore::in_memory().expect("in-memory store"))
@@ -180,10 +181,51 @@ fn a_schema_2_store_is_migrated_with_its_dedup_index() {
     let db = rusqlite::Connection::open(&path).unwrap();
     let version: String =
         db.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).unwrap();
-    assert_eq!(version, "3");
+    assert_eq!(version, "4");
     let old_table: i64 =
         db.query_row("SELECT count(*) FROM sqlite_master WHERE name = 'seen'", [], |r| r.get(0)).unwrap();
     assert_eq!(old_table, 0, "the old table is dropped once converted");
+}
+
+#[test]
+fn a_schema_3_store_keeps_its_hours_as_pool_and_then_counts_by_via() {
+    // Schema 3's hourly counters had no `via`: opening one rebuilds the table, every hour
+    // counted before is `pool`, and new usage decided by a silo account is a key of its own.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tally.db");
+    {
+        let mut s = SqliteStore::open(&path, false).unwrap();
+        apply_ok(&mut s, &batch(vec![entry("acme", "2025-11-03T10:20:00Z", "m", "r1", 5, 2, "0.01")], vec![]));
+    }
+    {
+        let db = rusqlite::Connection::open(&path).unwrap();
+        db.execute_batch(
+            "CREATE TABLE v3 (
+                tenant TEXT NOT NULL, hour INTEGER NOT NULL, resource TEXT NOT NULL,
+                input INTEGER NOT NULL, output INTEGER NOT NULL, cache_read INTEGER NOT NULL,
+                cache_write INTEGER NOT NULL, requests INTEGER NOT NULL, errors INTEGER NOT NULL,
+                no_usage INTEGER NOT NULL, est_cost TEXT NOT NULL,
+                PRIMARY KEY (tenant, hour, resource)) WITHOUT ROWID;
+             INSERT INTO v3 SELECT tenant, hour, resource, input, output, cache_read, cache_write, requests,
+                errors, no_usage, est_cost FROM counters_hour;
+             DROP TABLE counters_hour;
+             ALTER TABLE v3 RENAME TO counters_hour;
+             UPDATE meta SET value = '3' WHERE key = 'schema_version';",
+        )
+        .unwrap();
+    }
+    let mut s = SqliteStore::open(&path, false).unwrap();
+    let mut silo = entry("acme", "2025-11-03T10:30:00Z", "m", "r2", 7, 1, "0.02");
+    silo.key.via = Via::Account;
+    apply_ok(&mut s, &batch(vec![silo], vec![]));
+    let hours = s.hours("2025-11").unwrap();
+    let got: Vec<(Via, u64)> = hours.iter().map(|(k, u)| (k.via, u.input)).collect();
+    assert_eq!(got, [(Via::Pool, 5), (Via::Account, 7)], "one hour, one resource, two keys");
+    assert_eq!(s.period_usage(&c::tenant("acme"), "2025-11").unwrap().total.input, 12, "meters sum over via");
+    let db = rusqlite::Connection::open(&path).unwrap();
+    let version: String =
+        db.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).unwrap();
+    assert_eq!(version, "4");
 }
 
 #[test]

@@ -19,7 +19,7 @@
 //! |---|---|---|
 //! | `C#<YYYY-MM>#<s>#<tenant>` | `M#<resource>` | the tenant's month on one resource |
 //! | same | `D#<YYYY-MM-DD>#<resource>` | one day on one resource |
-//! | same | `T#<YYYY-MM-DDTHH>#<resource>` | one UTC hour on one resource (the finest counter) |
+//! | same | `T#<YYYY-MM-DDTHH>#<resource>[#<via>]` | one UTC hour on one resource (the finest counter); `#identity` or `#account` when a silo account or the identity rule decided the tenant (attribute `via`) |
 //! | `DIR#<YYYY-MM>#<d>` | `<s>#<tenant>` | the tenant's month total; the tenant directory (`d` = hash(tenant) mod 16) |
 //! | `S#<YYYY-MM-DDTHH>#<b>` | `S` | dedup bucket `b` (of 64) of an hour: sorted 16-byte request keys, version `v`, TTL |
 //! | `CP` | `<source>` | a source's `position`, and `pending` while a split batch holds it |
@@ -123,7 +123,7 @@ use write::{Action, Requests, Role};
 use super::{month_range, Applied, Batch, CounterStore, IngestTotals, PeriodUsage, StoreError, WriteStats};
 use crate::aws::AwsSettings;
 use crate::ids::{EpochSeconds, TenantId};
-use crate::usage::{CounterKey, Resource, Usage};
+use crate::usage::{CounterKey, Resource, Usage, Via};
 
 /// Whole-batch attempts after a dedup bucket changed between read and write.
 const CONFLICT_ATTEMPTS: u32 = 12;
@@ -348,6 +348,11 @@ impl CounterStore for DynamoStore {
                         tenant: tenant.clone(),
                         hour,
                         resource: Resource::new(get_s(&item, "resource").unwrap_or_default()),
+                        via: match get_s(&item, "via") {
+                            None => Via::Pool,
+                            Some(v) => Via::parse(v)
+                                .ok_or_else(|| StoreError::Invalid(format!("hourly counter with via {v:?}")))?,
+                        },
                     };
                     *by.entry(key).or_default() += &u;
                 }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::schema::{bucket_pk, counter_pk, day_sk, dir_pk, dir_sk, hour_sk, keys_to_hex, month_sk, nums_of};
 use crate::ids::{month_of, EpochSeconds, TenantId};
 use crate::store::{Applied, Batch, CheckpointUpdate};
-use crate::usage::{rollup, Granularity, Usage};
+use crate::usage::{rollup, Granularity, Usage, Via};
 
 /// Actions per transaction DynamoDB allows.
 const TXN_MAX_ACTIONS: usize = 100;
@@ -36,6 +36,9 @@ pub(super) struct CounterOp {
     pub resource: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hour: Option<i64>,
+    /// An hourly counter's `via` when it is not `pool` (absent on older intents: `pool`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard: Option<u32>,
     pub nums: [u64; 7],
@@ -51,6 +54,7 @@ impl CounterOp {
             tenant: tenant.as_str().to_string(),
             resource: None,
             hour: None,
+            via: None,
             shard: None,
             nums: nums_of(u),
             cost: u.est_cost,
@@ -268,7 +272,13 @@ pub(super) fn plan(batch: &Batch, shard: u32, index: &BucketIndex, stored: &Stor
         ops.push(CounterOp {
             resource: Some(k.resource.as_str().to_string()),
             hour: Some(k.hour),
-            ..CounterOp::new(counter_pk(&month, shard, k.tenant.as_str()), hour_sk(k.hour, &k.resource), &k.tenant, u)
+            via: (k.via != Via::Pool).then(|| k.via.as_str().to_string()),
+            ..CounterOp::new(
+                counter_pk(&month, shard, k.tenant.as_str()),
+                hour_sk(k.hour, &k.resource, k.via),
+                &k.tenant,
+                u,
+            )
         });
     }
     let mut tenant_months: BTreeMap<(TenantId, String), Usage> = BTreeMap::new();
@@ -353,7 +363,7 @@ mod tests {
     use super::*;
     use crate::ids::DedupKey;
     use crate::quarantine::Reason;
-    use crate::usage::{add_to, CounterKey, Entry, Resource, Sums};
+    use crate::usage::{add_to, CounterKey, Entry, Resource, Sums, Via};
 
     /// 2025-03-31T22:00:00Z: two hours before April.
     const MAR31_22: EpochSeconds = 1_743_458_400;
@@ -367,7 +377,12 @@ mod tests {
     fn entry(tenant: &str, hour: EpochSeconds, resource: &str, dedup: u128, input: u64) -> Entry {
         Entry {
             dedup: DedupKey::from_u128(dedup),
-            key: CounterKey { tenant: TenantId::new(tenant).unwrap(), hour, resource: Resource::new(resource) },
+            key: CounterKey {
+                tenant: TenantId::new(tenant).unwrap(),
+                hour,
+                resource: Resource::new(resource),
+                via: Via::Pool,
+            },
             usage: Usage { input, requests: 1, est_cost: Decimal::new(input as i64, 6), ..Usage::default() },
         }
     }

@@ -12,7 +12,7 @@ use rust_decimal::Decimal;
 
 use crate::ids::{hour_label, EpochSeconds, TenantId};
 use crate::store::StoreError;
-use crate::usage::{Resource, Usage};
+use crate::usage::{Resource, Usage, Via};
 
 pub(super) type Item = HashMap<String, AttributeValue>;
 
@@ -34,9 +34,14 @@ pub(super) fn counter_pk(month: &str, shard: u32, tenant: &str) -> String {
     format!("C#{month}#{shard}#{tenant}")
 }
 
-/// The sort key of an hourly counter: `T#<YYYY-MM-DDTHH>#<resource>`.
-pub(super) fn hour_sk(hour: EpochSeconds, resource: &Resource) -> String {
-    format!("T#{}#{resource}", &hour_label(hour)[..13])
+/// The sort key of an hourly counter: `T#<YYYY-MM-DDTHH>#<resource>`, with `#<via>` after it
+/// when the tenant was decided by a silo account or the identity rule (`pool` has no suffix,
+/// so the items written before `via` existed are `pool`'s).
+pub(super) fn hour_sk(hour: EpochSeconds, resource: &Resource, via: Via) -> String {
+    match via {
+        Via::Pool => format!("T#{}#{resource}", &hour_label(hour)[..13]),
+        _ => format!("T#{}#{resource}#{}", &hour_label(hour)[..13], via.as_str()),
+    }
 }
 
 /// The sort key of a daily counter: `D#<YYYY-MM-DD>#<resource>`.

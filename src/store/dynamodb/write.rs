@@ -106,6 +106,9 @@ impl Requests {
         if let Some(h) = op.hour {
             sets.push(format!("{} = {}", e.name("hour"), e.value(n(h))));
         }
+        if let Some(v) = &op.via {
+            sets.push(format!("{} = {}", e.name("via"), e.value(s(v))));
+        }
         if let Some(sh) = op.shard {
             sets.push(format!("{} = {}", e.name("shard"), e.value(n(sh))));
         }

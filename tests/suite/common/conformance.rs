@@ -13,7 +13,7 @@ use tally::ids::{day_of, hour_of, month_of, parse_timestamp, DedupKey, EpochSeco
 use tally::quarantine::Reason;
 use tally::store::{Applied, Batch, CheckpointUpdate, CounterStore, IngestTotals, PeriodUsage, StoreError};
 use tally::usage::Entry;
-use tally::usage::{CounterKey, Resource, Usage};
+use tally::usage::{CounterKey, Resource, Usage, Via};
 
 /// Returns a fresh, empty store on every call.
 pub type Factory<'a> = &'a dyn Fn() -> Box<dyn CounterStore>;
@@ -40,7 +40,12 @@ pub fn hour(rfc3339: &str) -> EpochSeconds {
 }
 
 pub fn key(tenant_id: &str, hour_rfc3339: &str, resource: &str) -> CounterKey {
-    CounterKey { tenant: tenant(tenant_id), hour: hour(hour_rfc3339), resource: Resource::new(resource) }
+    CounterKey {
+        tenant: tenant(tenant_id),
+        hour: hour(hour_rfc3339),
+        resource: Resource::new(resource),
+        via: Via::Pool,
+    }
 }
 
 /// One request's usage: `requests = 1`, the given tokens and cost, nothing else.
@@ -206,11 +211,30 @@ pub fn run_all(factory: Factory) {
         ("reads_are_isolated_by_tenant", reads_are_isolated_by_tenant),
         ("month_and_day_boundaries_are_utc", month_and_day_boundaries_are_utc),
         ("an_empty_batch_moves_only_the_checkpoint", an_empty_batch_moves_only_the_checkpoint),
+        ("via_keeps_hours_apart_and_meters_sum_over_it", via_keeps_hours_apart_and_meters_sum_over_it),
     ];
     for (name, check) in checks {
         eprintln!("conformance: {name}");
         check(factory);
     }
+}
+
+/// One tenant, hour and resource decided three ways (`via`) is three hourly counters, each
+/// read back with its own sums; the roll-ups and meters sum over them.
+pub fn via_keeps_hours_apart_and_meters_sum_over_it(factory: Factory) {
+    let mut s = factory();
+    let mut entries = Vec::new();
+    for (n, via) in Via::ALL.into_iter().enumerate() {
+        let mut e = entry("acme", "2025-11-03T10:00:00Z", "m", &format!("via-{n}"), 10 + n as u64, 1, "0.5");
+        e.key.via = via;
+        entries.push(e);
+    }
+    apply_ok(&mut *s, &batch(entries, vec![]));
+    let hours = hours_map(&*s, "2025-11");
+    let got: Vec<(Via, u64)> = hours.iter().map(|(k, u)| (k.via, u.input)).collect();
+    assert_eq!(got, [(Via::Pool, 10), (Via::Identity, 11), (Via::Account, 12)]);
+    assert_rollups_match_hours(&*s, "2025-11");
+    assert_eq!(s.period_usage(&tenant("acme"), "2025-11").unwrap().total.input, 33);
 }
 
 /// A new store has no counters, checkpoints, totals or `max_hour`.
