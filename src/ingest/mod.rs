@@ -55,30 +55,35 @@ pub use inputs::Inputs;
 pub use report::{last_run_path, IngestError, LastRun, RunReport};
 pub use settings::{IngestConfig, Pipeline, Settings};
 
+/// What an ingest run counts into and with: the store, the pure pipeline and the settings,
+/// the dead-letter file, the stop flag and where progress goes. [`run_once`], [`run_pass`] and
+/// [`follow`] take it; what they read (paths or [`Inputs`]) is their own argument.
+pub struct Run<'a> {
+    /// The counter store: counters, checkpoints and dedup entries, written in one batch.
+    pub store: &'a mut dyn CounterStore,
+    /// Tenant resolution and prices, applied to every record.
+    pub pipeline: &'a Pipeline,
+    /// Batch sizes, workers, read limits and the poll interval.
+    pub settings: &'a Settings,
+    /// Where bad records go.
+    pub quarantine: &'a mut Quarantine,
+    /// Set (by a signal, or by the run itself on a failed commit) to stop reading; what was
+    /// read is committed first.
+    pub shutdown: &'a AtomicBool,
+    /// Told the bytes to read and, as batches commit, the bytes and records done.
+    pub progress: &'a dyn Progress,
+}
+
 /// Reads `paths` once: every file from its checkpoint to its current end.
-pub fn run_once(
-    paths: &[PathBuf],
-    store: &mut dyn CounterStore,
-    pipeline: &Pipeline,
-    settings: &Settings,
-    quarantine: &mut Quarantine,
-    shutdown: &AtomicBool,
-    progress: &dyn Progress,
-) -> Result<RunReport, IngestError> {
-    run_pass(&mut Inputs::paths(paths), store, pipeline, settings, quarantine, shutdown, progress)
+pub fn run_once(paths: &[PathBuf], run: &mut Run<'_>) -> Result<RunReport, IngestError> {
+    run_pass(&mut Inputs::paths(paths), run)
 }
 
 /// Reads every input once: files from their checkpoints to their current ends, S3 partitions'
 /// new objects, log streams' new events.
-pub fn run_pass(
-    inputs: &mut Inputs,
-    store: &mut dyn CounterStore,
-    pipeline: &Pipeline,
-    settings: &Settings,
-    quarantine: &mut Quarantine,
-    shutdown: &AtomicBool,
-    progress: &dyn Progress,
-) -> Result<RunReport, IngestError> {
+pub fn run_pass(inputs: &mut Inputs, run: &mut Run<'_>) -> Result<RunReport, IngestError> {
+    let (pipeline, settings, shutdown, progress) = (run.pipeline, run.settings, run.shutdown, run.progress);
+    let (store, quarantine) = (&mut *run.store, &mut *run.quarantine);
     let started = Instant::now();
     let omitted_before = quarantine.omitted();
     let checkpoints = store.checkpoints()?;
@@ -226,20 +231,14 @@ fn lower_priority(increment: i32) {
     let _ = increment;
 }
 
-/// Runs passes until `shutdown` is set, sleeping `settings.poll` between them. An AWS input that
-/// cannot be listed for a while (after the SDK's retries) is tried again at the next poll.
-pub fn follow(
-    inputs: &mut Inputs,
-    store: &mut dyn CounterStore,
-    pipeline: &Pipeline,
-    settings: &Settings,
-    quarantine: &mut Quarantine,
-    shutdown: &AtomicBool,
-    progress: &dyn Progress,
-) -> Result<RunReport, IngestError> {
+/// Runs passes until `run.shutdown` is set, sleeping `run.settings.poll` between them. An AWS
+/// input that cannot be listed for a while (after the SDK's retries) is tried again at the next
+/// poll.
+pub fn follow(inputs: &mut Inputs, run: &mut Run<'_>) -> Result<RunReport, IngestError> {
+    let (settings, shutdown) = (run.settings, run.shutdown);
     let mut total = RunReport::default();
     while !shutdown.load(Ordering::Relaxed) {
-        let pass = match run_pass(inputs, store, pipeline, settings, quarantine, shutdown, progress) {
+        let pass = match run_pass(inputs, run) {
             Ok(pass) => pass,
             #[cfg(feature = "aws")]
             Err(IngestError::Source(e)) if e.is_retryable() => {

@@ -340,8 +340,15 @@ fn stopped_after_its_first_batch(s: &Scratch, path: &std::path::Path) -> tally::
     let mut q = tally::quarantine::Quarantine::new(config.resolve(&config.ingest.quarantine));
     let stop = std::sync::atomic::AtomicBool::new(false);
     let paths = [path.to_path_buf()];
-    tally::ingest::run_once(&paths, &mut s.store(), &pipeline, &settings, &mut q, &stop, &StopAfterFirstBatch(&stop))
-        .unwrap()
+    let mut run = tally::ingest::Run {
+        store: &mut s.store(),
+        pipeline: &pipeline,
+        settings: &settings,
+        quarantine: &mut q,
+        shutdown: &stop,
+        progress: &StopAfterFirstBatch(&stop),
+    };
+    tally::ingest::run_once(&paths, &mut run).unwrap()
 }
 
 /// A read stopped part-way through an export goes on where it stopped: never skipping the

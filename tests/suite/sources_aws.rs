@@ -18,7 +18,7 @@ use support::aws::{self, files_under, new_bucket, put_object, remote, unique_nam
 use support::aws_faults::SourceFaults;
 use support::{kill, record, Scratch};
 use tally::generate::{self, Spec, Truth, TruthRow};
-use tally::ingest::{self, Inputs, RunReport};
+use tally::ingest::{self, Inputs, Run, RunReport};
 use tally::progress::NoProgress;
 use tally::quarantine::Quarantine;
 use tally::source::remote::Remote;
@@ -73,8 +73,15 @@ fn ingest(s: &Scratch, inputs: &[&str]) -> RunReport {
     let mut inputs = Inputs::new(inputs, &config.sources).unwrap();
     let mut store = s.store();
     let mut q = Quarantine::new(config.resolve(&config.ingest.quarantine));
-    ingest::run_pass(&mut inputs, &mut store, &pipeline, &settings, &mut q, &AtomicBool::new(false), &NoProgress)
-        .expect("ingest runs")
+    let mut run = Run {
+        store: &mut store,
+        pipeline: &pipeline,
+        settings: &settings,
+        quarantine: &mut q,
+        shutdown: &AtomicBool::new(false),
+        progress: &NoProgress,
+    };
+    ingest::run_pass(&mut inputs, &mut run).expect("ingest runs")
 }
 
 fn counters(s: &Scratch, month: &str) -> Vec<TruthRow> {

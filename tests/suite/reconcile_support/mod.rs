@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 use tally::config::Config;
 use tally::generate::cur::{CurSpec, CurSummary};
 use tally::generate::{self, Spec};
-use tally::ingest;
+use tally::ingest::{self, Run};
 use tally::progress::NoProgress;
 use tally::quarantine::Quarantine;
 use tally::store::sqlite::SqliteStore;
@@ -47,16 +47,15 @@ impl Fixture {
         let mut store = SqliteStore::open(&config.resolve(&config.store.path), false).unwrap();
         let mut q = Quarantine::new(config.resolve(&config.ingest.quarantine));
         let settings = config.ingest_settings(false);
-        let report = ingest::run_once(
-            std::slice::from_ref(&summary.logs),
-            &mut store,
-            &pipeline,
-            &settings,
-            &mut q,
-            &AtomicBool::new(false),
-            &NoProgress,
-        )
-        .unwrap();
+        let mut run = Run {
+            store: &mut store,
+            pipeline: &pipeline,
+            settings: &settings,
+            quarantine: &mut q,
+            shutdown: &AtomicBool::new(false),
+            progress: &NoProgress,
+        };
+        let report = ingest::run_once(std::slice::from_ref(&summary.logs), &mut run).unwrap();
         assert_eq!(report.counted, 6_000);
         let cur = tally::generate::cur::generate(&CurSpec::new(
             dir.path().to_path_buf(),

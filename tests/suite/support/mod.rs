@@ -15,7 +15,7 @@ use std::process::Command;
 use std::sync::atomic::AtomicBool;
 
 use tally::config::Config;
-use tally::ingest::{self, RunReport};
+use tally::ingest::{self, Run, RunReport};
 use tally::progress::NoProgress;
 use tally::quarantine::Quarantine;
 use tally::store::sqlite::SqliteStore;
@@ -59,8 +59,15 @@ impl Scratch {
         let mut store = self.store();
         let mut q =
             Quarantine::new(config.resolve(&config.ingest.quarantine)).with_limit(config.ingest.quarantine_max_bytes);
-        ingest::run_once(paths, &mut store, &pipeline, &settings, &mut q, &AtomicBool::new(false), &NoProgress)
-            .expect("ingest runs")
+        let mut run = Run {
+            store: &mut store,
+            pipeline: &pipeline,
+            settings: &settings,
+            quarantine: &mut q,
+            shutdown: &AtomicBool::new(false),
+            progress: &NoProgress,
+        };
+        ingest::run_once(paths, &mut run).expect("ingest runs")
     }
 
     pub fn store(&self) -> SqliteStore {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use tally::config::Config;
-use tally::ingest::{self, Inputs, RunReport};
+use tally::ingest::{self, Inputs, Run, RunReport};
 use tally::quarantine::Quarantine;
 use tally::source::Input;
 use tally::store::WriteStats;
@@ -61,11 +61,15 @@ pub fn ingest_inputs(
         signal_hook::flag::register(sig, shutdown.clone()).context("cannot install signal handler")?;
     }
     let progress = Bar::new(quiet || follow);
-    let report = if follow {
-        ingest::follow(&mut inputs, &mut *store, &pipeline, &settings, &mut quarantine, &shutdown, &progress)?
-    } else {
-        ingest::run_pass(&mut inputs, &mut *store, &pipeline, &settings, &mut quarantine, &shutdown, &progress)?
+    let mut run = Run {
+        store: &mut *store,
+        pipeline: &pipeline,
+        settings: &settings,
+        quarantine: &mut quarantine,
+        shutdown: &shutdown,
+        progress: &progress,
     };
+    let report = if follow { ingest::follow(&mut inputs, &mut run)? } else { ingest::run_pass(&mut inputs, &mut run)? };
     Ok((report, store.write_stats()))
 }
 
