@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use super::drift::Thresholds;
 use crate::money;
+use crate::month::Month;
 
 /// One tag value's cost as Cost Explorer reports it; `tag` `None` is the untagged cost.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,9 +142,9 @@ pub fn fetch(settings: &crate::aws::AwsSettings, period: &str, tag: &str) -> Res
 }
 
 /// `YYYY-MM` → the first day of the month and of the next (Cost Explorer's end is exclusive).
+/// The error is the message, worded as the CUR loader words a bad period.
 pub fn period_bounds(period: &str) -> Result<(String, String), String> {
-    let m = crate::month::Month::parse(period)
-        .map_err(|_| crate::cur::load::CurError::Period(period.to_string()).to_string())?;
+    let m = Month::parse(period).map_err(|_| format!("the period must be YYYY-MM, not {period:?}"))?;
     Ok((format!("{m}-01"), format!("{}-01", m.next())))
 }
 
@@ -161,7 +162,7 @@ mod tests {
         assert_eq!(parse_key("tenant$acme"), Some("acme".into()));
         assert_eq!(parse_key("tenant$"), None);
         assert_eq!(period_bounds("2025-12").unwrap(), ("2025-12-01".into(), "2026-01-01".into()));
-        assert!(period_bounds("2025-13").is_err());
+        assert_eq!(period_bounds("2025-13"), Err("the period must be YYYY-MM, not \"2025-13\"".to_string()));
     }
 
     #[test]
