@@ -216,7 +216,8 @@ impl Config {
     }
 
     /// The pure parts of ingest: the tenant resolver, and the price catalogs named in
-    /// `[pricing]` (read here), merged in order; none named means the built-in catalog.
+    /// `[pricing]` (read here), merged in order; none named means the built-in catalog. The
+    /// built-in billing names are kept whatever the catalogs.
     pub fn pipeline(&self) -> anyhow::Result<Pipeline> {
         let catalog = if self.pricing.catalogs.is_empty() {
             Catalog::builtin()
@@ -235,6 +236,8 @@ impl Config {
                 };
                 merged.merge(c);
             }
+            // Billing names are facts about AWS, not prices: the built-in ones stay known.
+            merged.merge_billing_names(&Catalog::builtin());
             merged
         };
         Ok(Pipeline { resolver: Resolver::new(&self.tenancy), catalog })

@@ -4,6 +4,13 @@
 //! Two formats: tally's own TOML (USD per 1K or 1M tokens, prices written as strings) and
 //! LiteLLM's `model_prices_and_context_window.json` (USD per token, read from the JSON number
 //! text so no float ever touches a price).
+//!
+//! Besides the four token types a model may price what Bedrock bills in other units
+//! ([`DimensionPrices`]): images, seconds of video and of audio, rerank search units, cache
+//! writes with a 1 h TTL, and latency-optimized tokens. Unset, the 1 h cache write costs what
+//! the 5 m one does and a latency-optimized token what a standard one does; a unit without a
+//! price costs 0. Batch prices every dimension at 50 % of on-demand, as it does tokens by
+//! default.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -48,11 +55,57 @@ impl TokenPrices {
     }
 }
 
+/// USD per unit of what a model bills besides its four token types (on-demand).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DimensionPrices {
+    /// Per image generated.
+    pub image: Decimal,
+    /// Per second of video.
+    pub video_second: Decimal,
+    /// Per second of audio.
+    pub audio_second: Decimal,
+    /// Per rerank search unit (a query of up to 100 documents).
+    pub search_unit: Decimal,
+    /// Per token written to the cache with a 1 h TTL.
+    pub cache_write_1h: Decimal,
+    /// Per input token of a latency-optimized request.
+    pub latency_optimized_input: Decimal,
+    /// Per output token of a latency-optimized request.
+    pub latency_optimized_output: Decimal,
+}
+
+impl DimensionPrices {
+    /// The defaults for what a catalog leaves unset: the standard token prices.
+    fn defaults(on_demand: &TokenPrices) -> DimensionPrices {
+        DimensionPrices {
+            cache_write_1h: on_demand.cache_write,
+            latency_optimized_input: on_demand.input,
+            latency_optimized_output: on_demand.output,
+            ..DimensionPrices::default()
+        }
+    }
+
+    fn half(&self) -> DimensionPrices {
+        let h = |d: Decimal| d / Decimal::TWO;
+        DimensionPrices {
+            image: h(self.image),
+            video_second: h(self.video_second),
+            audio_second: h(self.audio_second),
+            search_unit: h(self.search_unit),
+            cache_write_1h: h(self.cache_write_1h),
+            latency_optimized_input: h(self.latency_optimized_input),
+            latency_optimized_output: h(self.latency_optimized_output),
+        }
+    }
+}
+
 /// The prices of one model or profile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ModelPrices {
     pub on_demand: TokenPrices,
     pub batch: TokenPrices,
+    /// The other dimensions, on-demand; batch is half of each.
+    pub dimensions: DimensionPrices,
 }
 
 impl ModelPrices {
@@ -61,6 +114,62 @@ impl ModelPrices {
             Tier::OnDemand => &self.on_demand,
             Tier::Batch => &self.batch,
         }
+    }
+
+    /// Every price of one tier, what an estimate needs.
+    pub fn priced(&self, tier: Tier) -> Prices {
+        let dimensions = match tier {
+            Tier::OnDemand => self.dimensions,
+            Tier::Batch => self.dimensions.half(),
+        };
+        Prices { tokens: *self.tier(tier), dimensions }
+    }
+}
+
+/// The token and dimension prices of one model in one tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Prices {
+    pub tokens: TokenPrices,
+    pub dimensions: DimensionPrices,
+}
+
+/// What one request used, in every priced unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Quantities {
+    /// The token counts; `cache_write` is the total of both TTLs.
+    pub tokens: Tokens,
+    /// The part of `tokens.cache_write` written with a 1 h TTL.
+    pub cache_write_1h: u64,
+    pub images: u64,
+    pub video_ms: u64,
+    pub audio_ms: u64,
+    pub search_units: u64,
+    /// Input and output tokens are priced at the latency-optimized prices.
+    pub latency_optimized: bool,
+}
+
+impl Prices {
+    /// The exact list-price cost of one request's `q`.
+    pub fn cost(&self, q: &Quantities) -> Decimal {
+        let d = &self.dimensions;
+        let t = &q.tokens;
+        let (input, output) = if q.latency_optimized {
+            (d.latency_optimized_input, d.latency_optimized_output)
+        } else {
+            (self.tokens.input, self.tokens.output)
+        };
+        let hour = q.cache_write_1h.min(t.cache_write);
+        let n = Decimal::from;
+        let per_second = |price: Decimal, ms: u64| price * n(ms) / Decimal::ONE_THOUSAND;
+        input * n(t.input)
+            + output * n(t.output)
+            + self.tokens.cache_read * n(t.cache_read)
+            + self.tokens.cache_write * n(t.cache_write - hour)
+            + d.cache_write_1h * n(hour)
+            + d.image * n(q.images)
+            + per_second(d.video_second, q.video_ms)
+            + per_second(d.audio_second, q.audio_ms)
+            + d.search_unit * n(q.search_units)
     }
 }
 
@@ -105,6 +214,10 @@ pub struct CatalogError {
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
     entries: HashMap<String, ModelPrices>,
+    /// Billing name (as [`billing_key`] spells it) → model id: how CUR names a model in its
+    /// usage types (`USE1-NovaLite-input-tokens`) and Marketplace product names ("Claude 3
+    /// Haiku (Amazon Bedrock Edition)").
+    billing: HashMap<String, String>,
 }
 
 impl Catalog {
@@ -120,11 +233,27 @@ impl Catalog {
         self.entries.is_empty()
     }
 
-    /// Adds the entries of `other` that this catalog does not have (earlier catalogs win).
+    /// Adds the entries and billing names of `other` that this catalog does not have
+    /// (earlier catalogs win).
     pub fn merge(&mut self, other: Catalog) {
+        self.merge_billing_names(&other);
         for (k, v) in other.entries {
             self.entries.entry(k).or_insert(v);
         }
+    }
+
+    /// Adds the billing names of `other` that this catalog does not have, and no prices: a
+    /// user's price files keep the built-in catalog's names for the models they price.
+    pub fn merge_billing_names(&mut self, other: &Catalog) {
+        for (k, v) in &other.billing {
+            self.billing.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
+
+    /// The model id a CUR billing name stands for (`NovaLite`, `Claude3.7Sonnet`, `Claude 3
+    /// Haiku`), compared without case, spaces, dots, dashes or underscores.
+    pub fn model_of_billing_name(&self, name: &str) -> Option<&str> {
+        self.billing.get(&billing_key(name)).map(String::as_str)
     }
 
     /// The prices for what a `modelId` names; `model_hint` is the model behind an application
@@ -155,6 +284,9 @@ impl Catalog {
         struct Entry {
             model: String,
             per: String,
+            /// How CUR names the model (usage types, Marketplace product names).
+            #[serde(default)]
+            billing: Vec<String>,
             input: Option<ExactDecimal>,
             output: Option<ExactDecimal>,
             cache_read: Option<ExactDecimal>,
@@ -163,10 +295,18 @@ impl Catalog {
             batch_output: Option<ExactDecimal>,
             batch_cache_read: Option<ExactDecimal>,
             batch_cache_write: Option<ExactDecimal>,
+            cache_write_1h: Option<ExactDecimal>,
+            latency_optimized_input: Option<ExactDecimal>,
+            latency_optimized_output: Option<ExactDecimal>,
+            per_image: Option<ExactDecimal>,
+            per_video_second: Option<ExactDecimal>,
+            per_audio_second: Option<ExactDecimal>,
+            per_search_unit: Option<ExactDecimal>,
         }
         let err = |message: String| CatalogError { source_name: source_name.to_string(), message };
         let file: File = toml::from_str(text).map_err(|e| err(e.to_string()))?;
         let mut entries = HashMap::new();
+        let mut billing: HashMap<String, String> = HashMap::new();
         for (n, e) in file.price.into_iter().enumerate() {
             let divisor = match e.per.as_str() {
                 "1K" => Decimal::from(1_000),
@@ -189,11 +329,38 @@ impl Catalog {
                 cache_read: per_token("batch_cache_read", e.batch_cache_read)?.unwrap_or(half.cache_read),
                 cache_write: per_token("batch_cache_write", e.batch_cache_write)?.unwrap_or(half.cache_write),
             };
-            if entries.insert(e.model.clone(), ModelPrices { on_demand, batch }).is_some() {
+            let per_unit = |f: &str, d: Option<ExactDecimal>| -> Result<Option<Decimal>, CatalogError> {
+                d.map(|d| checked_unit_price(d.0).map_err(|why| err(format!("price[{n}].{f}: {why}")))).transpose()
+            };
+            let unset = DimensionPrices::defaults(&on_demand);
+            let dimensions = DimensionPrices {
+                image: per_unit("per_image", e.per_image)?.unwrap_or(unset.image),
+                video_second: per_unit("per_video_second", e.per_video_second)?.unwrap_or(unset.video_second),
+                audio_second: per_unit("per_audio_second", e.per_audio_second)?.unwrap_or(unset.audio_second),
+                search_unit: per_unit("per_search_unit", e.per_search_unit)?.unwrap_or(unset.search_unit),
+                cache_write_1h: per_token("cache_write_1h", e.cache_write_1h)?.unwrap_or(unset.cache_write_1h),
+                latency_optimized_input: per_token("latency_optimized_input", e.latency_optimized_input)?
+                    .unwrap_or(unset.latency_optimized_input),
+                latency_optimized_output: per_token("latency_optimized_output", e.latency_optimized_output)?
+                    .unwrap_or(unset.latency_optimized_output),
+            };
+            if entries.insert(e.model.clone(), ModelPrices { on_demand, batch, dimensions }).is_some() {
                 return Err(err(format!("price[{n}].model: {:?} is listed twice", e.model)));
             }
+            for name in &e.billing {
+                let key = billing_key(name);
+                if key.is_empty() {
+                    return Err(err(format!("price[{n}].billing: {name:?} is not a name")));
+                }
+                match billing.get(&key) {
+                    Some(other) if other != &e.model => {
+                        return Err(err(format!("price[{n}].billing: {name:?} already names {other:?}")))
+                    }
+                    _ => billing.insert(key, e.model.clone()),
+                };
+            }
         }
-        Ok(Catalog { entries })
+        Ok(Catalog { entries, billing })
     }
 
     /// Reads LiteLLM's JSON rate card, keeping the Bedrock entries keyed by a plain model or
@@ -215,6 +382,21 @@ impl Catalog {
             input_cost_per_token_batches: Option<&'a RawValue>,
             #[serde(borrow, default)]
             output_cost_per_token_batches: Option<&'a RawValue>,
+            #[serde(borrow, default)]
+            cache_creation_input_token_cost_above_1hr: Option<&'a RawValue>,
+            #[serde(borrow, default)]
+            output_cost_per_image: Option<&'a RawValue>,
+            #[serde(borrow, default)]
+            input_cost_per_video_per_second: Option<&'a RawValue>,
+            #[serde(borrow, default)]
+            output_cost_per_video_per_second: Option<&'a RawValue>,
+            #[serde(borrow, default)]
+            input_cost_per_audio_per_second: Option<&'a RawValue>,
+            #[serde(borrow, default)]
+            output_cost_per_audio_per_second: Option<&'a RawValue>,
+            /// Rerank models: per query, which is what a search unit is.
+            #[serde(borrow, default)]
+            input_cost_per_query: Option<&'a RawValue>,
         }
         let err = |message: String| CatalogError { source_name: source_name.to_string(), message };
         let all: HashMap<&str, &RawValue> = serde_json::from_str(text).map_err(|e| err(e.to_string()))?;
@@ -227,14 +409,16 @@ impl Catalog {
             if !matches!(e.litellm_provider, Some("bedrock" | "bedrock_converse")) {
                 continue;
             }
-            let num = |field: &str, v: Option<&RawValue>| -> Result<Option<Decimal>, CatalogError> {
+            let exact = |field: &str, v: Option<&RawValue>, check: fn(Decimal) -> Result<Decimal, String>| {
                 v.map(|v| {
                     let d = json_number(v.get())
                         .ok_or_else(|| err(format!("{key}.{field}: not an exact number: {}", v.get())))?;
-                    checked_price(d).map_err(|why| err(format!("{key}.{field}: {why}")))
+                    check(d).map_err(|why| err(format!("{key}.{field}: {why}")))
                 })
                 .transpose()
             };
+            let num = |field: &str, v: Option<&RawValue>| exact(field, v, checked_price);
+            let unit = |field: &str, v: Option<&RawValue>| exact(field, v, checked_unit_price);
             let on_demand = TokenPrices {
                 input: num("input_cost_per_token", e.input_cost_per_token)?.unwrap_or_default(),
                 output: num("output_cost_per_token", e.output_cost_per_token)?.unwrap_or_default(),
@@ -248,9 +432,30 @@ impl Catalog {
                 output: num("output_cost_per_token_batches", e.output_cost_per_token_batches)?.unwrap_or(half.output),
                 ..half
             };
-            entries.insert(key.to_string(), ModelPrices { on_demand, batch });
+            let unset = DimensionPrices::defaults(&on_demand);
+            // A model bills seconds of video (or audio) in or out, not both: the one given.
+            let either = |a: Option<Decimal>, b: Option<Decimal>| a.or(b).unwrap_or_default();
+            let dimensions = DimensionPrices {
+                image: unit("output_cost_per_image", e.output_cost_per_image)?.unwrap_or_default(),
+                video_second: either(
+                    unit("input_cost_per_video_per_second", e.input_cost_per_video_per_second)?,
+                    unit("output_cost_per_video_per_second", e.output_cost_per_video_per_second)?,
+                ),
+                audio_second: either(
+                    unit("input_cost_per_audio_per_second", e.input_cost_per_audio_per_second)?,
+                    unit("output_cost_per_audio_per_second", e.output_cost_per_audio_per_second)?,
+                ),
+                search_unit: unit("input_cost_per_query", e.input_cost_per_query)?.unwrap_or_default(),
+                cache_write_1h: num(
+                    "cache_creation_input_token_cost_above_1hr",
+                    e.cache_creation_input_token_cost_above_1hr,
+                )?
+                .unwrap_or(unset.cache_write_1h),
+                ..unset
+            };
+            entries.insert(key.to_string(), ModelPrices { on_demand, batch, dimensions });
         }
-        Ok(Catalog { entries })
+        Ok(Catalog { entries, billing: HashMap::new() })
     }
 }
 
@@ -258,12 +463,33 @@ impl Catalog {
 /// above any model's, and low enough that no sum of counted tokens can overflow a decimal.
 const MAX_PRICE_PER_TOKEN: Decimal = Decimal::ONE;
 
+/// A billing name as the catalog compares it: ASCII letters and digits only, lower case, so
+/// `Claude3.7Sonnet`, `Claude 3.7 Sonnet` and `claude-3-7-sonnet` are one name.
+pub fn billing_key(name: &str) -> String {
+    name.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_lowercase()).collect()
+}
+
 /// A price per token, refused when negative or absurd.
 fn checked_price(d: Decimal) -> Result<Decimal, String> {
     if d.is_sign_negative() && !d.is_zero() {
         Err(format!("a price cannot be negative ({d})"))
     } else if d > MAX_PRICE_PER_TOKEN {
         Err(format!("{d} per token is above the ceiling of {MAX_PRICE_PER_TOKEN} per token"))
+    } else {
+        Ok(d)
+    }
+}
+
+/// The highest price per unit other than a token (an image, a second, a search unit): far
+/// above any model's (cents), and low enough that no sum of counted units can overflow a decimal.
+const MAX_PRICE_PER_UNIT: Decimal = Decimal::ONE_THOUSAND;
+
+/// A price per image, second or search unit, refused when negative or absurd.
+fn checked_unit_price(d: Decimal) -> Result<Decimal, String> {
+    if d.is_sign_negative() && !d.is_zero() {
+        Err(format!("a price cannot be negative ({d})"))
+    } else if d > MAX_PRICE_PER_UNIT {
+        Err(format!("{d} per unit is above the ceiling of {MAX_PRICE_PER_UNIT} per unit"))
     } else {
         Ok(d)
     }
@@ -356,5 +582,73 @@ mod tests {
         assert_eq!(micro.batch.output, dec("0.00000007"));
         let eu = c.lookup(&Target::parse("eu.anthropic.claude-haiku-4-5-20251001-v1:0"), None).unwrap();
         assert_eq!(eu.on_demand.cache_write, dec("0.000001375"));
+        assert_eq!(eu.dimensions.cache_write_1h, dec("0.0000022"));
+        assert_eq!(eu.dimensions.latency_optimized_input, eu.on_demand.input, "unset: the standard price");
+        let dims = |model: &str| c.lookup(&Target::parse(model), None).unwrap().dimensions;
+        assert_eq!(dims("amazon.nova-canvas-v1:0").image, dec("0.06"));
+        assert_eq!(dims("cohere.rerank-v3-5:0").search_unit, dec("0.002"));
+        let marengo = dims("twelvelabs.marengo-embed-2-7-v1:0");
+        assert_eq!((marengo.video_second, marengo.audio_second), (dec("0.0007"), dec("0.00014")));
+        let sonnet = c.lookup(&Target::parse("anthropic.claude-3-7-sonnet-20250219-v1:0"), None).unwrap();
+        assert_eq!(sonnet.dimensions.cache_write_1h, sonnet.on_demand.cache_write, "no 1 h price: the 5 m one");
+    }
+
+    /// One request that used every dimension, priced by a catalog that prices each.
+    #[test]
+    fn every_dimension_is_priced() {
+        let c = Catalog::from_toml(
+            "[[price]]\nmodel = \"m\"\nper = \"1M\"\ninput = \"1\"\noutput = \"5\"\ncache_read = \"0.1\"\ncache_write = \"1.25\"\n\
+             cache_write_1h = \"2\"\nlatency_optimized_input = \"1.5\"\nlatency_optimized_output = \"7\"\n\
+             per_image = \"0.04\"\nper_video_second = \"0.08\"\nper_audio_second = \"0.001\"\nper_search_unit = \"0.002\"\n",
+            "t",
+        )
+        .unwrap();
+        let m = c.lookup(&Target::parse("m"), None).unwrap();
+        let p = m.priced(Tier::OnDemand);
+        let tokens = Tokens { input: 1_000_000, output: 1_000_000, cache_read: 1_000_000, cache_write: 1_000_000 };
+        let alone = |q: Quantities| p.cost(&q);
+        assert_eq!(alone(Quantities { tokens, ..Quantities::default() }), dec("7.35"));
+        // 400,000 of the million cache writes were 1 h: 0.6 × 1.25 + 0.4 × 2.
+        let hour = Quantities { tokens, cache_write_1h: 400_000, ..Quantities::default() };
+        assert_eq!(alone(hour), dec("7.65"));
+        assert_eq!(alone(Quantities { tokens, latency_optimized: true, ..Quantities::default() }), dec("9.85"));
+        assert_eq!(alone(Quantities { images: 3, ..Quantities::default() }), dec("0.12"));
+        assert_eq!(alone(Quantities { video_ms: 6_500, ..Quantities::default() }), dec("0.52"));
+        assert_eq!(alone(Quantities { audio_ms: 1_500, ..Quantities::default() }), dec("0.0015"));
+        assert_eq!(alone(Quantities { search_units: 3, ..Quantities::default() }), dec("0.006"));
+        // The 1 h part is never more than the cache writes it is part of.
+        assert_eq!(alone(Quantities { cache_write_1h: 9, ..Quantities::default() }), Decimal::ZERO);
+        let batch = m.priced(Tier::Batch);
+        assert_eq!(batch.cost(&Quantities { images: 3, video_ms: 1_000, ..Quantities::default() }), dec("0.10"));
+        assert_eq!(batch.tokens, m.batch);
+
+        let plain =
+            Catalog::from_toml("[[price]]\nmodel = \"m\"\nper = \"1M\"\ninput = \"1\"\ncache_write = \"1.25\"\n", "t")
+                .unwrap();
+        let p = plain.lookup(&Target::parse("m"), None).unwrap().priced(Tier::OnDemand);
+        let hour = Quantities {
+            tokens: Tokens { input: 1_000_000, cache_write: 1_000_000, ..Tokens::default() },
+            cache_write_1h: 1_000_000,
+            latency_optimized: true,
+            images: 5,
+            ..Quantities::default()
+        };
+        assert_eq!(p.cost(&hour), dec("2.25"), "unset: 1 h at the 5 m price, latency at the standard one, images free");
+    }
+
+    #[test]
+    fn unit_prices_are_checked() {
+        let bad = |field: &str, value: &str| {
+            let text = format!("[[price]]\nmodel = \"m\"\nper = \"1M\"\n{field} = \"{value}\"\n");
+            Catalog::from_toml(&text, "prices.toml").unwrap_err().to_string()
+        };
+        assert!(bad("per_image", "5000").contains("price[0].per_image: 5000 per unit is above the ceiling"));
+        assert!(bad("per_search_unit", "-1").contains("price[0].per_search_unit: a price cannot be negative"));
+        assert!(bad("cache_write_1h", "2000000").contains("price[0].cache_write_1h"));
+        let builtin = Catalog::builtin();
+        let haiku = builtin.lookup(&Target::parse("anthropic.claude-haiku-4-5-20251001-v1:0"), None).unwrap();
+        assert_eq!(haiku.dimensions.cache_write_1h, dec("0.000002"));
+        let reel = builtin.lookup(&Target::parse("amazon.nova-reel-v1:1"), None).unwrap();
+        assert_eq!(reel.dimensions.video_second, dec("0.08"));
     }
 }

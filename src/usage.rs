@@ -3,6 +3,14 @@
 //! Counters are keyed by tenant × UTC hour × cost resource (the `modelId` as logged, which is
 //! what CUR's `line_item_resource_id` holds). Aggregation is a commutative, associative sum,
 //! so batches can be pre-aggregated in any order and merged.
+//!
+//! Besides tokens, a counter sums every other dimension Bedrock bills ([`Usage`]): images,
+//! video and audio (whole milliseconds: the logs give seconds with a fraction), rerank search
+//! units, the 1 h part of the cache writes (`cache_write` stays the total of both TTLs, so every
+//! meter that reads it keeps its meaning), latency-optimized requests, and cross-region
+//! requests: those `inferenceRegion` says were served in another region than the one called
+//! (what the counters keep of `inferenceRegion`; the region itself is not a key, as CUR bills a
+//! cross-region call in the source region).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -14,7 +22,7 @@ use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 use crate::ids::{self, DedupKey, EpochSeconds, Target, TenantId};
-use crate::pricing::{Catalog, TokenPrices, Tokens};
+use crate::pricing::{Catalog, Prices, Quantities, Tokens};
 use crate::quarantine::Reason;
 use crate::record::{LogRecord, Reject};
 use crate::tenant::{Names, ProfileInfo, Resolver, Rule};
@@ -55,11 +63,84 @@ pub struct Usage {
     /// Cost at catalog list price, exact.
     #[serde(with = "rust_decimal::serde::str")]
     pub est_cost: Decimal,
+    /// Images generated.
+    pub images: u64,
+    /// Seconds of video, in whole milliseconds.
+    pub video_ms: u64,
+    /// Seconds of audio, in whole milliseconds.
+    pub audio_ms: u64,
+    /// Rerank search units.
+    pub search_units: u64,
+    /// The part of `cache_write` written with a 1 h TTL (the rest is 5 m).
+    pub cache_write_1h: u64,
+    /// Requests served latency-optimized (a subset of `requests`).
+    pub latency_optimized: u64,
+    /// Requests served in another region than the one called (a subset of `requests`).
+    pub cross_region: u64,
 }
 
 impl Usage {
     pub fn tokens(&self) -> u64 {
         self.input + self.output + self.cache_read + self.cache_write
+    }
+
+    /// The counts, in the order the stores keep them: [`Usage::COUNTS`] names them.
+    pub fn counts(&self) -> [u64; 14] {
+        [
+            self.input,
+            self.output,
+            self.cache_read,
+            self.cache_write,
+            self.requests,
+            self.errors,
+            self.no_usage,
+            self.images,
+            self.video_ms,
+            self.audio_ms,
+            self.search_units,
+            self.cache_write_1h,
+            self.latency_optimized,
+            self.cross_region,
+        ]
+    }
+
+    /// The names of [`Usage::counts`], as stores and outputs spell them.
+    pub const COUNTS: [&'static str; 14] = [
+        "input",
+        "output",
+        "cache_read",
+        "cache_write",
+        "requests",
+        "errors",
+        "no_usage",
+        "images",
+        "video_ms",
+        "audio_ms",
+        "search_units",
+        "cache_write_1h",
+        "latency_optimized",
+        "cross_region",
+    ];
+
+    /// A usage from [`Usage::counts`] and a cost.
+    pub fn from_counts(c: [u64; 14], est_cost: Decimal) -> Usage {
+        Usage {
+            input: c[0],
+            output: c[1],
+            cache_read: c[2],
+            cache_write: c[3],
+            requests: c[4],
+            errors: c[5],
+            no_usage: c[6],
+            est_cost,
+            images: c[7],
+            video_ms: c[8],
+            audio_ms: c[9],
+            search_units: c[10],
+            cache_write_1h: c[11],
+            latency_optimized: c[12],
+            cross_region: c[13],
+        }
     }
 }
 
@@ -73,6 +154,13 @@ impl AddAssign<&Usage> for Usage {
         self.errors += o.errors;
         self.no_usage += o.no_usage;
         self.est_cost += o.est_cost;
+        self.images += o.images;
+        self.video_ms += o.video_ms;
+        self.audio_ms += o.audio_ms;
+        self.search_units += o.search_units;
+        self.cache_write_1h += o.cache_write_1h;
+        self.latency_optimized += o.latency_optimized;
+        self.cross_region += o.cross_region;
     }
 }
 
@@ -87,6 +175,13 @@ impl SubAssign<&Usage> for Usage {
         self.errors -= o.errors;
         self.no_usage -= o.no_usage;
         self.est_cost -= o.est_cost;
+        self.images -= o.images;
+        self.video_ms -= o.video_ms;
+        self.audio_ms -= o.audio_ms;
+        self.search_units -= o.search_units;
+        self.cache_write_1h -= o.cache_write_1h;
+        self.latency_optimized -= o.latency_optimized;
+        self.cross_region -= o.cross_region;
     }
 }
 
@@ -234,7 +329,7 @@ pub struct Measured {
 struct ResourceInfo {
     resource: Resource,
     profile: Option<ProfileInfo>,
-    prices: Option<TokenPrices>,
+    prices: Option<Prices>,
 }
 
 /// Turns parsed records into counter contributions. Holds caches, so keep one per thread.
@@ -266,7 +361,7 @@ impl<'c> Metering<'c> {
         let profile = self.resolver.profile(model_id, &target).cloned();
         let hint = profile.as_ref().and_then(|p| p.model.as_deref());
         let tier = profile.as_ref().map(|p| p.tier).unwrap_or_default();
-        let prices = self.catalog.lookup(&target, hint).map(|p| *p.tier(tier));
+        let prices = self.catalog.lookup(&target, hint).map(|p| p.priced(tier));
         let info = Arc::new(ResourceInfo { resource: Resource::new(model_id), profile, prices });
         self.resources.insert(model_id.to_string(), info.clone());
         info
@@ -294,7 +389,17 @@ impl<'c> Metering<'c> {
             cache_write: rec.cache_write_tokens.unwrap_or(0),
         };
         let failed = rec.error_code.as_deref().is_some_and(|c| !c.is_empty());
-        let est_cost = info.prices.as_ref().map(|p| p.cost(&tokens)).unwrap_or_default();
+        let used = Quantities {
+            tokens,
+            cache_write_1h: rec.cache_write_1h_tokens.unwrap_or(0).min(tokens.cache_write),
+            images: rec.images.unwrap_or(0),
+            video_ms: rec.video_ms.unwrap_or(0),
+            audio_ms: rec.audio_ms.unwrap_or(0),
+            search_units: rec.search_units.unwrap_or(0),
+            // A failed call was not served at all, let alone latency-optimized.
+            latency_optimized: rec.latency_optimized && !failed,
+        };
+        let est_cost = info.prices.as_ref().map(|p| p.cost(&used)).unwrap_or_default();
         Ok(Measured {
             dedup: DedupKey::from_request_id(&rec.request_id),
             key: CounterKey { tenant, hour: ids::hour_of(ts), resource: info.resource.clone(), via },
@@ -307,6 +412,13 @@ impl<'c> Metering<'c> {
                 errors: u64::from(failed),
                 no_usage: u64::from(rec.no_usage_reported() && !failed),
                 est_cost,
+                images: used.images,
+                video_ms: used.video_ms,
+                audio_ms: used.audio_ms,
+                search_units: used.search_units,
+                cache_write_1h: used.cache_write_1h,
+                latency_optimized: u64::from(used.latency_optimized),
+                cross_region: u64::from(rec.served_elsewhere()),
             },
             conflict: resolution.conflict,
             unknown_model: info.prices.is_none(),

@@ -1,20 +1,28 @@
-//! What a CUR line is, from its text columns alone: the token type in its usage type, how many
-//! tokens one pricing unit holds, and which lines are adjustments. Pure; no I/O.
+//! What a CUR line is, from its text columns alone: its usage type taken apart (region, the
+//! model's billing name, the unit, the qualifiers), how many tokens one pricing unit holds,
+//! and which lines are adjustments. Pure; no I/O.
 
 use std::fmt;
 
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-/// The token type a Bedrock usage type bills. `Other` covers images, model units and anything
-/// that is not counted in tokens.
+/// The unit a Bedrock usage line bills: a token type, or images, seconds, search units.
+/// `Other` covers model units and anything tally does not meter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TokenType {
     Input,
     Output,
     CacheRead,
+    /// Cache writes with the default 5-minute TTL.
     CacheWrite,
+    /// Cache writes with a 1-hour TTL (`…-cache-write-input-token-count-1h`).
+    CacheWrite1h,
+    Image,
+    VideoSecond,
+    AudioSecond,
+    SearchUnit,
     Other,
 }
 
@@ -22,33 +30,50 @@ impl TokenType {
     pub const TOKENS: [TokenType; 4] =
         [TokenType::Input, TokenType::Output, TokenType::CacheRead, TokenType::CacheWrite];
 
+    /// Every unit metered by a counter, so allocated by usage.
+    pub const METERED: [TokenType; 9] = [
+        TokenType::Input,
+        TokenType::Output,
+        TokenType::CacheRead,
+        TokenType::CacheWrite,
+        TokenType::CacheWrite1h,
+        TokenType::Image,
+        TokenType::VideoSecond,
+        TokenType::AudioSecond,
+        TokenType::SearchUnit,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             TokenType::Input => "input",
             TokenType::Output => "output",
             TokenType::CacheRead => "cache_read",
             TokenType::CacheWrite => "cache_write",
+            TokenType::CacheWrite1h => "cache_write_1h",
+            TokenType::Image => "image",
+            TokenType::VideoSecond => "video_second",
+            TokenType::AudioSecond => "audio_second",
+            TokenType::SearchUnit => "search_unit",
             TokenType::Other => "other",
         }
     }
 
-    /// The usage type's token type. First-party usage types end in `-input-tokens`,
-    /// `-output-tokens`, `-cache-read-input-token-count` or `-cache-write-input-token-count`,
-    /// possibly followed by a qualifier (`-batch`, `-cross-region-global`, `-flex`);
-    /// Marketplace ones say `InputTokenCount`, `OutputTokenCount`, `input_tokens`, …
+    /// The usage type's unit (see [`UsageType::parse`]); the pricing unit decides for lines
+    /// not in tokens.
     pub fn of_usage_type(usage_type: &str) -> TokenType {
-        let u = usage_type.to_ascii_lowercase().replace('_', "-");
-        if u.contains("cache-read") || u.contains("cachereadinputtoken") {
-            TokenType::CacheRead
-        } else if u.contains("cache-write") || u.contains("cachewriteinputtoken") {
-            TokenType::CacheWrite
-        } else if u.contains("input-token") || u.contains("inputtokencount") {
+        UsageType::parse(usage_type, "").unit
+    }
+
+    /// Whether this is one of the token types.
+    pub fn is_tokens(self) -> bool {
+        matches!(
+            self,
             TokenType::Input
-        } else if u.contains("output-token") || u.contains("outputtokencount") {
-            TokenType::Output
-        } else {
-            TokenType::Other
-        }
+                | TokenType::Output
+                | TokenType::CacheRead
+                | TokenType::CacheWrite
+                | TokenType::CacheWrite1h
+        )
     }
 }
 
@@ -56,6 +81,146 @@ impl fmt::Display for TokenType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// Qualifiers a usage type may carry after (or, for `mantle` and `latency-optimized`, before)
+/// its unit, longest first so `cross-region-global` is not read as `cross-region`.
+const QUALIFIERS: [&str; 11] = [
+    "cross-region-global",
+    "cross-region",
+    "latency-optimized",
+    "custom-model",
+    "priority",
+    "standard",
+    "mantle",
+    "batch",
+    "flex",
+    "global",
+    "1h",
+];
+
+/// A Bedrock usage type, taken apart: `{region}-{model}-{unit}[-{qualifiers}]` for first-party
+/// models (`USE1-Claude4.6Sonnet-output-tokens-cross-region-global`), and for Marketplace
+/// ones (`USW2-MP:USW2_InputTokenCount_Global-Units`) the unit and qualifiers, the model
+/// coming from the product name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageType {
+    /// The billing region code (`USE1`, `EU`, …).
+    pub region: String,
+    /// The model's billing name (`Claude4.6Sonnet`); empty for Marketplace lines.
+    pub model: String,
+    pub unit: TokenType,
+    /// Qualifiers in the order they appear, lower case (`batch`, `cross-region-global`, `1h`).
+    pub qualifiers: Vec<String>,
+    pub marketplace: bool,
+}
+
+impl UsageType {
+    /// Takes `usage_type` apart; `pricing_unit` decides the unit of lines not in tokens
+    /// (`image`, seconds, search units). Never fails: what it cannot read is unit `Other`.
+    pub fn parse(usage_type: &str, pricing_unit: &str) -> UsageType {
+        let (region, rest) = usage_type.split_once('-').unwrap_or(("", usage_type));
+        if let Some(mp) = rest.strip_prefix("MP:") {
+            return UsageType::marketplace(region, mp);
+        }
+        const UNITS: [(&str, TokenType); 4] = [
+            ("-cache-read-input-token-count", TokenType::CacheRead),
+            ("-cache-write-input-token-count", TokenType::CacheWrite),
+            ("-input-tokens", TokenType::Input),
+            ("-output-tokens", TokenType::Output),
+        ];
+        let lower = rest.to_ascii_lowercase();
+        let found = UNITS.iter().filter_map(|(m, u)| lower.find(m).map(|at| (at, *m, *u))).min_by_key(|f| f.0);
+        let (mut model, tail, mut unit) = match found {
+            Some((at, marker, unit)) => (&rest[..at], &lower[at + marker.len()..], unit),
+            None => {
+                // Not tokens: the model is the first part (`TitanImageGeneratorG1-T2I-1024-
+                // Standard`), the pricing unit says what is billed.
+                let (model, tail) = rest.split_once('-').unwrap_or((rest, ""));
+                (model, &lower[lower.len() - tail.len()..], unit_of_pricing(pricing_unit, &lower))
+            }
+        };
+        let mut qualifiers = Vec::new();
+        // Qualifiers written before the unit, at the end of the model part.
+        loop {
+            let lower_model = model.to_ascii_lowercase();
+            match QUALIFIERS.iter().find(|q| lower_model.ends_with(&format!("-{q}"))) {
+                Some(q) if found.is_some() => {
+                    model = &model[..model.len() - q.len() - 1];
+                    qualifiers.insert(0, q.to_string());
+                }
+                _ => break,
+            }
+        }
+        let mut tail = tail.trim_start_matches('-');
+        while !tail.is_empty() {
+            let q = QUALIFIERS
+                .iter()
+                .find(|q| tail.starts_with(**q) && tail[q.len()..].chars().next().is_none_or(|c| c == '-'))
+                .map(|q| q.to_string())
+                .unwrap_or_else(|| tail.split('-').next().unwrap_or(tail).to_string());
+            tail = tail[q.len()..].trim_start_matches('-');
+            qualifiers.push(q);
+        }
+        if unit == TokenType::CacheWrite && qualifiers.iter().any(|q| q == "1h") {
+            unit = TokenType::CacheWrite1h;
+        }
+        UsageType { region: region.to_string(), model: model.to_string(), unit, qualifiers, marketplace: false }
+    }
+
+    fn marketplace(region: &str, rest: &str) -> UsageType {
+        // `USW2_InputTokenCount_Global-Units`, `USW2_input_tokens_standard-Units`,
+        // `MillionBatchInputTokens`: words split on `_`, the unit suffix dropped.
+        let body = rest.strip_suffix("-Units").unwrap_or(rest);
+        let lower = body.to_ascii_lowercase().replace('_', "-");
+        let unit = if lower.contains("cacheread") || lower.contains("cache-read") {
+            TokenType::CacheRead
+        } else if lower.contains("cachewrite") || lower.contains("cache-write") {
+            TokenType::CacheWrite
+        } else if lower.contains("inputtoken") || lower.contains("input-token") {
+            TokenType::Input
+        } else if lower.contains("outputtoken") || lower.contains("output-token") {
+            TokenType::Output
+        } else {
+            TokenType::Other
+        };
+        let mut qualifiers = Vec::new();
+        for (needle, q) in [("global", "cross-region-global"), ("batch", "batch"), ("standard", "standard")] {
+            if lower.contains(needle) {
+                qualifiers.push(q.to_string());
+            }
+        }
+        UsageType { region: region.to_string(), model: String::new(), unit, qualifiers, marketplace: true }
+    }
+
+    /// The qualifiers joined with `,` (the `cur` table's `qualifiers` column).
+    pub fn qualifier_text(&self) -> String {
+        self.qualifiers.join(",")
+    }
+}
+
+/// The unit of a line not in tokens, from its pricing unit (and usage type for seconds).
+fn unit_of_pricing(pricing_unit: &str, lower_usage_type: &str) -> TokenType {
+    let unit = pricing_unit.trim().to_ascii_lowercase();
+    if unit.starts_with("image") {
+        TokenType::Image
+    } else if unit.starts_with("second") || unit == "sec" || unit == "secs" {
+        if lower_usage_type.contains("audio") || lower_usage_type.contains("speech") {
+            TokenType::AudioSecond
+        } else {
+            TokenType::VideoSecond
+        }
+    } else if unit.contains("search unit") || lower_usage_type.contains("search-unit") {
+        TokenType::SearchUnit
+    } else {
+        TokenType::Other
+    }
+}
+
+/// The model a Marketplace product name names: "Claude 3 Haiku (Amazon Bedrock Edition)" →
+/// "Claude 3 Haiku".
+pub fn marketplace_model_name(product_name: &str) -> &str {
+    product_name.split(" (").next().unwrap_or(product_name).trim()
 }
 
 /// A Marketplace-billed model (older Anthropic models): usage types like
@@ -67,7 +232,7 @@ pub fn is_marketplace(usage_type: &str) -> bool {
 /// How many tokens one unit of `line_item_usage_amount` is, or `None` when the line is not in
 /// tokens (images, model units) or its unit is unknown.
 pub fn tokens_per_unit(pricing_unit: &str, usage_type: &str) -> Option<Decimal> {
-    if TokenType::of_usage_type(usage_type) == TokenType::Other {
+    if !TokenType::of_usage_type(usage_type).is_tokens() {
         return None;
     }
     let unit = pricing_unit.trim().to_ascii_lowercase();

@@ -16,7 +16,8 @@
 //! loaded whole, as one snapshot: each CUR refresh restates the whole period, so re-running
 //! replaces and never adds.
 //!
-//! Bedrock lines: `line_item_product_code = 'AmazonBedrock'`, or a product name containing
+//! Bedrock lines: `line_item_product_code` `AmazonBedrock`, `AmazonBedrockFoundationModels` or
+//! `AmazonBedrockService`, or a product name containing
 //! `Amazon Bedrock` (Marketplace-billed models such as "Claude 3 Haiku (Amazon Bedrock
 //! Edition)", whose product code is a Marketplace code). Money is converted exactly per line
 //! before it is summed (see `cur::money`).

@@ -2,10 +2,10 @@
 //! every row group of the period.
 //!
 //! The group key is day × line type × product code × usage type × resource × tag × pricing
-//! unit × description. A CUR repeats a handful of strings millions of times, and Parquet
+//! unit × description × product name × usage account × IAM principal. A CUR repeats a handful of strings millions of times, and Parquet
 //! stores each string column as a dictionary plus small integer keys, so text columns are read
 //! as Arrow dictionaries ([`FilePlan::reader_schema`]): each distinct value of a column chunk is
-//! interned once, and a line becomes a key of eight integers. Strings are materialised only
+//! interned once, and a line becomes a key of eleven integers. Strings are materialised only
 //! for the groups, when a row group is done ([`Groups::into_keys`]).
 //!
 //! The semantics are those of this query (nulls as SQL has them):
@@ -17,11 +17,18 @@
 //!        NULLIF(TRIM(<tenant tag>), '') AS tag, COALESCE(pricing_unit, ''),
 //!        CASE WHEN line_item_line_item_type = 'Usage' THEN ''
 //!             ELSE COALESCE(line_item_line_item_description, '') END,
+//!        CASE WHEN <first-party code> THEN '' ELSE COALESCE(<product name>, '') END,
+//!        COALESCE(line_item_usage_account_id, ''), COALESCE(line_item_iam_principal, ''),
 //!        SUM(<usage amount as money>), SUM(<unblended cost as money>), COUNT(*)
-//! WHERE (line_item_product_code = 'AmazonBedrock' OR <product name> LIKE '%Amazon Bedrock%')
+//! WHERE (<first-party code> OR <product name> LIKE '%Amazon Bedrock%')
 //!   AND <billing period start in the period, when the file has the column>
-//! GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
+//! GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
 //! ```
+//!
+//! where a first-party code is `line_item_product_code IN ('AmazonBedrock',
+//! 'AmazonBedrockFoundationModels', 'AmazonBedrockService')`; Marketplace editions have a
+//! product code of their own and "(Amazon Bedrock Edition)" in the product name, which is what
+//! names their model.
 //!
 //! where the tenant tag is `resource_tags['user_<tag>']` (CUR 2.0) or
 //! `resource_tags_user_<tag>` (legacy), the product name `product['product_name']` or
@@ -43,7 +50,8 @@ use crate::money;
 use crate::month::Month;
 
 /// One group of Bedrock lines: day × line type × product code × usage type × resource × tag ×
-/// pricing unit × description (descriptions kept for adjustments only).
+/// pricing unit × description (descriptions kept for adjustments only) × product name
+/// (Marketplace lines only) × usage account × IAM principal.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct GroupKey {
     /// `YYYY-MM-DD` of `line_item_usage_start_date`, UTC.
@@ -58,6 +66,13 @@ pub struct GroupKey {
     pub pricing_unit: String,
     /// `line_item_line_item_description` for adjustments; empty for usage.
     pub description: String,
+    /// The product name of a Marketplace line (`… (Amazon Bedrock Edition)`); empty for
+    /// first-party lines.
+    pub product_name: String,
+    /// `line_item_usage_account_id`, empty when absent.
+    pub account: String,
+    /// `line_item_iam_principal` (CUR 2.0 with IAM principal data), empty when absent.
+    pub principal: String,
 }
 
 /// Sums of one group, money and quantity in units of 10⁻¹⁰.
@@ -80,11 +95,15 @@ const UNIT: &str = "pricing_unit";
 const DESCRIPTION: &str = "line_item_line_item_description";
 const AMOUNT: &str = "line_item_usage_amount";
 const PERIOD: &str = "bill_billing_period_start_date";
+const ACCOUNT: &str = "line_item_usage_account_id";
+const PRINCIPAL: &str = "line_item_iam_principal";
 
 /// The columns every CUR line item has.
 pub const REQUIRED: [&str; 5] = [CODE, USAGE_TYPE, COST, START, LINE_TYPE];
 
 const BEDROCK: &str = "AmazonBedrock";
+/// The first-party Bedrock product codes (SPEC §3).
+pub const BEDROCK_CODES: [&str; 3] = [BEDROCK, "AmazonBedrockFoundationModels", "AmazonBedrockService"];
 const NANOS_PER_DAY: i64 = 86_400_000_000_000;
 
 /// Why a file cannot be read by the plan.
@@ -162,9 +181,10 @@ impl FilePlan {
         let product = map_or_column("product", "product_name".into(), "product_product_name".into());
 
         let mut columns = Vec::new();
-        for name in [CODE, USAGE_TYPE, COST, START, LINE_TYPE, RESOURCE, UNIT, DESCRIPTION, AMOUNT, PERIOD]
-            .into_iter()
-            .chain(tag.column())
+        for name in
+            [CODE, USAGE_TYPE, COST, START, LINE_TYPE, RESOURCE, UNIT, DESCRIPTION, AMOUNT, PERIOD, ACCOUNT, PRINCIPAL]
+                .into_iter()
+                .chain(tag.column())
         {
             if let Ok(i) = file_schema.index_of(name) {
                 if !columns.contains(&i) {
@@ -204,7 +224,7 @@ impl FilePlan {
     }
 
     /// Top-level columns to read. The product name is needed only for lines whose product
-    /// code is not `AmazonBedrock`: `all_bedrock` says the row group has no other (from its
+    /// code is not a first-party one: `all_bedrock` says the row group has no other (from its
     /// statistics), and then it is not read.
     pub fn projection(&self, all_bedrock: bool) -> Vec<usize> {
         let product = if all_bedrock { None } else { self.product_column };
@@ -212,14 +232,15 @@ impl FilePlan {
     }
 }
 
-/// Whether a row group's product-code statistics prove every line is `AmazonBedrock`.
+/// Whether a row group's product-code statistics prove every line has one first-party Bedrock
+/// code.
 pub fn all_bedrock(stats: Option<&datafusion::parquet::file::statistics::Statistics>) -> bool {
     let Some(s) = stats else { return false };
     s.null_count_opt() == Some(0)
         && s.min_is_exact()
         && s.max_is_exact()
-        && s.min_bytes_opt() == Some(BEDROCK.as_bytes())
-        && s.max_bytes_opt() == Some(BEDROCK.as_bytes())
+        && s.min_bytes_opt() == s.max_bytes_opt()
+        && BEDROCK_CODES.iter().any(|c| s.min_bytes_opt() == Some(c.as_bytes()))
 }
 
 fn month_start_nanos(year: i32, month: u32) -> i64 {
@@ -293,23 +314,24 @@ struct DictionaryIds {
     ids: Vec<Id>,
 }
 
-/// Group key of one line: day and seven string ids.
+/// Group key of one line: day and ten string ids.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 struct Key {
     day: i32,
-    text: [Id; 7],
+    text: [Id; KEY_SLOTS],
 }
 
 /// The sums of one file's (or row group's) Bedrock lines.
 pub struct Groups {
     plan: Arc<FilePlan>,
     strings: Interner,
-    /// One per slot: the seven key columns, then map keys and values.
+    /// One per slot: the ten key columns, then map keys and values.
     dictionaries: [DictionaryIds; SLOTS],
     /// Whether the string of an id contains "Amazon Bedrock" (0: not yet known).
     bedrock_name: Vec<u8>,
     sums: FxHashMap<Key, GroupSums>,
-    bedrock: Id,
+    /// The ids of [`BEDROCK_CODES`].
+    bedrock: [Id; 3],
     usage: Id,
     // Per-batch scratch, reused.
     ids: [Vec<Id>; SLOTS],
@@ -327,16 +349,19 @@ const S_TAG: usize = 4;
 const S_UNIT: usize = 5;
 const S_DESCRIPTION: usize = 6;
 const S_PRODUCT: usize = 7;
-const S_TAG_KEYS: usize = 8;
-const S_TAG_VALUES: usize = 9;
-const S_PRODUCT_KEYS: usize = 10;
-const S_PRODUCT_VALUES: usize = 11;
-const SLOTS: usize = 12;
+const S_ACCOUNT: usize = 8;
+const S_PRINCIPAL: usize = 9;
+const KEY_SLOTS: usize = 10;
+const S_TAG_KEYS: usize = 10;
+const S_TAG_VALUES: usize = 11;
+const S_PRODUCT_KEYS: usize = 12;
+const S_PRODUCT_VALUES: usize = 13;
+const SLOTS: usize = 14;
 
 impl Groups {
     pub fn new(plan: Arc<FilePlan>) -> Groups {
         let mut strings = Interner::new();
-        let bedrock = strings.id(BEDROCK);
+        let bedrock = BEDROCK_CODES.map(|c| strings.id(c));
         let usage = strings.id("Usage");
         Groups {
             plan,
@@ -362,7 +387,8 @@ impl Groups {
         self.text(col(CODE), None, S_CODE, Text::Plain, n)?;
         // Which lines are Bedrock's: the product code, else the product name.
         self.keep.clear();
-        self.keep.extend(self.ids[S_CODE].iter().map(|&c| c == self.bedrock));
+        self.keep.extend(self.ids[S_CODE].iter().map(|c| self.bedrock.contains(c)));
+        let mut products_read = false;
         if self.keep.iter().any(|k| !k) {
             if let Some(product) = plan.product.column().and_then(&col) {
                 let key = match &plan.product {
@@ -377,6 +403,7 @@ impl Groups {
                     }
                 }
                 self.ids[S_PRODUCT] = ids;
+                products_read = true;
             }
         }
         if let Some(period) = col(PERIOD) {
@@ -400,6 +427,8 @@ impl Groups {
         self.text(plan.tag.column().and_then(&col), tag_key, S_TAG, Text::Tag, n)?;
         self.text(col(UNIT), None, S_UNIT, Text::Plain, n)?;
         self.text(col(DESCRIPTION), None, S_DESCRIPTION, Text::Plain, n)?;
+        self.text(col(ACCOUNT), None, S_ACCOUNT, Text::Plain, n)?;
+        self.text(col(PRINCIPAL), None, S_PRINCIPAL, Text::Plain, n)?;
         units("line_item_usage_amount", col(AMOUNT), n, &self.keep, &mut self.quantity)?;
         units("line_item_unblended_cost", col(COST), n, &self.keep, &mut self.cost)?;
         let start = timestamps(col(START).expect("a required column"))?;
@@ -414,16 +443,21 @@ impl Groups {
             let day = start.value(row).div_euclid(NANOS_PER_DAY) as i32;
             let line_type = self.ids[S_LINE_TYPE][row];
             let description = if line_type == self.usage { 0 } else { self.ids[S_DESCRIPTION][row] };
+            let code = self.ids[S_CODE][row];
+            let product = if products_read && !self.bedrock.contains(&code) { self.ids[S_PRODUCT][row] } else { 0 };
             let key = Key {
                 day,
                 text: [
                     line_type,
-                    self.ids[S_CODE][row],
+                    code,
                     self.ids[S_USAGE][row],
                     self.ids[S_RESOURCE][row],
                     self.ids[S_TAG][row],
                     self.ids[S_UNIT][row],
                     description,
+                    product,
+                    self.ids[S_ACCOUNT][row],
+                    self.ids[S_PRINCIPAL][row],
                 ],
             };
             let g = self.sums.entry(key).or_default();
@@ -449,6 +483,9 @@ impl Groups {
                     tag: (k.text[S_TAG] != NO_TAG).then(|| name(k.text[S_TAG])),
                     pricing_unit: name(k.text[S_UNIT]),
                     description: name(k.text[S_DESCRIPTION]),
+                    product_name: name(k.text[S_PRODUCT]),
+                    account: name(k.text[S_ACCOUNT]),
+                    principal: name(k.text[S_PRINCIPAL]),
                 };
                 (key, *sums)
             })

@@ -117,6 +117,8 @@ struct Line {
     unit: &'static str,
     tag: Option<String>,
     period_start: i64,
+    /// `line_item_iam_principal`: the caller, for usage the identity rule attributes.
+    principal: String,
 }
 
 /// Generates both variants.
@@ -135,14 +137,19 @@ pub fn generate(spec: &CurSpec) -> anyhow::Result<CurSummary> {
     let drifting: Option<String> = config.tenancy.profiles.iter().find(|p| p.shared).map(|p| p.profile.clone());
 
     // CUR has no tenants: sum the truth per hour × resource.
-    let mut usage: BTreeMap<(i64, String), [u64; 4]> = BTreeMap::new();
+    // Per hour × resource × silo account × principal: input, output, cache reads, 5 m and
+    // 1 h cache writes, images.
+    let silos: std::collections::BTreeSet<&str> = config.tenancy.accounts.iter().map(|a| a.account.as_str()).collect();
+    let mut usage: BTreeMap<(i64, String, String, String), [u64; 6]> = BTreeMap::new();
     for r in &truth.rows {
         let hour = ids::parse_timestamp(&r.hour).with_context(|| format!("truth row with a bad hour {:?}", r.hour))?;
         if hour < month_start || hour >= month_end {
             continue;
         }
-        let u = usage.entry((hour, r.resource.clone())).or_default();
-        for (i, n) in [r.input, r.output, r.cache_read, r.cache_write].into_iter().enumerate() {
+        let silo = if silos.contains(r.account.as_str()) { r.account.clone() } else { String::new() };
+        let u = usage.entry((hour, r.resource.clone(), silo, r.principal.clone())).or_default();
+        let counts = [r.input, r.output, r.cache_read, r.cache_write - r.cache_write_1h, r.cache_write_1h, r.images];
+        for (i, n) in counts.into_iter().enumerate() {
             u[i] += n;
         }
     }
@@ -178,7 +185,7 @@ pub fn generate(spec: &CurSpec) -> anyhow::Result<CurSummary> {
         summary.lines += 1;
     }
 
-    for ((hour, resource), counts) in &usage {
+    for ((hour, resource, silo, principal), counts) in &usage {
         let day = ids::day_of(*hour);
         if last_day.as_ref() != Some(&day) {
             if last_day.is_some() {
@@ -189,7 +196,7 @@ pub fn generate(spec: &CurSpec) -> anyhow::Result<CurSummary> {
             last_day = Some(day);
             day_cost = Decimal::ZERO;
         }
-        let prices = crate::reconcile::token_prices(&pipeline, resource);
+        let prices = crate::reconcile::unit_prices(&pipeline, resource);
         let target = Target::parse(resource);
         let profile = pipeline.resolver.profile(resource, &target);
         let model = profile
@@ -215,11 +222,30 @@ pub fn generate(spec: &CurSpec) -> anyhow::Result<CurSummary> {
             if tokens == 0 {
                 continue;
             }
-            let per_token =
-                prices.map(|p| [p.input, p.output, p.cache_read, p.cache_write][i]).unwrap_or_default() * markup;
-            let (usage_type, unit, per_unit, product_code, product_name) = if marketplace {
-                let kind =
-                    ["InputTokenCount", "OutputTokenCount", "CacheReadInputTokenCount", "CacheWriteInputTokenCount"][i];
+            let per_token = prices
+                .map(|p| {
+                    let (t, d) = (p.tokens, p.dimensions);
+                    [t.input, t.output, t.cache_read, t.cache_write, d.cache_write_1h, d.image][i]
+                })
+                .unwrap_or_default()
+                * markup;
+            let (usage_type, unit, per_unit, product_code, product_name) = if i == 5 {
+                (
+                    // AWS names Titan Image Generator v1 `TitanImageGeneratorG1`.
+                    format!("USE1-{}G1-T2I-1024-Standard", model_code(&model)),
+                    "image",
+                    Decimal::ONE,
+                    "AmazonBedrock".to_string(),
+                    "Amazon Bedrock".to_string(),
+                )
+            } else if marketplace {
+                let kind = [
+                    "InputTokenCount",
+                    "OutputTokenCount",
+                    "CacheReadInputTokenCount",
+                    "CacheWriteInputTokenCount",
+                    "CacheWriteInputTokenCount1h",
+                ][i];
                 (
                     format!("USE1-MP:USE1_{kind}-Units"),
                     "Units",
@@ -228,11 +254,16 @@ pub fn generate(spec: &CurSpec) -> anyhow::Result<CurSummary> {
                     "Claude 3 Haiku (Amazon Bedrock Edition)".to_string(),
                 )
             } else {
-                let kind =
-                    ["input-tokens", "output-tokens", "cache-read-input-token-count", "cache-write-input-token-count"]
-                        [i];
+                let kind = [
+                    "input-tokens",
+                    "output-tokens",
+                    "cache-read-input-token-count",
+                    "cache-write-input-token-count",
+                    "cache-write-input-token-count",
+                ][i];
+                let ttl = if i == 4 { "-1h" } else { "" };
                 (
-                    format!("USE1-{}-{kind}{qualifier}", model_code(&model)),
+                    format!("USE1-{}-{kind}{ttl}{qualifier}", model_code(&model)),
                     "1K tokens",
                     Decimal::from(1_000),
                     "AmazonBedrock".to_string(),
@@ -249,7 +280,10 @@ pub fn generate(spec: &CurSpec) -> anyhow::Result<CurSummary> {
                 let l = Line {
                     id: 0,
                     start: *hour,
-                    account: format!("{:012}", 222_200_000_000u64 + p),
+                    // A silo tenant's lines are in its own account; pooled usage is spread over
+                    // linked accounts of the payer.
+                    account: if silo.is_empty() { format!("{:012}", 222_200_000_000u64 + p) } else { silo.clone() },
+                    principal: principal.clone(),
                     line_type: "Usage",
                     product_code: product_code.clone(),
                     product_name: product_name.clone(),
@@ -293,10 +327,19 @@ fn extras(
 ) -> anyhow::Result<u64> {
     let mut n = 0;
     let orphan = orphan_line(hour, month_start, rng);
-    s.usage_lines += 1;
-    s.usage_cost += orphan.cost;
-    w.push(orphan, false)?;
-    n += 1;
+    // A model no catalog knows, called by bare id: unallocated as `unknown_model`.
+    let unknown = Line {
+        resource: String::new(),
+        usage_type: "USE1-Nova9Ultra-input-tokens".into(),
+        description: "$0.003 per 1K input tokens for Nova9Ultra".into(),
+        ..orphan_line(hour, month_start, rng)
+    };
+    for l in [orphan, unknown] {
+        s.usage_lines += 1;
+        s.usage_cost += l.cost;
+        w.push(l, false)?;
+        n += 1;
+    }
     let day_index = (hour - month_start) / 86_400;
     let adjustment = |line_type: &'static str, cost: Decimal, description: &str| Line {
         id: 0,
@@ -315,6 +358,7 @@ fn extras(
         unit: "",
         tag: None,
         period_start: month_start,
+        principal: String::new(),
     };
     let mut lines = Vec::new();
     if day_index % 7 == 6 {
@@ -360,12 +404,19 @@ fn orphan_line(hour: i64, period_start: i64, rng: &mut Rng) -> Line {
         unit: "1K tokens",
         tag: None,
         period_start,
+        principal: String::new(),
     }
 }
 
 /// A usage-type model code from a model id: `anthropic.claude-3-haiku-20240307-v1:0` →
 /// `Claude3Haiku`.
 fn model_code(model: &str) -> String {
+    // Names AWS gives that do not follow from the model id.
+    match model {
+        "amazon.titan-embed-text-v2:0" => return "TitanEmbeddingV2-Text".into(),
+        "amazon.titan-embed-text-v1" => return "TitanEmbeddingsG1-Text".into(),
+        _ => {}
+    }
     let name = model.split_once('.').map_or(model, |(_, m)| m);
     let name = match name.rfind("-v") {
         Some(i) if name[i + 2..].starts_with(|c: char| c.is_ascii_digit()) => &name[..i],
@@ -519,6 +570,7 @@ fn common_columns(lines: &[Line]) -> Vec<(String, ArrayRef)> {
         ("line_item_currency_code".into(), text(&|_| "USD".into())),
         ("pricing_unit".into(), text(&|l| l.unit.into())),
         ("product_region_code".into(), text(&|_| REGION.into())),
+        ("line_item_iam_principal".into(), text(&|l| l.principal.clone())),
     ]
 }
 

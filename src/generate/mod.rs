@@ -73,6 +73,18 @@ pub struct TruthRow {
     pub requests: u64,
     pub errors: u64,
     pub no_usage: u64,
+    /// The account the calls came from (`accountId`).
+    #[serde(default)]
+    pub account: String,
+    /// The caller's IAM principal when the identity rule decided the tenant (billed on CUR
+    /// lines of their own); empty otherwise.
+    #[serde(default)]
+    pub principal: String,
+    /// The part of `cache_write` written with a 1 h TTL.
+    #[serde(default)]
+    pub cache_write_1h: u64,
+    #[serde(default)]
+    pub images: u64,
 }
 
 /// What the ingester must find.
@@ -144,12 +156,21 @@ enum Attribution {
     Metadata,
     DedicatedProfile,
     IdentityRole,
+    /// A silo tenant in its own AWS account (`[[tenancy.accounts]]`).
+    SiloAccount,
 }
 
 struct Tenant {
     name: String,
     how: Attribution,
     aip: String,
+    /// The AWS account its calls come from.
+    account: String,
+}
+
+/// The account of silo tenant `k`.
+fn silo_account(k: usize) -> String {
+    format!("{:012}", 444_400_000_000u64 + k as u64)
 }
 
 fn tenant_name(k: usize) -> String {
@@ -163,6 +184,8 @@ fn aip_arn(k: usize) -> String {
 const SHARED_POOL: &str = "arn:aws:bedrock:us-east-1:111122223333:application-inference-profile/sharedpool01";
 const AIP_MODEL: &str = "anthropic.claude-haiku-4-5-20251001-v1:0";
 const POOL_MODEL: &str = "amazon.nova-lite-v1:0";
+/// The image model some tenants call (billed per image).
+const IMAGE_MODEL: &str = "amazon.titan-image-generator-v1";
 
 /// The models callers use, in the forms they are logged in; (modelId, is_embedding, caches).
 const MODELS: [(&str, bool, bool); 8] = [
@@ -205,11 +228,13 @@ pub fn generate(spec: &Spec) -> io::Result<Summary> {
         .map(|k| Tenant {
             name: tenant_name(k),
             how: match k % 10 {
+                _ if k % 20 == 3 => Attribution::SiloAccount,
                 7 | 8 => Attribution::DedicatedProfile,
                 9 => Attribution::IdentityRole,
                 _ => Attribution::Metadata,
             },
             aip: aip_arn(k),
+            account: if k % 20 == 3 { silo_account(k) } else { ACCOUNT.to_string() },
         })
         .collect();
     // Zipf-like tenant sizes: a few big tenants, a long tail.
@@ -225,7 +250,7 @@ pub fn generate(spec: &Spec) -> io::Result<Summary> {
 
     let month_hours = ((month_end - month_start) / 3600) as u64;
     let hours = spec.hours.map_or(month_hours, |h| h.clamp(1, month_hours));
-    let mut truth: BTreeMap<(String, i64, String), TruthRow> = BTreeMap::new();
+    let mut truth: BTreeMap<(String, i64, String, String, String), TruthRow> = BTreeMap::new();
     let mut counts = Truth::default();
     let mut files = 0u64;
     let mut bytes = 0u64;
@@ -247,14 +272,20 @@ pub fn generate(spec: &Spec) -> io::Result<Summary> {
             produced += 1;
             let u = rng.unit();
             let k = cumulative.partition_point(|&c| c < u).min(tenants.len() - 1);
-            let (tenant, resource) = write_record(&mut line, &mut rng, &tenants[k], ts, spec.body_bytes);
+            let (tenant, resource, principal) = write_record(&mut line, &mut rng, &tenants[k], ts, spec.body_bytes);
             let usage = parse_back(&line);
-            let row = truth.entry((tenant.clone(), ids::hour_of(ts), resource.clone())).or_insert_with(|| TruthRow {
+            let account = tenants[k].account.clone();
+            let key = (tenant.clone(), ids::hour_of(ts), resource.clone(), account.clone(), principal.clone());
+            let row = truth.entry(key).or_insert_with(|| TruthRow {
                 tenant,
                 hour: ids::hour_label(ids::hour_of(ts)),
                 resource,
+                account,
+                principal,
                 ..TruthRow::default()
             });
+            row.cache_write_1h += usage.6;
+            row.images += usage.7;
             row.input += usage.0;
             row.output += usage.1;
             row.cache_read += usage.2;
@@ -338,8 +369,9 @@ fn write_plain(
 }
 
 /// Reads the counts back out of the line just written (the generator's own bookkeeping,
-/// independent of tally's parser): (input, output, cache_read, cache_write, error, no_usage).
-fn parse_back(line: &str) -> (u64, u64, u64, u64, u64, u64) {
+/// independent of tally's parser): (input, output, cache_read, cache_write, error, no_usage,
+/// 1 h cache writes, images).
+fn parse_back(line: &str) -> (u64, u64, u64, u64, u64, u64, u64, u64) {
     let v: serde_json::Value = serde_json::from_str(line).expect("generated JSON is valid");
     let n = |p: &str| v.pointer(p).and_then(|x| x.as_u64());
     let error = v.get("errorCode").is_some();
@@ -349,9 +381,15 @@ fn parse_back(line: &str) -> (u64, u64, u64, u64, u64, u64) {
         n("/input/cacheReadInputTokenCount"),
         n("/input/cacheWriteInputTokenCount"),
     ];
-    let none = counts.iter().all(Option::is_none);
+    let images = n("/output/outputImagesCount");
+    let none = counts.iter().all(Option::is_none) && images.is_none();
     let c = |i: usize| counts[i].unwrap_or(0);
-    (c(0), c(1), c(2), c(3), u64::from(error), u64::from(none && !error))
+    let hour = v
+        .pointer("/output/outputBodyJson/usage/cacheDetails")
+        .and_then(|d| d.as_array())
+        .map(|d| d.iter().filter(|e| e["ttl"] == "1h").filter_map(|e| e["inputTokens"].as_u64()).sum::<u64>())
+        .unwrap_or(0);
+    (c(0), c(1), c(2), c(3), u64::from(error), u64::from(none && !error), hour, images.unwrap_or(0))
 }
 
 fn text(rng: &mut Rng, mean: usize) -> &'static str {
@@ -362,13 +400,17 @@ fn text(rng: &mut Rng, mean: usize) -> &'static str {
     &big[start..start + len]
 }
 
-/// Writes one record into `line`; returns the tenant it belongs to and its resource.
-fn write_record(line: &mut String, rng: &mut Rng, t: &Tenant, ts: i64, body: usize) -> (String, String) {
+/// Writes one record into `line`; returns the tenant it belongs to, its resource, and the
+/// caller's principal when the identity rule decides its tenant.
+fn write_record(line: &mut String, rng: &mut Rng, t: &Tenant, ts: i64, body: usize) -> (String, String, String) {
     line.clear();
-    let unattributed = rng.chance(0.01);
+    // A silo tenant's records are its own whatever they say: never unattributed.
+    let unattributed = t.how != Attribution::SiloAccount && rng.chance(0.01);
     let pooled = t.how == Attribution::Metadata && !unattributed && rng.chance(0.1);
+    let image = t.how == Attribution::Metadata && !unattributed && !pooled && rng.chance(0.02);
     let (model_id, embedding, caches) = match t.how {
         _ if pooled => (SHARED_POOL.to_string(), false, false),
+        _ if image => (IMAGE_MODEL.to_string(), false, false),
         Attribution::DedicatedProfile if !unattributed => (t.aip.clone(), false, true),
         _ => {
             let (m, e, c) = MODELS[rng.below(MODELS.len() as u64) as usize];
@@ -376,19 +418,21 @@ fn write_record(line: &mut String, rng: &mut Rng, t: &Tenant, ts: i64, body: usi
         }
     };
     let tenant = if unattributed { ids::UNATTRIBUTED.to_string() } else { t.name.clone() };
+    let account = &t.account;
     let identity = match t.how {
         Attribution::IdentityRole if !unattributed => {
-            format!("arn:aws:sts::{ACCOUNT}:assumed-role/tenant-{}/session-{}", t.name, rng.below(50))
+            format!("arn:aws:sts::{ACCOUNT}:assumed-role/tenant-{}/session-{}", t.name, rng.below(4))
         }
-        _ => format!("arn:aws:iam::{ACCOUNT}:user/app-server-{}", rng.below(4)),
+        _ => format!("arn:aws:iam::{account}:user/app-server-{}", rng.below(4)),
     };
+    let principal = if t.how == Attribution::IdentityRole && !unattributed { identity.clone() } else { String::new() };
     let op = match rng.below(20) {
         0..=7 => "Converse",
         8..=12 => "ConverseStream",
         13..=16 => "InvokeModel",
         _ => "InvokeModelWithResponseStream",
     };
-    let op = if embedding { "InvokeModel" } else { op };
+    let op = if embedding || image { "InvokeModel" } else { op };
     let roll = rng.unit();
     let failed = roll < 0.005;
     let blocked = !failed && roll < 0.008 && op == "InvokeModel";
@@ -396,10 +440,18 @@ fn write_record(line: &mut String, rng: &mut Rng, t: &Tenant, ts: i64, body: usi
     // Keys in the order real CloudWatch records have them: schemaType last.
     let _ = write!(
         line,
-        r#"{{"timestamp":"{stamp}","accountId":"{ACCOUNT}","identity":{{"arn":"{identity}"}},"region":"us-east-1","requestId":"{}","operation":"{op}","modelId":"{model_id}""#,
+        r#"{{"timestamp":"{stamp}","accountId":"{account}","identity":{{"arn":"{identity}"}},"region":"us-east-1","requestId":"{}","operation":"{op}","modelId":"{model_id}""#,
         rng.uuid()
     );
-    if failed {
+    if image && !failed {
+        // Titan Image Generator: images, no tokens (its body's base64 images are left out).
+        let _ = write!(
+            line,
+            r#","input":{{"inputContentType":"application/json","inputBodyJson":{{"taskType":"TEXT_IMAGE","textToImageParams":{{"text":"{}"}}}}}},"output":{{"outputContentType":"application/json","outputImagesCount":{}}}"#,
+            text(rng, 60).replace('\n', " "),
+            1 + rng.below(3)
+        );
+    } else if failed {
         line.push_str(r#","errorCode":"ThrottlingException","input":{"inputContentType":"application/json"},"output":{"outputContentType":"application/json"}"#);
     } else if blocked {
         let prompt = text(rng, body);
@@ -415,13 +467,15 @@ fn write_record(line: &mut String, rng: &mut Rng, t: &Tenant, ts: i64, body: usi
             line,
             r#","input":{{"inputContentType":"application/json","inputBodyJson":{{"messages":[{{"role":"user","content":[{{"text":"{prompt}\nquote: \"ok\""}}]}}],"inferenceConfig":{{"maxTokens":1024}}}},"inputTokenCount":{input}"#
         );
+        let mut hour_writes = 0;
         if caches && rng.chance(0.3) {
-            let _ = write!(
-                line,
-                r#","cacheReadInputTokenCount":{},"cacheWriteInputTokenCount":{}"#,
-                rng.around(2000.0),
-                rng.around(300.0)
-            );
+            let (read, write) = (rng.around(2000.0), rng.around(300.0));
+            // Half the writers ask for a 1 h TTL on part of what they cache (Converse says so
+            // in its body's `usage.cacheDetails`; a stream's chunks do not).
+            if op != "InvokeModelWithResponseStream" && rng.chance(0.5) {
+                hour_writes = write / 2;
+            }
+            let _ = write!(line, r#","cacheReadInputTokenCount":{read},"cacheWriteInputTokenCount":{write}"#);
         } else if caches {
             line.push_str(r#","cacheReadInputTokenCount":0,"cacheWriteInputTokenCount":0"#);
         }
@@ -434,9 +488,14 @@ fn write_record(line: &mut String, rng: &mut Rng, t: &Tenant, ts: i64, body: usi
                 r#"}},"output":{{"outputContentType":"application/json","outputBodyJson":[{{"type":"content_block_delta","delta":{{"text":"{answer}"}}}},{{"type":"message_stop","amazon-bedrock-invocationMetrics":{{"inputTokenCount":{input},"outputTokenCount":{output}}}}}],"outputTokenCount":{output}}}"#
             );
         } else {
+            let details = if hour_writes > 0 {
+                format!(r#","cacheDetails":[{{"ttl":"1h","inputTokens":{hour_writes}}}]"#)
+            } else {
+                String::new()
+            };
             let _ = write!(
                 line,
-                r#"}},"output":{{"outputContentType":"application/json","outputBodyJson":{{"output":{{"message":{{"role":"assistant","content":[{{"text":"{answer}"}}]}}}},"stopReason":"end_turn","usage":{{"inputTokens":{input},"outputTokens":{output}}}}},"outputTokenCount":{output}}}"#
+                r#"}},"output":{{"outputContentType":"application/json","outputBodyJson":{{"output":{{"message":{{"role":"assistant","content":[{{"text":"{answer}"}}]}}}},"stopReason":"end_turn","usage":{{"inputTokens":{input},"outputTokens":{output}{details}}}}},"outputTokenCount":{output}}}"#
             );
         }
     }
@@ -444,7 +503,7 @@ fn write_record(line: &mut String, rng: &mut Rng, t: &Tenant, ts: i64, body: usi
         let _ = write!(line, r#","requestMetadata":{{"tenant_id":"{}","feature":"chat"}}"#, t.name);
     }
     line.push_str(r#","inferenceRegion":"us-east-1","schemaType":"ModelInvocationLog","schemaVersion":"1.0"}"#);
-    (tenant, model_id)
+    (tenant, model_id, principal)
 }
 
 fn config_text(tenants: &[Tenant]) -> String {
@@ -455,6 +514,9 @@ fn config_text(tenants: &[Tenant]) -> String {
          identity_pattern = 'assumed-role/tenant-(?P<tenant>[A-Za-z0-9_-]+)/'\n",
     );
     let _ = write!(s, "\n[[tenancy.profiles]]\nprofile = \"{SHARED_POOL}\"\nshared = true\nmodel = \"{POOL_MODEL}\"\n");
+    for t in tenants.iter().filter(|t| t.how == Attribution::SiloAccount) {
+        let _ = write!(s, "\n[[tenancy.accounts]]\naccount = \"{}\"\ntenant = \"{}\"\n", t.account, t.name);
+    }
     for t in tenants.iter().filter(|t| t.how == Attribution::DedicatedProfile) {
         let _ = write!(
             s,

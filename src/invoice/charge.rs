@@ -22,7 +22,8 @@ pub fn sum_cents<'a>(amounts: impl IntoIterator<Item = &'a Decimal>) -> Decimal 
     amounts.into_iter().fold(Decimal::new(0, 2), |sum, a| sum + a)
 }
 
-/// Token counts of a tenant's period, from the counters.
+/// Token counts of a tenant's period, from the counters, and the other dimensions it used
+/// (shown on the invoice when not 0; no plan charges them apart: their cost is in the cost).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenUsage {
@@ -31,6 +32,25 @@ pub struct TokenUsage {
     pub cache_read: u64,
     pub cache_write: u64,
     pub requests: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub images: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub video_ms: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub audio_ms: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub search_units: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_write_1h: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub latency_optimized: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cross_region: u64,
+}
+
+/// For `skip_serializing_if`: a dimension not used is not shown.
+pub fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl TokenUsage {
@@ -48,6 +68,13 @@ impl From<&crate::usage::Usage> for TokenUsage {
             cache_read: u.cache_read,
             cache_write: u.cache_write,
             requests: u.requests,
+            images: u.images,
+            video_ms: u.video_ms,
+            audio_ms: u.audio_ms,
+            search_units: u.search_units,
+            cache_write_1h: u.cache_write_1h,
+            latency_optimized: u.latency_optimized,
+            cross_region: u.cross_region,
         }
     }
 }

@@ -12,7 +12,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use super::charge::{round_cents, sum_cents, AllowanceUse, LineKind, TokenUsage};
+use super::charge::{is_zero, round_cents, sum_cents, AllowanceUse, LineKind, TokenUsage};
 use super::issue::{Invoice, Issued, Line, MarginRow, Status};
 use super::plan::PlanKind;
 use crate::ids::TenantId;
@@ -79,6 +79,22 @@ pub struct UsageV1 {
     pub cache_write: u64,
     pub tokens: u64,
     pub requests: u64,
+    /// The dimensions besides tokens, each only when used (a document without them reads as
+    /// 0; `cache_write_1h` is the 1 h part of `cache_write`, seconds are in milliseconds).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub images: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub video_ms: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub audio_ms: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub search_units: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_write_1h: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub latency_optimized: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cross_region: u64,
 }
 
 /// For the business, not the tenant: what the tenant cost and the margin on it.
@@ -120,6 +136,13 @@ impl From<&Invoice> for InvoiceV1 {
                 cache_write: u.cache_write,
                 tokens: u.tokens(),
                 requests: u.requests,
+                images: u.images,
+                video_ms: u.video_ms,
+                audio_ms: u.audio_ms,
+                search_units: u.search_units,
+                cache_write_1h: u.cache_write_1h,
+                latency_optimized: u.latency_optimized,
+                cross_region: u.cross_region,
             },
             allowance: i.allowance,
             internal: InternalV1 {
@@ -173,6 +196,13 @@ impl InvoiceV1 {
                 cache_read: self.usage.cache_read,
                 cache_write: self.usage.cache_write,
                 requests: self.usage.requests,
+                images: self.usage.images,
+                video_ms: self.usage.video_ms,
+                audio_ms: self.usage.audio_ms,
+                search_units: self.usage.search_units,
+                cache_write_1h: self.usage.cache_write_1h,
+                latency_optimized: self.usage.latency_optimized,
+                cross_region: self.usage.cross_region,
             },
         })
     }
@@ -234,7 +264,12 @@ pub fn json_schema() -> serde_json::Value {
             "usage": {
                 "type": "object", "additionalProperties": false,
                 "required": ["input", "output", "cache_read", "cache_write", "tokens", "requests"],
-                "properties": {"input": count, "output": count, "cache_read": count, "cache_write": count, "tokens": count, "requests": count}
+                "description": "token counts; the other dimensions only when used (absent means 0): images, seconds of video and audio in milliseconds, rerank search units, the 1 h part of cache_write, latency-optimized and cross-region requests",
+                "properties": {
+                    "input": count, "output": count, "cache_read": count, "cache_write": count, "tokens": count, "requests": count,
+                    "images": count, "video_ms": count, "audio_ms": count, "search_units": count,
+                    "cache_write_1h": count, "latency_optimized": count, "cross_region": count
+                }
             },
             "allowance": {
                 "type": ["object", "null"], "additionalProperties": false, "required": ["unit", "included", "used", "over"],

@@ -2,8 +2,9 @@
 //! reconciled tables out, under `<out>/<period>/`.
 //!
 //! `run` is the thin I/O shell: it loads the CUR (`cur::load`, Arrow's Parquet reader) and the counters
-//! (any `CounterStore`), hands them to the pure stages — `allocate` (tag → dedicated profile →
-//! split by usage → unallocated) and `drift` — builds the tables (`tables`), checks the
+//! (any `CounterStore`), hands them to the pure stages — `allocate` (tag → silo account →
+//! principal → dedicated profile → split by usage → split by model → unallocated) and `drift`
+//! — builds the tables (`tables`), checks the
 //! invariant Σ allocated + Σ unallocated = Σ CUR Bedrock usage cost on the very arrays that are
 //! written, and replaces the period's folder as a whole. Adjustments (credits, refunds, tax,
 //! discounts) are reported and never allocated. `sql` serves the written tables to analysts.
@@ -28,17 +29,17 @@ use datafusion::parquet::errors::ParquetError;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::cur::classify::{self, TokenType};
+use crate::cur::classify::{self, TokenType, UsageType};
 use crate::cur::load::{self, CurError, CurSnapshot, LoadOptions};
 use crate::ids::{self, Target, TenantId};
 use crate::ingest::Pipeline;
 use crate::money;
-use crate::pricing::TokenPrices;
+use crate::pricing::Prices;
 use crate::progress::Progress;
 use crate::store::{CounterStore, StoreError};
 use crate::tables::{self, Col};
-use crate::usage::{CounterKey, Usage};
-use allocate::{Allocation, UsageLine, Weights};
+use crate::usage::{CounterKey, Usage, Via};
+use allocate::{Allocation, Pool, UsageLine, Weights};
 use drift::{Billed, DriftKey, DriftRow, Metered, Thresholds};
 
 /// `[reconcile]` in tally.toml.
@@ -245,44 +246,55 @@ pub fn reconcile(
     pipeline: &Pipeline,
     th: Thresholds,
 ) -> Result<Tables, ReconcileError> {
-    let mut prices: HashMap<&str, Option<TokenPrices>> = HashMap::new();
+    let mut prices: HashMap<&str, Option<Prices>> = HashMap::new();
     let mut weights = Weights::new();
     let mut metered: BTreeMap<DriftKey, Metered> = BTreeMap::new();
     // Hours summed into days first: everything below is per day, and a month has 24× fewer
     // tenant × day × resource keys than hourly ones.
-    let mut days: rustc_hash::FxHashMap<(&TenantId, i64, &str), Usage> = Default::default();
+    let mut days: rustc_hash::FxHashMap<(&TenantId, i64, &str, Via), Usage> = Default::default();
     for (k, u) in hours {
-        *days.entry((&k.tenant, k.hour.div_euclid(86_400), k.resource.as_str())).or_default() += u;
+        *days.entry((&k.tenant, k.hour.div_euclid(86_400), k.resource.as_str(), k.via)).or_default() += u;
     }
-    let mut days: Vec<((&TenantId, i64, &str), Usage)> = days.into_iter().collect();
+    let mut days: Vec<((&TenantId, i64, &str, Via), Usage)> = days.into_iter().collect();
     days.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    for ((tenant, day_no, resource), u) in &days {
+    for ((tenant, day_no, resource, via), u) in &days {
         let (tenant, resource): (&TenantId, &str) = (tenant, resource);
-        let p = *prices.entry(resource).or_insert_with(|| token_prices(pipeline, resource));
+        let p = *prices.entry(resource).or_insert_with(|| unit_prices(pipeline, resource));
         let day = ids::day_of(day_no * 86_400);
         let key = allocate::resource_key(resource);
-        for tt in TokenType::TOKENS {
-            let n = token_count(u, tt);
+        let pool = allocate::pool_of_counter(resource);
+        let mut weigh = |tt: TokenType, n: u64| {
+            // Usage a silo account decided is paid by that account's own lines, never split.
+            let w = weights.entry((day.clone(), pool.clone(), tt)).or_default().entry(tenant.clone()).or_default();
+            match via {
+                Via::Pool => w.pool += n,
+                Via::Identity => w.identity += n,
+                Via::Account => {}
+            }
+        };
+        for tt in TokenType::METERED {
+            let n = unit_count(u, tt);
             if n == 0 {
                 continue;
             }
-            let est = p.map(|p| price_of(&p, tt) * Decimal::from(n)).unwrap_or_default();
-            let label = key.clone().unwrap_or_else(|| drift::NO_RESOURCE.to_string());
-            let m = metered.entry((day.clone(), label, tt)).or_default();
-            m.tokens += n;
-            m.estimated += est;
-            if let Some(key) = &key {
-                *weights.entry((day.clone(), key.clone(), tt)).or_default().entry(tenant.clone()).or_default() += n;
+            if tt.is_tokens() {
+                let est = p.map(|p| price_of(&p, tt) * Decimal::from(n)).unwrap_or_default();
+                let label = key.clone().unwrap_or_else(|| drift::NO_RESOURCE.to_string());
+                // Drift compares the four token types; 1 h cache writes are cache writes there.
+                let drift_tt = if tt == TokenType::CacheWrite1h { TokenType::CacheWrite } else { tt };
+                let m = metered.entry((day.clone(), label, drift_tt)).or_default();
+                m.tokens += n;
+                m.estimated += est;
             }
+            weigh(tt, n);
         }
-        if let Some(key) = key {
-            if u.requests > 0 {
-                *weights.entry((day, key, TokenType::Other)).or_default().entry(tenant.clone()).or_default() +=
-                    u.requests;
-            }
+        if u.requests > 0 {
+            weigh(TokenType::Other, u.requests);
         }
     }
 
+    let resolver = &pipeline.resolver;
+    let catalog = &pipeline.catalog;
     let mut lines = Vec::new();
     let mut billed: BTreeMap<DriftKey, Billed> = BTreeMap::new();
     let mut adjustments: Vec<(&load::GroupKey, &load::GroupSums)> = Vec::new();
@@ -291,19 +303,27 @@ pub fn reconcile(
             adjustments.push((g, s));
             continue;
         }
-        let tt = TokenType::of_usage_type(&g.usage_type);
+        let ut = UsageType::parse(&g.usage_type, &g.pricing_unit);
+        let tt = ut.unit;
         lines.push(UsageLine {
             day: g.day.clone(),
             resource: g.resource.clone(),
             token_type: tt,
             tag: g.tag.as_deref().and_then(TenantId::new),
+            account: resolver.account_owner(&g.account).cloned(),
+            principal: (!g.principal.is_empty()).then(|| resolver.principal_tenant(&g.principal)).flatten(),
+            pool: line_pool(g, &ut, catalog),
+            usage_type: g.usage_type.clone(),
             cost: s.cost,
         });
         let label = allocate::resource_key(&g.resource).unwrap_or_else(|| drift::NO_RESOURCE.to_string());
-        let b = billed.entry((g.day.clone(), label, tt)).or_default();
-        b.cost += s.cost;
-        if let Some(t) = group_tokens(g, s) {
-            *b.tokens.get_or_insert(0) += t;
+        if tt.is_tokens() {
+            let drift_tt = if tt == TokenType::CacheWrite1h { TokenType::CacheWrite } else { tt };
+            let b = billed.entry((g.day.clone(), label, drift_tt)).or_default();
+            b.cost += s.cost;
+            if let Some(t) = group_tokens(g, s) {
+                *b.tokens.get_or_insert(0) += t;
+            }
         }
     }
     let resolver = &pipeline.resolver;
@@ -351,7 +371,7 @@ pub fn reconcile(
         ("allocation", allocation_batch),
         ("drift", drift_table(&drift_rows)?),
         ("adjustments", adjustments_table(&adjustments)?),
-        ("cur", cur_table(cur)?),
+        ("cur", cur_table(cur, &pipeline.catalog)?),
         ("usage", usage_table(hours)?),
         ("summary", summary_table(&report)?),
     ];
@@ -438,31 +458,53 @@ pub fn check_balance(allocation: &RecordBatch, usage_cost: i128) -> Result<(), R
 }
 
 /// The list prices for what a counter resource names (as the ingest estimate uses them).
-pub fn token_prices(pipeline: &Pipeline, resource: &str) -> Option<TokenPrices> {
+pub fn unit_prices(pipeline: &Pipeline, resource: &str) -> Option<Prices> {
     let target = Target::parse(resource);
     let profile = pipeline.resolver.profile(resource, &target);
     let hint = profile.and_then(|p| p.model.as_deref());
     let tier = profile.map(|p| p.tier).unwrap_or_default();
-    pipeline.catalog.lookup(&target, hint).map(|p| *p.tier(tier))
+    pipeline.catalog.lookup(&target, hint).map(|p| p.priced(tier))
 }
 
-fn token_count(u: &Usage, tt: TokenType) -> u64 {
+/// What a CUR line's cost is split over when no tenant is named for it: its profile; the
+/// model of a foundation-model ARN; for a line without a resource id, the model its usage type
+/// (or Marketplace product name) names through the catalog's billing names.
+fn line_pool(g: &load::GroupKey, ut: &UsageType, catalog: &crate::pricing::Catalog) -> Pool {
+    if !g.resource.is_empty() {
+        return allocate::pool_of_counter(&g.resource);
+    }
+    let name = if ut.marketplace { classify::marketplace_model_name(&g.product_name) } else { ut.model.as_str() };
+    match catalog.model_of_billing_name(name) {
+        Some(model) => Pool::Model(model.to_string()),
+        None => Pool::UnknownModel,
+    }
+}
+
+/// A counter's quantity of `tt` (milliseconds for seconds: only proportions matter).
+fn unit_count(u: &Usage, tt: TokenType) -> u64 {
     match tt {
         TokenType::Input => u.input,
         TokenType::Output => u.output,
         TokenType::CacheRead => u.cache_read,
-        TokenType::CacheWrite => u.cache_write,
+        TokenType::CacheWrite => u.cache_write.saturating_sub(u.cache_write_1h),
+        TokenType::CacheWrite1h => u.cache_write_1h,
+        TokenType::Image => u.images,
+        TokenType::VideoSecond => u.video_ms,
+        TokenType::AudioSecond => u.audio_ms,
+        TokenType::SearchUnit => u.search_units,
         TokenType::Other => 0,
     }
 }
 
-fn price_of(p: &TokenPrices, tt: TokenType) -> Decimal {
+/// The list price of one token of `tt`.
+fn price_of(p: &Prices, tt: TokenType) -> Decimal {
     match tt {
-        TokenType::Input => p.input,
-        TokenType::Output => p.output,
-        TokenType::CacheRead => p.cache_read,
-        TokenType::CacheWrite => p.cache_write,
-        TokenType::Other => Decimal::ZERO,
+        TokenType::Input => p.tokens.input,
+        TokenType::Output => p.tokens.output,
+        TokenType::CacheRead => p.tokens.cache_read,
+        TokenType::CacheWrite => p.tokens.cache_write,
+        TokenType::CacheWrite1h => p.dimensions.cache_write_1h,
+        _ => Decimal::ZERO,
     }
 }
 
@@ -481,7 +523,8 @@ fn allocation_table(a: &Allocation) -> Result<RecordBatch, ArrowError> {
     // Tenants' shares first (sorted by tenant, day, resource, token type, basis), then the
     // unallocated rows (sorted by day, resource, token type, reason).
     let n = a.shares.len() + a.unallocated.len();
-    let (mut tenant, mut day, mut resource, mut tt, mut basis, mut reason, mut cost) = (
+    let (mut tenant, mut day, mut resource, mut tt, mut basis, mut reason, mut cost, mut usage_type) = (
+        Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -498,8 +541,9 @@ fn allocation_table(a: &Allocation) -> Result<RecordBatch, ArrowError> {
         basis.push(Some(b.as_str().to_string()));
         reason.push(None);
         cost.push(Some(*v));
+        usage_type.push(None);
     }
-    for ((d, r, k, why), v) in &a.unallocated {
+    for ((d, r, k, why, u), v) in &a.unallocated {
         tenant.push(None);
         day.push(Some(d.clone()));
         resource.push(Some(r.clone()));
@@ -507,6 +551,7 @@ fn allocation_table(a: &Allocation) -> Result<RecordBatch, ArrowError> {
         basis.push(Some("unallocated".to_string()));
         reason.push(Some(why.as_str().to_string()));
         cost.push(Some(*v));
+        usage_type.push((!u.is_empty()).then(|| u.clone()));
     }
     tables::batch(vec![
         ("tenant", Col::Text(tenant)),
@@ -516,6 +561,8 @@ fn allocation_table(a: &Allocation) -> Result<RecordBatch, ArrowError> {
         ("basis", Col::Text(basis)),
         ("unallocated_reason", Col::Text(reason)),
         ("cost", Col::Money(cost)),
+        // The usage type of `unknown_model` rows, whose model no billing name matched.
+        ("usage_type", Col::Text(usage_type)),
     ])
 }
 
@@ -545,24 +592,25 @@ fn adjustments_table(rows: &[(&load::GroupKey, &load::GroupSums)]) -> Result<Rec
     ])
 }
 
-fn cur_table(cur: &CurSnapshot) -> Result<RecordBatch, ArrowError> {
+fn cur_table(cur: &CurSnapshot, catalog: &crate::pricing::Catalog) -> Result<RecordBatch, ArrowError> {
     let g: Vec<(&load::GroupKey, &load::GroupSums)> = cur.groups.iter().collect();
+    let parsed: Vec<Option<UsageType>> = g
+        .iter()
+        .map(|(k, _)| classify::is_usage(&k.line_item_type).then(|| UsageType::parse(&k.usage_type, &k.pricing_unit)))
+        .collect();
+    let model = |(k, _): &(&load::GroupKey, &load::GroupSums), ut: &Option<UsageType>| match ut {
+        Some(ut) => match line_pool(k, ut, catalog) {
+            Pool::Model(m) => Some(m),
+            _ => None,
+        },
+        None => None,
+    };
     tables::batch(vec![
         ("day", text(g.iter().map(|(k, _)| &k.day))),
         ("line_item_type", text(g.iter().map(|(k, _)| &k.line_item_type))),
         ("product_code", text(g.iter().map(|(k, _)| &k.product_code))),
         ("usage_type", text(g.iter().map(|(k, _)| &k.usage_type))),
-        (
-            "token_type",
-            Col::Text(
-                g.iter()
-                    .map(|(k, _)| {
-                        classify::is_usage(&k.line_item_type)
-                            .then(|| TokenType::of_usage_type(&k.usage_type).as_str().to_string())
-                    })
-                    .collect(),
-            ),
-        ),
+        ("token_type", Col::Text(parsed.iter().map(|ut| ut.as_ref().map(|ut| ut.unit.as_str().to_string())).collect())),
         ("resource", text(g.iter().map(|(k, _)| &k.resource))),
         ("tenant_tag", Col::Text(g.iter().map(|(k, _)| k.tag.clone()).collect())),
         ("pricing_unit", text(g.iter().map(|(k, _)| &k.pricing_unit))),
@@ -571,6 +619,12 @@ fn cur_table(cur: &CurSnapshot) -> Result<RecordBatch, ArrowError> {
         ("quantity", Col::Money(g.iter().map(|(_, s)| Some(s.quantity)).collect())),
         ("tokens", Col::Int(g.iter().map(|(k, s)| group_tokens(k, s)).collect())),
         ("cost", Col::Money(g.iter().map(|(_, s)| Some(s.cost)).collect())),
+        // Added with allocation by model, account and principal (SPEC §3).
+        ("qualifiers", Col::Text(parsed.iter().map(|ut| ut.as_ref().map(UsageType::qualifier_text)).collect())),
+        ("model", Col::Text(g.iter().zip(&parsed).map(|(x, ut)| model(x, ut)).collect())),
+        ("product_name", text(g.iter().map(|(k, _)| &k.product_name))),
+        ("usage_account", text(g.iter().map(|(k, _)| &k.account))),
+        ("iam_principal", text(g.iter().map(|(k, _)| &k.principal))),
     ])
 }
 
@@ -741,7 +795,16 @@ mod tests {
             (TenantId::new("a").unwrap(), "2025-11-01".into(), "p".into(), TokenType::Input, allocate::Basis::Usage),
             7,
         );
-        a.unallocated.insert(("2025-11-01".into(), String::new(), TokenType::Input, allocate::Reason::NoResource), 5);
+        a.unallocated.insert(
+            (
+                "2025-11-01".into(),
+                String::new(),
+                TokenType::Input,
+                allocate::Reason::UnknownModel,
+                "USE1-X-input-tokens".into(),
+            ),
+            5,
+        );
         let batch = allocation_table(&a).unwrap();
         assert!(check_balance(&batch, 12).is_ok());
         match check_balance(&batch, 13) {

@@ -4,7 +4,7 @@
 //!
 //! | table | key | holds |
 //! |---|---|---|
-//! | `counters_hour` | tenant, hour (epoch s, UTC), resource, via (`pool`, `identity`, `account`: how the tenant was decided) | input, output, cache_read, cache_write, requests, errors, no_usage, est_cost (decimal text) |
+//! | `counters_hour` | tenant, hour (epoch s, UTC), resource, via (`pool`, `identity`, `account`: how the tenant was decided) | input, output, cache_read, cache_write, requests, errors, no_usage, est_cost (decimal text), images, video_ms, audio_ms, search_units, cache_write_1h, latency_optimized, cross_region |
 //! | `counters_day` | tenant, day `YYYY-MM-DD`, resource | the same sums |
 //! | `counters_month` | tenant, month `YYYY-MM`, resource | the same sums ("tenant X this month" is one range read) |
 //! | `seen_runs` | hour (hours since the epoch) | the dedup index: sorted runs of 16-byte request-id keys |
@@ -17,6 +17,10 @@
 //! search and adds its new keys as one run, merged into the runs before it while they are less
 //! than `RUN_FANOUT` (4) times larger, so an hour keeps O(log n) runs. Stores of schema 2 (one
 //! `seen` row per key) are converted when first opened.
+//!
+//! The counts after `est_cost` (the dimensions besides tokens, [`Usage`]) came with schema 5:
+//! a store without them gains them on opening (`ALTER TABLE … ADD COLUMN … DEFAULT 0`, see
+//! [`add_dimension_columns`]), its counters unchanged and the new sums 0.
 //!
 //! # Transactions
 //!
@@ -54,7 +58,8 @@ use crate::usage::{rollup_days_and_months, CounterKey, Entry, Resource, Sums, Us
 
 /// 3: the dedup index is `seen_runs` (one row per key in `seen` before; [`migrate_seen`]).
 /// 4: hourly counters are keyed by `via` too ([`migrate_via`]).
-const SCHEMA_VERSION: &str = "4";
+/// 5: the counters sum the dimensions besides tokens too ([`add_dimension_columns`]).
+const SCHEMA_VERSION: &str = "5";
 
 /// The tables that are not counters.
 const SCHEMA: &str = "
@@ -90,15 +95,42 @@ fn counter_table_sql(table: &str, bucket: &str, ty: &str) -> String {
             tenant TEXT NOT NULL, {bucket} {ty} NOT NULL, resource TEXT NOT NULL, {via}
             input INTEGER NOT NULL, output INTEGER NOT NULL, cache_read INTEGER NOT NULL,
             cache_write INTEGER NOT NULL, requests INTEGER NOT NULL, errors INTEGER NOT NULL,
-            no_usage INTEGER NOT NULL, est_cost TEXT NOT NULL,
-            PRIMARY KEY ({key})) WITHOUT ROWID;"
+            no_usage INTEGER NOT NULL, est_cost TEXT NOT NULL, {dimensions},
+            PRIMARY KEY ({key})) WITHOUT ROWID;",
+        dimensions = DIMENSION_COLUMNS.map(|c| format!("{c} INTEGER NOT NULL DEFAULT 0")).join(", "),
     )
 }
 
-const COLUMNS: &str = "input, output, cache_read, cache_write, requests, errors, no_usage, est_cost";
+/// The counts of schema 5 on ([`Usage::COUNTS`] after the first seven).
+const DIMENSION_COLUMNS: [&str; 7] =
+    ["images", "video_ms", "audio_ms", "search_units", "cache_write_1h", "latency_optimized", "cross_region"];
 
-/// Keys per multi-row counter upsert (11 parameters each, far below SQLite's limit).
+/// The sums of a counter row, as [`SqliteStore::usage_row`] reads them: the first seven of
+/// [`Usage::COUNTS`], `est_cost`, then [`DIMENSION_COLUMNS`].
+const COLUMNS: &str = "input, output, cache_read, cache_write, requests, errors, no_usage, est_cost, \
+                       images, video_ms, audio_ms, search_units, cache_write_1h, latency_optimized, cross_region";
+
+/// Keys per multi-row counter upsert (19 parameters each, far below SQLite's limit).
 const UPSERT_ROWS: usize = 32;
+
+/// Schema 4 → 5: each counter table gains the columns of [`DIMENSION_COLUMNS`] it lacks, 0 in
+/// every row already counted. Run on every opening (a few catalog reads), so a store is
+/// complete whatever migration ran before; in one transaction, so a store is either migrated
+/// or left as it was.
+fn add_dimension_columns(conn: &Connection) -> Result<(), StoreError> {
+    let tx = Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate).map_err(backend)?;
+    for (table, _, _) in COUNTER_TABLES {
+        let mut st = tx.prepare(&format!("SELECT name FROM pragma_table_info('{table}')")).map_err(backend)?;
+        let have: Vec<String> =
+            st.query_map([], |r| r.get(0)).map_err(backend)?.collect::<rusqlite::Result<_>>().map_err(backend)?;
+        for column in DIMENSION_COLUMNS.iter().filter(|c| !have.iter().any(|h| h == *c)) {
+            tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0"))
+                .map_err(backend)?;
+        }
+    }
+    tx.execute("UPDATE meta SET value = ?1 WHERE key = 'schema_version'", [SCHEMA_VERSION]).map_err(backend)?;
+    tx.commit().map_err(backend)
+}
 
 /// The dedup key of a record as two integers: `k1` is the hour number (hours since the epoch,
 /// 21 bits, good until 2209) over the top 42 bits of the request id key, `k2` the next 63
@@ -402,7 +434,7 @@ impl SqliteStore {
                 conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?1)", [SCHEMA_VERSION])
                     .map_err(backend)?;
             }
-            Some(SCHEMA_VERSION) => {}
+            Some(SCHEMA_VERSION | "4") => {}
             Some("2") => {
                 migrate_seen(&conn)?;
                 migrate_via(&conn)?;
@@ -414,6 +446,7 @@ impl SqliteStore {
                 )))
             }
         }
+        add_dimension_columns(&conn)?;
         Ok(SqliteStore { conn, group: None, spare: Sums::default() })
     }
 
@@ -427,15 +460,13 @@ impl SqliteStore {
     /// shared by [`UPSERT_ROWS`] keys.
     fn upsert_sql(table: &str, bucket: &str, rows: usize) -> String {
         let key = key_columns(bucket);
-        let row = format!("({})", vec!["?"; key.split(',').count() + 8].join(", "));
+        let row = format!("({})", vec!["?"; key.split(',').count() + Usage::COUNTS.len() + 1].join(", "));
         let values = vec![row.as_str(); rows].join(", ");
+        let sums: Vec<String> = Usage::COUNTS.iter().map(|c| format!("{c} = int_add({c}, excluded.{c})")).collect();
         format!(
             "INSERT INTO {table} ({key}, {COLUMNS}) VALUES {values}
-             ON CONFLICT ({key}) DO UPDATE SET
-               input = int_add(input, excluded.input), output = int_add(output, excluded.output),
-               cache_read = int_add(cache_read, excluded.cache_read), cache_write = int_add(cache_write, excluded.cache_write),
-               requests = int_add(requests, excluded.requests), errors = int_add(errors, excluded.errors),
-               no_usage = int_add(no_usage, excluded.no_usage), est_cost = dec_add(est_cost, excluded.est_cost)"
+             ON CONFLICT ({key}) DO UPDATE SET {sums}, est_cost = dec_add(est_cost, excluded.est_cost)",
+            sums = sums.join(", ")
         )
     }
 
@@ -466,14 +497,19 @@ impl SqliteStore {
                         bind(&mut st, at + 3, via)?;
                         at += 1;
                     }
-                    let counts = [u.input, u.output, u.cache_read, u.cache_write, u.requests, u.errors, u.no_usage];
-                    for (i, c) in counts.into_iter().enumerate() {
+                    // In the order of COLUMNS: seven counts, the cost, the other counts.
+                    let mut column = at + 3;
+                    for (i, c) in u.counts().into_iter().enumerate() {
+                        if i == 7 {
+                            bind(&mut st, column, &u.est_cost.to_string())?;
+                            column += 1;
+                        }
                         let c = i64::try_from(c)
                             .map_err(|_| StoreError::Invalid(format!("counter overflow: {c} passes 2^63 - 1")))?;
-                        bind(&mut st, at + 3 + i, &c)?;
+                        bind(&mut st, column, &c)?;
+                        column += 1;
                     }
-                    bind(&mut st, at + 10, &u.est_cost.to_string())?;
-                    at += 11;
+                    at = column;
                 }
                 st.raw_execute().map_err(backend)?;
             }
@@ -573,20 +609,17 @@ impl SqliteStore {
     }
 
     fn usage_row(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Usage> {
-        let n = |i: usize| -> rusqlite::Result<u64> { Ok(r.get::<_, i64>(first + i)? as u64) };
         let cost: String = r.get(first + 7)?;
-        Ok(Usage {
-            input: n(0)?,
-            output: n(1)?,
-            cache_read: n(2)?,
-            cache_write: n(3)?,
-            requests: n(4)?,
-            errors: n(5)?,
-            no_usage: n(6)?,
-            est_cost: Decimal::from_str(&cost).map_err(|e| {
-                rusqlite::Error::FromSqlConversionFailure(first + 7, rusqlite::types::Type::Text, Box::new(e))
-            })?,
-        })
+        let est_cost = Decimal::from_str(&cost).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(first + 7, rusqlite::types::Type::Text, Box::new(e))
+        })?;
+        let mut counts = [0u64; 14];
+        for (i, c) in counts.iter_mut().enumerate() {
+            // The cost sits between the seventh count and the eighth (see COLUMNS).
+            let column = if i < 7 { first + i } else { first + i + 1 };
+            *c = r.get::<_, i64>(column)? as u64;
+        }
+        Ok(Usage::from_counts(counts, est_cost))
     }
 
     fn tenant_of(s: String) -> rusqlite::Result<TenantId> {
@@ -766,5 +799,19 @@ impl CounterStore for SqliteStore {
         let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))).map_err(backend)?;
         out.skipped = rows.collect::<rusqlite::Result<_>>().map_err(backend)?;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_columns_are_the_usage_counts_with_the_cost_after_the_seventh() {
+        let mut want: Vec<&str> = Usage::COUNTS.to_vec();
+        want.insert(7, "est_cost");
+        let columns: Vec<&str> = COLUMNS.split(',').map(str::trim).collect();
+        assert_eq!(columns, want);
+        assert_eq!(&Usage::COUNTS[7..], &DIMENSION_COLUMNS[..]);
     }
 }

@@ -70,7 +70,7 @@ fn plans() -> Plans {
 
 fn basis(input: u64, output: u64, cache_read: u64, estimate: &str, reconciled: Option<&str>) -> Basis {
     Basis {
-        usage: TokenUsage { input, output, cache_read, cache_write: 0, requests: 100 },
+        usage: TokenUsage { input, output, cache_read, cache_write: 0, requests: 100, ..TokenUsage::default() },
         estimated_cost: d(estimate),
         reconciled_cost: reconciled.map(d),
     }

@@ -46,7 +46,7 @@ fn basis() -> impl Strategy<Value = Basis> {
         proptest::option::of(money(1_000_000_000_000, 10)),
     )
         .prop_map(|(input, output, cache_read, cache_write, estimated_cost, reconciled_cost)| Basis {
-            usage: TokenUsage { input, output, cache_read, cache_write, requests: 1 },
+            usage: TokenUsage { input, output, cache_read, cache_write, requests: 1, ..TokenUsage::default() },
             estimated_cost,
             reconciled_cost,
         })

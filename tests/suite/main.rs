@@ -34,6 +34,10 @@
 //!   code before its fix.
 //! - `properties.rs` — property tests: aggregation order-insensitive and mergeable, roll-ups
 //!   add up, replay is a no-op, batch order does not matter.
+//! - `dimensions.rs` — every dimension besides tokens (images, video and audio seconds, search
+//!   units, 1 h cache writes, latency-optimized and cross-region calls) from the real-shaped
+//!   records of `fixtures/dimensions` through `tally ingest` to `tally meter` and `/v1/usage`,
+//!   each count and the estimate worked out by hand; bad values quarantined with their field.
 //!
 //! Stores:
 //! - `store_sqlite.rs` + `common/conformance.rs` — the `CounterStore` conformance suite,
@@ -41,21 +45,22 @@
 //!   connection until committed, rolled back whole by a refused batch, an explicit rollback or
 //!   a close), and a property test that grouping batches changes nothing counted.
 //! - `store_dynamodb.rs` — against moto: the conformance suite on DynamoDB (unsharded and with
-//!   `shards = 3`); a batch too big for one transaction, against SQLite's result, replayed and
-//!   refused; a writer cut off after each of a split batch's calls, finished (undone or
-//!   redone) by the next; `tally ingest` through a loopback proxy that answers 10% of DynamoDB
-//!   calls with throttling or HTTP 500, counters and totals equal to the generator's truth; a
-//!   persistent failure (exit 1, no checkpoint moved, then a clean re-run); `tally init`,
-//!   `ingest --json` (with the write counts) and `meter` on a table; and the SIGKILL test of
-//!   `exactly_once.rs` (shared in `support/kill.rs`, 30 kills) on DynamoDB. **Open question:**
-//!   before `tests/moto_server.py` serialised DynamoDB requests, this test failed twice in
-//!   about eleven runs: once the run after the kills exited non-zero, and once the counters of
-//!   a few tenant-hours came out **doubled**. The likely cause is moto, not tally: moto's
-//!   threaded server applies a killed writer's last transaction while the restarted writer's
-//!   requests run, with no lock between them, where DynamoDB applies each transaction
-//!   atomically. This is not proven against real DynamoDB, but with the lock the test has
-//!   passed every run since: 18 of 18, 8 of them with their output kept, none needing the
-//!   retry. It prints a failing post-kill run's stderr, allows one more run, and always
+//!   `shards = 3`, each as two tests of every other check, a read repeated with no write
+//!   between answered once); a batch too big for one transaction, against SQLite's result,
+//!   replayed and refused; a writer cut off after each of a split batch's calls, finished
+//!   (undone or redone) by the next; `tally ingest` through a loopback proxy that answers 10%
+//!   of DynamoDB calls with throttling or HTTP 500, counters and totals equal to the
+//!   generator's truth; a persistent failure (exit 1, no checkpoint moved, then a clean
+//!   re-run); `tally init`, `ingest --json` (with the write counts) and `meter` on a table; and
+//!   the SIGKILL test of `exactly_once.rs` (shared in `support/kill.rs`, 30 kills) on DynamoDB.
+//!   **Open question:** before `tests/moto_server.py` serialised DynamoDB requests, this test
+//!   failed twice in about eleven runs: once the run after the kills exited non-zero, and once
+//!   the counters of a few tenant-hours came out **doubled**. The likely cause is moto, not
+//!   tally: moto's threaded server applies a killed writer's last transaction while the
+//!   restarted writer's requests run, with no lock between them, where DynamoDB applies each
+//!   transaction atomically. This is not proven against real DynamoDB, but with the lock the
+//!   test has passed every run since: 18 of 18, 8 of them with their output kept, none needing
+//!   the retry. It prints a failing post-kill run's stderr, allows one more run, and always
 //!   asserts exact counters.
 //! - `sources_aws.rs` — the S3 and CloudWatch Logs sources against moto: the same generated
 //!   records through files, S3 and CloudWatch give the same counters; with 10% of S3 and Logs
@@ -108,15 +113,17 @@
 //!   generator's truth and balance, reconcile's allocated + unallocated equals the CUR's usage
 //!   cost, final invoices for every tenant on a plan summing to the charge, the demo's serve
 //!   key stored as a hash only, and a second run giving the same counts and bill.
-//! - `serve.rs` — `tally serve` as a process on a free port, over counters written by `tally
-//!   ingest`, with every number worked out from hand-written records: every endpoint refuses
+//! - `serve.rs` — `tally serve` in the test's process (`serve::run` on a listener bound to
+//!   `127.0.0.1:0`, stopped through its shutdown future), over counters written by an ingest,
+//!   with every number worked out from hand-written records: every endpoint refuses
 //!   no key, wrong keys and hashes (401), another tenant's `?tenant=` and tenant keys on
 //!   `/v1/tenants` (403, naming nothing of the other tenant), and answers its own tenant's
 //!   quota, usage and the admin's sorted list exactly — on SQLite and on DynamoDB (moto); keys
 //!   never in the log; `/metrics` and `/healthz`; a quota answer at most `cache_ms` old after
 //!   an ingest; each alert threshold (50%, 100%, requests per day, spike) delivered once across
 //!   checks and a restart, the first after two webhook 500s (three attempts), pending alerts
-//!   delivered after a restart; `tally key new`/`key hash`; and the dashboard in Debian's
+//!   delivered after a restart; the binary itself (`--listen`, `--as-of`, no key in its log,
+//!   exit 0 on SIGTERM); `tally key new`/`key hash`; and the dashboard in Debian's
 //!   headless Chromium (tenant and admin views, the rendered numbers checked, screenshots kept
 //!   in `target/test-artifacts/`). `tests/run-all.sh` installs `chromium` when missing and sets
 //!   `TALLY_TEST_REQUIRE_BROWSER=1`.
@@ -146,6 +153,7 @@ mod support;
 
 mod bad_input;
 mod demo;
+mod dimensions;
 mod errors;
 mod every_record_counts;
 mod exactly_once;

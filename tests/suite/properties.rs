@@ -28,18 +28,17 @@ fn cost() -> impl Strategy<Value = Decimal> {
 }
 
 fn usage() -> impl Strategy<Value = Usage> {
-    (0u64..100_000, 0u64..100_000, 0u64..10_000, 0u64..10_000, 1u64..4, 0u64..2, 0u64..2, cost()).prop_map(
-        |(input, output, cache_read, cache_write, requests, errors, no_usage, est_cost)| Usage {
-            input,
-            output,
-            cache_read,
-            cache_write,
-            requests,
-            errors,
-            no_usage,
-            est_cost,
-        },
+    (
+        (0u64..100_000, 0u64..100_000, 0u64..10_000, 0u64..10_000, 1u64..4, 0u64..2, 0u64..2),
+        // The other dimensions: images, video and audio ms, search units, 1 h cache writes,
+        // latency-optimized and cross-region requests.
+        prop::array::uniform7(0u64..1_000),
+        cost(),
     )
+        .prop_map(|((input, output, cache_read, cache_write, requests, errors, no_usage), dims, est_cost)| {
+            let tokens = [input, output, cache_read, cache_write, requests, errors, no_usage];
+            Usage::from_counts(std::array::from_fn(|i| if i < 7 { tokens[i] } else { dims[i - 7] }), est_cost)
+        })
 }
 
 /// A counter key from a small domain (so keys collide) whose hours span a month boundary:

@@ -31,7 +31,55 @@ fn the_whole_bill_is_allocated_or_unallocated_by_the_rules() {
 
     let by_basis = rows(&sql_csv(&out, "SELECT basis, count(*) AS n FROM allocation GROUP BY basis ORDER BY basis"));
     let bases: Vec<&str> = by_basis.iter().map(|r| r[0].as_str()).collect();
-    assert_eq!(bases, ["profile", "tag", "unallocated", "usage"]);
+    assert_eq!(bases, ["account", "model", "principal", "profile", "tag", "unallocated", "usage"]);
+
+    // A silo tenant's account pays for its own lines, all of them and nothing else.
+    let by_account = rows(&sql_csv(&out, "SELECT DISTINCT tenant FROM allocation WHERE basis = 'account' ORDER BY 1"));
+    assert_eq!(by_account, [["tenant-0003"]], "tenant-0003 is the fixture's silo tenant");
+    let silo_lines = rows(&sql_csv(
+        &out,
+        "SELECT sum(cost) FROM cur WHERE usage_account = '444400000003' AND line_item_type = 'Usage'",
+    ));
+    let account_cost =
+        rows(&sql_csv(&out, "SELECT sum(cost), count(DISTINCT basis) FROM allocation WHERE tenant = 'tenant-0003'"));
+    assert_eq!(dec(&account_cost[0][0]), dec(&silo_lines[0][0]));
+    assert_eq!(account_cost[0][1], "1", "the silo tenant has no share of pooled lines");
+
+    // A tenant the identity rule names pays its principal's lines, and no share of a split on
+    // the same day × pool × unit for that usage: it pays once.
+    let by_principal = rows(&sql_csv(
+        &out,
+        "SELECT tenant, count(DISTINCT basis) FROM allocation WHERE tenant IN \
+         (SELECT tenant FROM allocation WHERE basis = 'principal') GROUP BY tenant ORDER BY 1",
+    ));
+    assert_eq!(by_principal, [["tenant-0009", "1"]]);
+    let principal_lines = rows(&sql_csv(&out, "SELECT sum(cost) FROM cur WHERE iam_principal LIKE '%assumed-role/tenant-tenant-0009/%' AND line_item_type = 'Usage'"));
+    let principal_cost = rows(&sql_csv(&out, "SELECT sum(cost) FROM allocation WHERE basis = 'principal'"));
+    assert_eq!(dec(&principal_cost[0][0]), dec(&principal_lines[0][0]));
+
+    // Base-model lines (no resource id) are split by model among the tenants whose counters
+    // called that model by a bare id or foundation-model ARN that day, in proportion to tokens.
+    let by_model = rows(&sql_csv(
+        &out,
+        "SELECT day, token_type, tenant, cost FROM allocation WHERE basis = 'model' AND resource = 'amazon.nova-micro-v1:0' ORDER BY day, token_type, tenant",
+    ));
+    assert!(!by_model.is_empty());
+    let (day, tt) = (by_model[0][0].clone(), by_model[0][1].clone());
+    let group: Vec<&Vec<String>> = by_model.iter().filter(|r| r[0] == day && r[1] == tt).collect();
+    let used = rows(&sql_csv(
+        &out,
+        &format!("SELECT tenant, sum({tt}) FROM usage WHERE resource = 'amazon.nova-micro-v1:0' AND via = 'pool' AND day = '{day}' GROUP BY tenant HAVING sum({tt}) > 0 ORDER BY tenant"),
+    ));
+    assert_eq!(
+        group.iter().map(|r| r[2].clone()).collect::<Vec<_>>(),
+        used.iter().map(|r| r[0].clone()).collect::<Vec<_>>()
+    );
+    let total: Decimal = group.iter().map(|r| dec(&r[3])).sum();
+    let tokens: Decimal = used.iter().map(|r| dec(&r[1])).sum();
+    for (share, u) in group.iter().zip(&used) {
+        let exact = total * dec(&u[1]) / tokens;
+        assert!((dec(&share[3]) - exact).abs() < dec("0.0000000001"), "{share:?} vs {exact}");
+    }
 
     // Dedicated profiles: tenant-0007 is tagged in CUR, tenant-0008 only in the registry.
     let dedicated = rows(&sql_csv(&out, "SELECT DISTINCT tenant, basis FROM allocation WHERE resource LIKE '%application-inference-profile/aip%' ORDER BY tenant"));
@@ -61,19 +109,21 @@ fn the_whole_bill_is_allocated_or_unallocated_by_the_rules() {
         assert!((dec(&share[3]) - exact).abs() < dec("0.0000000001"), "{share:?} vs {exact}");
     }
 
-    // Unallocated: base-model lines without a resource id, and a profile nobody metered.
+    // Unallocated: only the planted cases, a profile nobody metered and a model no catalog
+    // knows (with its usage type).
     let unallocated = rows(&sql_csv(
         &out,
-        "SELECT DISTINCT unallocated_reason, resource FROM allocation WHERE tenant IS NULL ORDER BY 1, 2",
+        "SELECT DISTINCT unallocated_reason, resource, coalesce(usage_type, '') FROM allocation WHERE tenant IS NULL ORDER BY 1, 2",
     ));
     assert_eq!(
         unallocated,
         [
-            vec!["no_resource".to_string(), String::new()],
             vec![
-                "no_usage_metered".into(),
-                "arn:aws:bedrock:us-east-1:111122223333:application-inference-profile/orphan000001".into()
-            ]
+                "no_usage_metered".to_string(),
+                "arn:aws:bedrock:us-east-1:111122223333:application-inference-profile/orphan000001".into(),
+                String::new()
+            ],
+            vec!["unknown_model".into(), String::new(), "USE1-Nova9Ultra-input-tokens".into()],
         ]
     );
 
@@ -85,9 +135,10 @@ fn the_whole_bill_is_allocated_or_unallocated_by_the_rules() {
     let adjustment_lines: usize = adj.iter().map(|r| r[1].parse::<usize>().unwrap()).sum();
     assert_eq!(summary[0], [(f.cur.usage_lines as usize + adjustment_lines).to_string(), "true".into()]);
 
-    // Drift: the drifting shared pool is flagged; nothing billed at list price is.
+    // Drift: the drifting shared pool is flagged, and the base-model row `(none)`, whose bill
+    // has the planted model no counter metered; nothing else billed at list price is.
     let flagged = rows(&sql_csv(&out, "SELECT DISTINCT resource FROM drift WHERE flagged AND metered_tokens IS NOT NULL AND cur_cost IS NOT NULL ORDER BY 1"));
-    assert_eq!(flagged, [["sharedpool01"]]);
+    assert_eq!(flagged, [["(none)"], ["sharedpool01"]]);
     let marketplace = rows(&sql_csv(&out, "SELECT sum(tokens) FROM cur WHERE usage_type LIKE '%MP:%'"));
     assert!(dec(&marketplace[0][0]) > Decimal::ZERO, "Marketplace lines are read in millions of tokens");
 }

@@ -1,6 +1,8 @@
 //! The real legacy CUR (fixtures/cur/legacy-workshop, from an AWS workshop, MIT-0): every one
-//! of its 52 Bedrock rows is loaded, in its own billing period, with its cost and tokens, and
-//! (having no resource ids) reported as unallocated rather than dropped.
+//! of its 52 Bedrock rows is loaded, in its own billing period, with its cost and tokens. Its
+//! rows have no resource ids (Titan and Claude v2 called by bare model id): each is attributed
+//! to its model through the catalog's billing names and split by the counters of the tenants
+//! that used that model that day; with no counters it is unallocated, never dropped.
 //!
 //! The expected values come from `derived_bedrock_rows.csv`, which was extracted from the same
 //! Parquet with pyarrow, not by tally.
@@ -12,10 +14,12 @@ use std::str::FromStr;
 
 use rust_decimal::Decimal;
 use support::{repo, Scratch};
-use tally::cur::classify;
+use tally::cur::classify::{self, TokenType};
 use tally::cur::load::{self, LoadOptions};
+use tally::ids::{self, TenantId};
 use tally::progress::NoProgress;
 use tally::reconcile::{self, drift::Thresholds};
+use tally::usage::{CounterKey, Resource, Usage, Via};
 
 /// (period → (rows, Σ unblended cost, Σ tokens of the 1K-token rows)) from the CSV.
 fn expected() -> BTreeMap<String, (u64, Decimal, i64)> {
@@ -107,5 +111,70 @@ fn without_resource_ids_the_real_cost_is_unallocated_and_balances() {
     assert_eq!(t.report.usage_cost.normalize(), cost.normalize());
     assert_eq!(t.report.allocated, Decimal::ZERO);
     assert_eq!(t.report.unallocated.normalize(), cost.normalize());
-    assert_eq!(t.report.unallocated_by_reason.keys().collect::<Vec<_>>(), ["no_resource"]);
+    // Every model is known by its billing name: nothing is `unknown_model`.
+    assert_eq!(t.report.unallocated_by_reason.keys().collect::<Vec<_>>(), ["no_usage_metered"]);
+}
+
+/// Counters that match the real CUR: on each line's day, two tenants called its model by its
+/// bare id, `tenant-a` twice as much as `tenant-b` (tokens, or images for the image lines).
+fn matching_counters(period: &str) -> Vec<(CounterKey, Usage)> {
+    let text = std::fs::read_to_string(repo("fixtures/cur/legacy-workshop/derived_bedrock_rows.csv")).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').map(|h| h.trim_matches('"')).collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let catalog = tally::pricing::Catalog::builtin();
+    let mut out: BTreeMap<CounterKey, Usage> = BTreeMap::new();
+    for line in lines {
+        let f = split_csv(line);
+        if !f[col("bill_billing_period_start_date")].starts_with(period) {
+            continue;
+        }
+        let ut = classify::UsageType::parse(&f[col("line_item_usage_type")], &f[col("pricing_unit")]);
+        let model = catalog.model_of_billing_name(&ut.model).unwrap_or_else(|| panic!("no billing name {}", ut.model));
+        let amount = Decimal::from_str(&f[col("line_item_usage_amount")]).unwrap();
+        let n = if ut.unit.is_tokens() { amount * Decimal::from(1000) } else { amount };
+        let n: u64 = (n * Decimal::from(3)).round().to_string().parse().unwrap();
+        let hour = ids::parse_timestamp(&format!("{}T12:00:00Z", &f[col("line_item_usage_start_date")][..10])).unwrap();
+        for (tenant, part) in [("tenant-a", 2 * n / 3), ("tenant-b", n - 2 * n / 3)] {
+            let key = CounterKey {
+                tenant: TenantId::new(tenant).unwrap(),
+                hour,
+                resource: Resource::new(model),
+                via: Via::Pool,
+            };
+            let u = out.entry(key).or_default();
+            u.requests += 1;
+            match ut.unit {
+                TokenType::Input => u.input += part,
+                TokenType::Output => u.output += part,
+                TokenType::Image => u.images += part,
+                other => panic!("the workshop CUR has no {other} lines"),
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
+#[test]
+fn without_resource_ids_the_real_cost_is_allocated_by_model_against_matching_counters() {
+    let s = Scratch::new("[reconcile]\ntenant_tag = \"tenant_id\"");
+    let pipeline = s.config().pipeline().unwrap();
+    let dir = repo("fixtures/cur/legacy-workshop/year=2024/month=9");
+    let mut periods = 0;
+    for (period, (_, cost, _)) in expected() {
+        let opts = LoadOptions { period: period.clone(), tenant_tag: "tenant_id".into() };
+        let snap = load::load(&dir, &opts, &NoProgress).unwrap();
+        let hours = matching_counters(&period);
+        let t = reconcile::reconcile(&period, &snap, &hours, &pipeline, Thresholds::default()).unwrap();
+        assert_eq!(t.report.usage_cost.normalize(), cost.normalize(), "{period}");
+        assert_eq!(t.report.unallocated, Decimal::ZERO, "{period}: {:?}", t.report.unallocated_by_reason);
+        assert_eq!(t.report.allocated.normalize(), cost.normalize(), "{period}");
+        // tenant-a used two thirds of every model on every day, so it pays two thirds of the
+        // bill, to within the largest-remainder unit (10⁻¹⁰ USD) per group.
+        let a = t.report.tenants.iter().find(|c| c.tenant == "tenant-a").map(|c| c.cost).unwrap_or_default();
+        let off = (a - cost * Decimal::from(2) / Decimal::from(3)).abs();
+        assert!(off < Decimal::new(1, 7), "{period}: tenant-a pays {a} of {cost}");
+        periods += 1;
+    }
+    assert_eq!(periods, 5, "the five billing periods that have Bedrock rows");
 }

@@ -1,5 +1,6 @@
-//! `tally serve` end to end: the real binary on a free port, over counters written by
-//! `tally ingest`, on SQLite and on DynamoDB (moto).
+//! `tally serve` end to end: [`tally::serve::run`] in the test's process on a free port, over
+//! counters written by an ingest, on SQLite and on DynamoDB (moto); and the binary itself, for
+//! its flags, its log and its exit on SIGTERM.
 //!
 //! The data is small and written by hand so every number below is worked out from it. The
 //! server runs `--as-of 2025-11-15T12:30:00Z`:
@@ -12,14 +13,17 @@
 use crate::support;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use support::serve::{wait_for, Receiver, Server};
+use support::serve::{wait_for, InProcess, Receiver, Server};
 use support::{record, Scratch};
 
 const AS_OF: &str = "2025-11-15T12:30:00Z";
 const ACME_KEY: &str = "tly_acme_0123456789abcdef";
 const BETA_KEY: &str = "tly_beta_fedcba9876543210";
 const ADMIN_KEY: &str = "tly_admin_55aa55aa55aa55aa";
+/// `tally serve`'s first wait between webhook attempts, unless `TALLY_WEBHOOK_BACKOFF_MS` says.
+const DEFAULT_BACKOFF: Duration = Duration::from_millis(500);
 
 fn hash(key: &str) -> String {
     tally::serve::auth::hash_text(key)
@@ -67,8 +71,7 @@ fn phase_two() -> String {
 }
 
 fn ingest(config: &Path, file: &Path) {
-    let out = support::tally_bin().arg("--config").arg(config).args(["--quiet", "ingest"]).arg(file).output().unwrap();
-    assert!(out.status.success(), "ingest failed: {}", String::from_utf8_lossy(&out.stderr));
+    support::serve::ingest(config, &[file.to_path_buf()]);
 }
 
 /// A scratch folder with the config (SQLite unless `store` says otherwise) and phase one ingested.
@@ -77,9 +80,11 @@ fn setup(store: &str, alerts: &str) -> (Scratch, PathBuf) {
     let store = if store.is_empty() { "[store]\npath = \"tally.sqlite\"\n" } else { store };
     std::fs::write(&s.config_path, format!("{store}\n{}", serve_config(alerts))).unwrap();
     let config = s.config_path.clone();
+    #[cfg(feature = "aws")]
     if store.contains("dynamodb") {
-        let out = support::tally_bin().arg("--config").arg(&config).arg("init").output().unwrap();
-        assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
+        let c = tally::config::Config::load(&config).unwrap();
+        let endpoint = c.store.endpoint_url.as_deref().unwrap();
+        support::aws::dynamo_store(endpoint, &c.store.table, c.store.shards).create_table().expect("table created");
     }
     let logs = s.write("logs/one.jsonl", phase_one());
     ingest(&config, &logs);
@@ -88,7 +93,7 @@ fn setup(store: &str, alerts: &str) -> (Scratch, PathBuf) {
 
 /// Every endpoint refuses what the caller may not read, and answers what it may, exactly.
 fn check_endpoints(config: &Path) {
-    let server = Server::start(config, &["--as-of", AS_OF], &[]);
+    let server = InProcess::start(config, AS_OF, DEFAULT_BACKOFF);
     let get = |path: &str, key: Option<&str>| server.get(path, key);
 
     // No key, a wrong key, a key's hash instead of the key: 401 with a JSON error, everywhere.
@@ -196,7 +201,29 @@ fn check_endpoints(config: &Path) {
 
     // Keys never reach the log.
     let log = server.log();
+    assert!(log.contains("serving live meters"), "the log is captured: {log}");
     for key in [ACME_KEY, BETA_KEY, ADMIN_KEY] {
+        assert!(!log.contains(key), "a key is in the log:\n{log}");
+    }
+    server.stop().expect("the shutdown future stops serve without an error");
+}
+
+/// The binary: `--listen 127.0.0.1:0` and its "listening on" line, `--as-of`, answers, no key
+/// in its log, and exit 0 on SIGTERM.
+#[test]
+fn the_process_serves_until_sigterm_and_exits_0() {
+    let (_s, config) = setup("", "check_seconds = 3600");
+    let server = Server::start(&config, &["--as-of", AS_OF], &[]);
+    for key in [None, Some("tly_nope")] {
+        let r = server.get("/v1/quota", key);
+        assert_eq!((r.status, r.json()["error"].as_str()), (401, Some("unauthorized")), "{key:?}: {}", r.body);
+    }
+    let q = server.get("/v1/quota", Some(ACME_KEY)).json();
+    assert_eq!((q["day"].as_str(), q["allowance"]["used"].as_str()), (Some("2025-11-15"), Some("770")), "{q}");
+    assert_eq!(server.get("/v1/tenants", Some(ADMIN_KEY)).json()["tenants"].as_array().map(Vec::len), Some(4));
+    let log = server.log();
+    assert!(log.contains("serving live meters"), "{log}");
+    for key in [ACME_KEY, ADMIN_KEY] {
         assert!(!log.contains(key), "a key is in the log:\n{log}");
     }
     assert!(server.stop().success(), "SIGTERM stops serve with exit 0");
@@ -211,12 +238,13 @@ fn every_endpoint_keeps_tenants_apart_on_sqlite() {
 #[test]
 fn quota_answers_are_at_most_cache_ms_old() {
     let (s, config) = setup("", "check_seconds = 3600");
-    let server = Server::start(&config, &["--as-of", AS_OF], &[]);
+    let server = InProcess::start(&config, AS_OF, DEFAULT_BACKOFF);
     let used = || server.get("/v1/quota", Some(ACME_KEY)).json()["allowance"]["used"].as_str().unwrap().to_string();
     assert_eq!(used(), "770");
     ingest(&config, &s.write("logs/two.jsonl", phase_two()));
     // cache_ms = 200: within 200 ms of the ingest committing, every answer has the new count.
-    std::thread::sleep(std::time::Duration::from_millis(250));
+    // (The wait is what is tested, not a wait for the server.)
+    std::thread::sleep(Duration::from_millis(250));
     let q = server.get("/v1/quota", Some(ACME_KEY)).json();
     assert_eq!(
         (q["allowance"]["used"].as_str(), q["requests_today"].as_u64(), q["status"].as_str()),
@@ -237,13 +265,13 @@ fn each_alert_threshold_fires_once_and_the_webhook_is_retried() {
     let alerts =
         format!("webhook = \"{}\"\ncheck_seconds = 0.2\nattempts = 4\nledger = \"alerts.jsonl\"", receiver.url);
     let (s, config) = setup("", &alerts);
-    let env = [("TALLY_WEBHOOK_BACKOFF_MS", "50")];
-    let server = Server::start(&config, &["--as-of", AS_OF], &env);
+    let backoff = Duration::from_millis(50);
+    let server = InProcess::start(&config, AS_OF, backoff);
     let first =
         ["acme/allowance/2025-11/0.5", "acme/requests_per_day/2025-11-15/0.5", "acme/spike/2025-11-15T11:00:00Z/3"];
     wait_for(20, "the first alerts", || receiver.delivered().len() >= 3);
     // Several more checks: nothing is raised twice.
-    std::thread::sleep(std::time::Duration::from_millis(1000));
+    server.wait_for_alert_checks(5);
     assert_eq!(alert_ids(&receiver), first);
     let hooks = receiver.hooks();
     assert_eq!(hooks.iter().filter(|h| h.body["id"] == first[0]).count(), 3, "two 500s, then delivered: {hooks:?}");
@@ -259,7 +287,7 @@ fn each_alert_threshold_fires_once_and_the_webhook_is_retried() {
     // hour (300 tokens against (20 + 300) / 4 = 80 before it) is a spike of its own.
     ingest(&config, &s.write("logs/two.jsonl", phase_two()));
     wait_for(20, "the 100% alerts", || receiver.delivered().len() >= 6);
-    std::thread::sleep(std::time::Duration::from_millis(600));
+    server.wait_for_alert_checks(3);
     let mut expected: Vec<String> = first.iter().map(|s| s.to_string()).collect();
     expected.extend(
         ["acme/allowance/2025-11/1", "acme/requests_per_day/2025-11-15/1", "acme/spike/2025-11-15T12:00:00Z/3"]
@@ -268,12 +296,12 @@ fn each_alert_threshold_fires_once_and_the_webhook_is_retried() {
     expected.sort();
     assert_eq!(alert_ids(&receiver), expected);
     assert!(server.log().contains("acme/allowance/2025-11/1"), "each alert is also a log line");
-    assert!(server.stop().success());
+    server.stop().unwrap();
 
     // A restart reads the ledger: nothing is raised or sent again.
     let before = receiver.hooks().len();
-    let again = Server::start(&config, &["--as-of", AS_OF], &env);
-    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let again = InProcess::start(&config, AS_OF, backoff);
+    again.wait_for_alert_checks(6);
     assert_eq!(receiver.hooks().len(), before, "a restart re-sent alerts: {:?}", &receiver.hooks()[before..]);
     drop(again);
 }
@@ -284,10 +312,10 @@ fn an_alert_not_delivered_is_sent_after_a_restart() {
     let receiver = Receiver::start(usize::MAX);
     let alerts = format!("webhook = \"{}\"\ncheck_seconds = 0.2\nattempts = 2", receiver.url);
     let (_s, config) = setup("", &alerts);
-    let env = [("TALLY_WEBHOOK_BACKOFF_MS", "20")];
-    let server = Server::start(&config, &["--as-of", AS_OF], &env);
+    let backoff = Duration::from_millis(20);
+    let server = InProcess::start(&config, AS_OF, backoff);
     wait_for(20, "failed attempts", || receiver.hooks().len() >= 4);
-    assert!(server.stop().success());
+    server.stop().unwrap();
     assert!(receiver.delivered().is_empty());
     let ledger = std::fs::read_to_string(config.parent().unwrap().join("alerts.jsonl")).unwrap();
     assert_eq!(ledger.lines().filter(|l| l.contains("\"event\":\"raised\"")).count(), 3, "{ledger}");
@@ -296,9 +324,9 @@ fn an_alert_not_delivered_is_sent_after_a_restart() {
     let working = Receiver::start(0);
     let text = std::fs::read_to_string(&config).unwrap().replace(&receiver.url, &working.url);
     std::fs::write(&config, text).unwrap();
-    let _again = Server::start(&config, &["--as-of", AS_OF], &env);
+    let again = InProcess::start(&config, AS_OF, backoff);
     wait_for(20, "the pending alerts", || working.delivered().len() >= 3);
-    std::thread::sleep(std::time::Duration::from_millis(600));
+    again.wait_for_alert_checks(3);
     assert_eq!(
         alert_ids(&working),
         ["acme/allowance/2025-11/0.5", "acme/requests_per_day/2025-11-15/0.5", "acme/spike/2025-11-15T11:00:00Z/3"]
@@ -333,7 +361,7 @@ fn keys_are_made_and_hashed_by_the_cli() {
 fn the_dashboard_renders_the_meters_in_chromium() {
     let Some(chromium) = browser() else { return };
     let (_s, config) = setup("", "check_seconds = 3600");
-    let server = Server::start(&config, &["--as-of", AS_OF], &[]);
+    let server = InProcess::start(&config, AS_OF, DEFAULT_BACKOFF);
     let artifacts = support::repo("target/test-artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
 

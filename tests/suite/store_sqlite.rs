@@ -47,6 +47,7 @@ conformance!(
     reads_are_isolated_by_tenant,
     month_and_day_boundaries_are_utc,
     an_empty_batch_moves_only_the_checkpoint,
+    every_dimension_is_summed_and_rolls_up,
 );
 
 /// The whole suite once more on file-backed stores (WAL journal, real transactions on disk).
@@ -181,7 +182,7 @@ fn a_schema_2_store_is_migrated_with_its_dedup_index() {
     let db = rusqlite::Connection::open(&path).unwrap();
     let version: String =
         db.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).unwrap();
-    assert_eq!(version, "4");
+    assert_eq!(version, "5");
     let old_table: i64 =
         db.query_row("SELECT count(*) FROM sqlite_master WHERE name = 'seen'", [], |r| r.get(0)).unwrap();
     assert_eq!(old_table, 0, "the old table is dropped once converted");
@@ -225,7 +226,7 @@ fn a_schema_3_store_keeps_its_hours_as_pool_and_then_counts_by_via() {
     let db = rusqlite::Connection::open(&path).unwrap();
     let version: String =
         db.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).unwrap();
-    assert_eq!(version, "4");
+    assert_eq!(version, "5");
 }
 
 #[test]
@@ -291,4 +292,91 @@ fn a_group_is_invisible_until_it_commits_and_a_failure_rolls_all_of_it_back() {
     let reopened = SqliteStore::open(&path, false).unwrap();
     assert_eq!(snapshot(&reopened, &months, &tenants), after_b3);
     assert_eq!(reopened.checkpoints().unwrap()["src"], "3");
+}
+
+/// The counter tables of schema 4, before the dimensions besides tokens: what a store written
+/// by an earlier tally holds.
+const SCHEMA_4_COUNTERS: &str = "
+    CREATE TABLE counters_hour (
+        tenant TEXT NOT NULL, hour INTEGER NOT NULL, resource TEXT NOT NULL, via TEXT NOT NULL DEFAULT 'pool',
+        input INTEGER NOT NULL, output INTEGER NOT NULL, cache_read INTEGER NOT NULL,
+        cache_write INTEGER NOT NULL, requests INTEGER NOT NULL, errors INTEGER NOT NULL,
+        no_usage INTEGER NOT NULL, est_cost TEXT NOT NULL,
+        PRIMARY KEY (tenant, hour, resource, via)) WITHOUT ROWID;
+    CREATE TABLE counters_day (
+        tenant TEXT NOT NULL, day TEXT NOT NULL, resource TEXT NOT NULL,
+        input INTEGER NOT NULL, output INTEGER NOT NULL, cache_read INTEGER NOT NULL,
+        cache_write INTEGER NOT NULL, requests INTEGER NOT NULL, errors INTEGER NOT NULL,
+        no_usage INTEGER NOT NULL, est_cost TEXT NOT NULL,
+        PRIMARY KEY (tenant, day, resource)) WITHOUT ROWID;
+    CREATE TABLE counters_month (
+        tenant TEXT NOT NULL, month TEXT NOT NULL, resource TEXT NOT NULL,
+        input INTEGER NOT NULL, output INTEGER NOT NULL, cache_read INTEGER NOT NULL,
+        cache_write INTEGER NOT NULL, requests INTEGER NOT NULL, errors INTEGER NOT NULL,
+        no_usage INTEGER NOT NULL, est_cost TEXT NOT NULL,
+        PRIMARY KEY (tenant, month, resource)) WITHOUT ROWID;";
+
+#[test]
+fn a_schema_4_store_gains_the_dimension_columns_and_keeps_its_counters() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tally.db");
+    let old = entry("acme", "2025-11-03T10:20:00Z", "m", "r1", 5, 2, "0.01");
+    {
+        let mut s = SqliteStore::open(&path, false).unwrap();
+        apply_ok(&mut s, &batch(vec![old.clone()], vec![cp("src", None, "1")]));
+    }
+    // The file as tally wrote it before schema 5: the same rows, tables without the columns.
+    {
+        let db = rusqlite::Connection::open(&path).unwrap();
+        let copy = "tenant, input, output, cache_read, cache_write, requests, errors, no_usage, est_cost, resource";
+        let mut sql = String::new();
+        for (table, bucket) in [("counters_hour", "hour, via"), ("counters_day", "day"), ("counters_month", "month")] {
+            sql += &format!("CREATE TABLE {table}_v5 AS SELECT {copy}, {bucket} FROM {table}; DROP TABLE {table};");
+        }
+        sql += SCHEMA_4_COUNTERS;
+        for (table, bucket) in [("counters_hour", "hour, via"), ("counters_day", "day"), ("counters_month", "month")] {
+            sql += &format!(
+                "INSERT INTO {table} ({copy}, {bucket}) SELECT {copy}, {bucket} FROM {table}_v5; DROP TABLE {table}_v5;"
+            );
+        }
+        sql += "UPDATE meta SET value = '4' WHERE key = 'schema_version';";
+        db.execute_batch(&sql).unwrap();
+        let columns: i64 = db
+            .query_row("SELECT count(*) FROM pragma_table_info('counters_month') WHERE name = 'images'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(columns, 0, "the old file has no dimension columns");
+    }
+    let before = {
+        let s = SqliteStore::open(&path, false).unwrap();
+        s.period_usage(&c::tenant("acme"), "2025-11").unwrap()
+    };
+    assert_eq!(before.total, old.usage, "the old counters read back, the new sums 0");
+
+    let mut s = SqliteStore::open(&path, false).unwrap();
+    let mut new = entry("acme", "2025-11-03T10:40:00Z", "m", "r2", 1, 1, "0.02");
+    (new.usage.images, new.usage.video_ms, new.usage.cache_write_1h, new.usage.cross_region) = (2, 6_000, 3, 1);
+    new.usage.cache_write = 3;
+    apply_ok(&mut s, &batch(vec![old.clone(), new.clone()], vec![cp("src", Some("1"), "2")]));
+    let got = s.period_usage(&c::tenant("acme"), "2025-11").unwrap();
+    let mut want = old.usage;
+    want += &new.usage;
+    assert_eq!(got.total, want, "r1 again is a duplicate; r2 adds every dimension");
+    assert_eq!((got.total.images, got.total.video_ms, got.total.cache_write_1h), (2, 6_000, 3));
+    c::assert_rollups_match_hours(&s, "2025-11");
+    let db = rusqlite::Connection::open(&path).unwrap();
+    let version: String =
+        db.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).unwrap();
+    assert_eq!(version, "5");
+    for table in ["counters_hour", "counters_day", "counters_month"] {
+        let n: i64 = db
+            .query_row(
+                &format!("SELECT count(*) FROM pragma_table_info('{table}') WHERE name IN ('images', 'video_ms', 'audio_ms', 'search_units', 'cache_write_1h', 'latency_optimized', 'cross_region')"),
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, 7, "{table}");
+    }
 }

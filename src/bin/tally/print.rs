@@ -137,6 +137,45 @@ pub fn meter(u: &PeriodUsage) {
     for (resource, usage) in &u.by_resource {
         println!("{:<10} {}  {resource}", "", usage_cells(usage));
     }
+    if has_dimensions(&u.total) {
+        println!("\nother dimensions (seconds of video and audio to the millisecond)\n");
+        println!("{:<10} {}", "day", dimension_header());
+        for (day, usage) in u.by_day.iter().filter(|(_, usage)| has_dimensions(usage)) {
+            println!("{day:<10} {}", dimension_cells(usage));
+        }
+        println!("{:<10} {}\n", "total", dimension_cells(&u.total));
+        println!("{:<10} {}  resource", "", dimension_header());
+        for (resource, usage) in u.by_resource.iter().filter(|(_, usage)| has_dimensions(usage)) {
+            println!("{:<10} {}  {resource}", "", dimension_cells(usage));
+        }
+    }
+}
+
+/// Whether `u` has any of the dimensions besides tokens; a month without them prints as it
+/// always did.
+fn has_dimensions(u: &Usage) -> bool {
+    u.counts()[7..].iter().any(|&c| c != 0)
+}
+
+fn dimension_header() -> String {
+    format!(
+        "{:>8} {:>12} {:>12} {:>12} {:>14} {:>17} {:>12}",
+        "images", "video_s", "audio_s", "search_units", "cache_write_1h", "latency_optimized", "cross_region"
+    )
+}
+
+fn dimension_cells(u: &Usage) -> String {
+    let seconds = |ms: u64| format!("{}.{:03}", ms / 1000, ms % 1000);
+    format!(
+        "{:>8} {:>12} {:>12} {:>12} {:>14} {:>17} {:>12}",
+        u.images,
+        seconds(u.video_ms),
+        seconds(u.audio_ms),
+        u.search_units,
+        u.cache_write_1h,
+        u.latency_optimized,
+        u.cross_region
+    )
 }
 
 /// `tally generate`: what was written where.

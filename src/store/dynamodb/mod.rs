@@ -29,7 +29,10 @@
 //!
 //! Every counter item holds `input`, `output`, `cache_read`, `cache_write`, `requests`, `errors`,
 //! `no_usage` and `est_cost` as DynamoDB Numbers, added with `ADD`: DynamoDB adds Numbers as exact
-//! decimals of up to 38 digits, so costs are never floats here either.
+//! decimals of up to 38 digits, so costs are never floats here either. The other dimensions
+//! (`images`, `video_ms`, `audio_ms`, `search_units`, `cache_write_1h`, `latency_optimized`,
+//! `cross_region`) are added the same way, but only when not 0: an item without one, like every
+//! item written before they existed, holds 0.
 //!
 //! Access patterns: one tenant's month (by day and by resource) is one `Query` on its `C#`
 //! partition with `sk < "T"` (one per shard); all tenants of a month are the 16 `DIR#`

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashSet};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use super::schema::{bucket_pk, counter_pk, day_sk, dir_pk, dir_sk, hour_sk, keys_to_hex, month_sk, nums_of};
+use super::schema::{bucket_pk, counter_pk, day_sk, dims_of, dir_pk, dir_sk, hour_sk, keys_to_hex, month_sk, nums_of};
 use crate::ids::{month_of, EpochSeconds, TenantId};
 use crate::store::{Applied, Batch, CheckpointUpdate};
 use crate::usage::{rollup, Granularity, Usage, Via};
@@ -21,8 +21,10 @@ const TXN_MAX_ACTIONS: usize = 100;
 pub(super) const TXN_ACTIONS: usize = TXN_MAX_ACTIONS - 1;
 /// Bytes per transaction (DynamoDB allows 4 MB).
 pub(super) const TXN_BYTES: usize = 3_500_000;
-/// Bytes a counter write is reckoned at when deciding whether a batch fits one transaction.
-const COUNTER_BYTES: usize = 300;
+/// Bytes a counter write is reckoned at when deciding whether a batch fits one transaction:
+/// keys, tenant and resource, and up to 15 numbers (the seven token and request counts, the
+/// cost and the seven other dimensions, each a name and up to 21 digits).
+const COUNTER_BYTES: usize = 700;
 
 // ---- the plan's parts (also an intent's JSON) -------------------------------------------------
 
@@ -42,8 +44,16 @@ pub(super) struct CounterOp {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard: Option<u32>,
     pub nums: [u64; 7],
+    /// The other dimensions' counts, in `DIMENSION_ATTRS` order (absent on older intents and
+    /// when all 0).
+    #[serde(default, skip_serializing_if = "all_zero")]
+    pub dims: [u64; 7],
     #[serde(with = "rust_decimal::serde::str")]
     pub cost: Decimal,
+}
+
+fn all_zero(counts: &[u64; 7]) -> bool {
+    counts.iter().all(|&c| c == 0)
 }
 
 impl CounterOp {
@@ -57,6 +67,7 @@ impl CounterOp {
             via: None,
             shard: None,
             nums: nums_of(u),
+            dims: dims_of(u),
             cost: u.est_cost,
         }
     }

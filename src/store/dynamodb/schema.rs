@@ -27,6 +27,11 @@ pub(super) const BUCKET_MAX_KEYS: usize = 23_000;
 pub(super) const NUM_ATTRS: [&str; 7] =
     ["input", "output", "cache_read", "cache_write", "requests", "errors", "no_usage"];
 
+/// The counts of the dimensions besides tokens, in `CounterOp::dims` order. Written only when
+/// not 0; an item without one (every item written before they existed) holds 0.
+pub(super) const DIMENSION_ATTRS: [&str; 7] =
+    ["images", "video_ms", "audio_ms", "search_units", "cache_write_1h", "latency_optimized", "cross_region"];
+
 // ---- keys -------------------------------------------------------------------------------------
 
 /// The partition of a tenant's counters in a month, on one shard: `C#<YYYY-MM>#<s>#<tenant>`.
@@ -127,23 +132,25 @@ pub(super) fn get_i64(item: &Item, name: &str) -> Result<Option<i64>, StoreError
         .ok_or_else(|| StoreError::Unavailable(format!("attribute {name} is not an integer")))
 }
 
-/// A counter item's usage.
+/// A counter item's usage; an absent count is 0.
 pub(super) fn usage_of(item: &Item) -> Result<Usage, StoreError> {
-    Ok(Usage {
-        input: get_u64(item, "input")?,
-        output: get_u64(item, "output")?,
-        cache_read: get_u64(item, "cache_read")?,
-        cache_write: get_u64(item, "cache_write")?,
-        requests: get_u64(item, "requests")?,
-        errors: get_u64(item, "errors")?,
-        no_usage: get_u64(item, "no_usage")?,
-        est_cost: get_dec(item, "est_cost")?,
-    })
+    let mut counts = [0u64; 14];
+    for (c, name) in counts.iter_mut().zip(NUM_ATTRS.iter().chain(&DIMENSION_ATTRS)) {
+        *c = get_u64(item, name)?;
+    }
+    Ok(Usage::from_counts(counts, get_dec(item, "est_cost")?))
 }
 
 /// A usage's counts in [`NUM_ATTRS`] order.
 pub(super) fn nums_of(u: &Usage) -> [u64; 7] {
-    [u.input, u.output, u.cache_read, u.cache_write, u.requests, u.errors, u.no_usage]
+    let c = u.counts();
+    [c[0], c[1], c[2], c[3], c[4], c[5], c[6]]
+}
+
+/// A usage's other counts in [`DIMENSION_ATTRS`] order.
+pub(super) fn dims_of(u: &Usage) -> [u64; 7] {
+    let c = u.counts();
+    [c[7], c[8], c[9], c[10], c[11], c[12], c[13]]
 }
 
 pub(super) fn tenant_of(item: &Item) -> Result<TenantId, StoreError> {
@@ -179,5 +186,29 @@ pub(super) fn keys_from_item(item: &Item) -> Vec<u128> {
     match item.get("keys").and_then(|v| v.as_b().ok()) {
         Some(b) => b.as_ref().chunks_exact(16).map(|c| u128::from_be_bytes(c.try_into().expect("16 bytes"))).collect(),
         None => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_attributes_are_the_usage_counts() {
+        let names: Vec<&str> = NUM_ATTRS.iter().chain(&DIMENSION_ATTRS).copied().collect();
+        assert_eq!(names, Usage::COUNTS);
+        let u = Usage::from_counts(std::array::from_fn(|i| i as u64 + 1), Decimal::ONE);
+        let item: Item = names
+            .iter()
+            .zip(nums_of(&u).into_iter().chain(dims_of(&u)))
+            .map(|(name, v)| (name.to_string(), n(v)))
+            .chain([("est_cost".to_string(), n(1))])
+            .collect();
+        assert_eq!(usage_of(&item).unwrap(), u);
+        let old: Item = item.into_iter().filter(|(k, _)| !DIMENSION_ATTRS.contains(&k.as_str())).collect();
+        assert_eq!(
+            usage_of(&old).unwrap(),
+            Usage::from_counts(std::array::from_fn(|i| if i < 7 { i as u64 + 1 } else { 0 }), Decimal::ONE)
+        );
     }
 }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
 
 use super::plan::{BucketWrite, CounterOp, CpMove, TotalsOp};
-use super::schema::{key, keys_to_blob, n, s, BUCKET_MAX_KEYS, NUM_ATTRS};
+use super::schema::{key, keys_to_blob, n, s, BUCKET_MAX_KEYS, DIMENSION_ATTRS, NUM_ATTRS};
 use crate::store::StoreError;
 
 /// Builds expression attribute names and values without clashing with reserved words.
@@ -97,6 +97,11 @@ impl Requests {
                 ));
             }
         }
+        // The other dimensions only when used: most counters have none, and an item's size is
+        // what a write is billed by.
+        for (name, v) in DIMENSION_ATTRS.iter().zip(op.dims).filter(|&(_, v)| v != 0) {
+            adds.push(format!("{} {}", e.name(name), e.value(AttributeValue::N(format!("{sign}{v}")))));
+        }
         let cost = if negate { -op.cost } else { op.cost };
         adds.push(format!("{} {}", e.name("est_cost"), e.value(n(cost.normalize()))));
         let mut sets = vec![format!("{} = {}", e.name("tenant"), e.value(s(&op.tenant)))];
@@ -112,8 +117,14 @@ impl Requests {
         if let Some(sh) = op.shard {
             sets.push(format!("{} = {}", e.name("shard"), e.value(n(sh))));
         }
-        let bytes =
-            op.pk.len() + op.sk.len() + op.tenant.len() + op.resource.as_ref().map_or(0, String::len) + 8 * 12 + 60;
+        let dimensions = op.dims.iter().filter(|&&v| v != 0).count();
+        let bytes = op.pk.len()
+            + op.sk.len()
+            + op.tenant.len()
+            + op.resource.as_ref().map_or(0, String::len)
+            + 8 * 12
+            + 60
+            + dimensions * 32;
         let update = format!("ADD {} SET {}", adds.join(", "), sets.join(", "));
         Action {
             item: self.update(UpdateOf { pk: &op.pk, sk: &op.sk, expr: &e, update, condition: None }),

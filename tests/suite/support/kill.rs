@@ -41,14 +41,36 @@ pub fn counters(store: &dyn CounterStore, month: &str) -> Vec<TruthRow> {
                 requests: u.requests,
                 errors: u.errors,
                 no_usage: u.no_usage,
+                cache_write_1h: u.cache_write_1h,
+                images: u.images,
+                ..TruthRow::default()
             })
             .collect(),
     )
 }
 
-pub fn sorted(mut rows: Vec<TruthRow>) -> Vec<TruthRow> {
-    rows.sort_by(|a, b| (&a.tenant, &a.hour, &a.resource).cmp(&(&b.tenant, &b.hour, &b.resource)));
-    rows
+/// Rows summed per tenant × hour × resource (what a store's `hours` shows: the truth also
+/// keeps the account and principal, and a store several `via` keys), in that order.
+pub fn sorted(rows: Vec<TruthRow>) -> Vec<TruthRow> {
+    let mut merged: std::collections::BTreeMap<(String, String, String), TruthRow> = Default::default();
+    for r in rows {
+        let m = merged.entry((r.tenant.clone(), r.hour.clone(), r.resource.clone())).or_insert_with(|| TruthRow {
+            tenant: r.tenant.clone(),
+            hour: r.hour.clone(),
+            resource: r.resource.clone(),
+            ..TruthRow::default()
+        });
+        m.input += r.input;
+        m.output += r.output;
+        m.cache_read += r.cache_read;
+        m.cache_write += r.cache_write;
+        m.requests += r.requests;
+        m.errors += r.errors;
+        m.no_usage += r.no_usage;
+        m.cache_write_1h += r.cache_write_1h;
+        m.images += r.images;
+    }
+    merged.into_values().collect()
 }
 
 /// A small deterministic generator for kill times; the seed is printed for reproduction.
