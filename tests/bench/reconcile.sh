@@ -1,22 +1,24 @@
 #!/usr/bin/env bash
 # Reconcile benchmark: `tally reconcile` over N generated CUR 2.0 lines (default 10M) plus the
 # matching counters, wall time and peak RSS, side by side with DuckDB (from PyPI, in .venv)
-# running the equivalent SQL over the same files, written as Parquet:
-#   - the period's Bedrock lines summed per day × line type × resource × usage type × tag
-#     (× product name of Marketplace lines) with exact decimals;
-#   - untagged lines with a profile go to the pool of that profile (the id after the last `/`);
-#     lines without a resource id (base-model calls) to the pool of the model their usage type
-#     names (`USE1-NovaLite-input-tokens` → "NovaLite"; a Marketplace line's product name), mapped
-#     to a model id through the billing names of fixtures/prices.toml, tally's built-in catalog
-#     (a VALUES table this script builds; both sides compared with only ASCII letters and digits
-#     kept, lower case); a foundation-model ARN to the pool of its model;
-#   - each day × pool × token type split over the counters (usage.parquet, without usage a silo
-#     account decided) of that profile, or of that bare model id / foundation-model ARN, by tokens
-#     of that type (requests for other lines), largest remainder in 10⁻¹⁰ USD as tally does.
-# Dedicated profiles are split by usage here too (tally gives them to their owner: the same
-# tenant's counters); principals and silo accounts are not read (the generator writes neither:
-# the script counts the lines that have a principal). Both engines must read the same Bedrock
-# usage cost and allocate the same total by model, or no figures are printed.
+# running the equivalent SQL over the same files, written as Parquet, tally's rules (SPEC §3):
+#   - the period's Bedrock usage lines summed per day × resource × usage type × pricing unit ×
+#     tag × usage account × IAM principal (× product name of Marketplace lines), exact decimals;
+#   - a line goes to the tenant its tag names, else to the silo tenant of its usage account
+#     (`[[tenancy.accounts]]`), else to the tenant its principal names through the identity rule;
+#     else a dedicated profile's line to the profile's owner;
+#   - else it is split over a pool: a profile (the id after the last `/`), or a model: a line
+#     without a resource id (a base-model call) goes to the model its usage type names
+#     (`USE1-NovaLite-input-tokens` → "NovaLite"; a Marketplace line's product name) through the
+#     billing names of fixtures/prices.toml, tally's built-in catalog (a VALUES table built here;
+#     both sides compared with only ASCII letters and digits kept, lower case), a
+#     foundation-model ARN to its model; each day × pool × unit over the counters of that profile
+#     or of that model (bare id or foundation-model ARN) by that unit (tokens of the type, images,
+#     requests for other lines), without usage a silo account decided and, where a tenant's
+#     principal pays in the same pool, without that tenant's identity-rule usage; largest
+#     remainder in 10⁻¹⁰ USD, ties to the first tenant by name.
+# Both engines must read the same Bedrock usage cost and allocate the same total by model, or
+# no figures are printed; the printout also compares every basis share by share.
 # Prints a markdown table on stdout (progress goes to stderr).
 #
 # Usage, from the repo root:   tests/bench/reconcile.sh [LINES]
