@@ -1,9 +1,10 @@
 //! The `CounterStore` conformance suite.
 //!
-//! Every function here takes a factory that returns a fresh, empty store on each call, so any
-//! backend (SQLite today, DynamoDB later) runs exactly the same checks: write one `#[test]` per
-//! function, or call [`run_all`]. Each check asserts observable behaviour through the trait
-//! only, and each is written so that a store that gets the behaviour wrong fails it.
+//! Every function here takes a factory that returns a fresh, empty store on each call, so every
+//! backend (SQLite, DynamoDB) runs exactly the same checks: write one `#[test]` per function,
+//! call [`run_all`], or share them out over several tests with [`run_part`] (DynamoDB does: on
+//! moto a check can take hundreds of calls). Each check asserts observable behaviour through
+//! the trait only, and each is written so that a store that gets the behaviour wrong fails it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
