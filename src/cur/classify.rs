@@ -282,6 +282,89 @@ mod tests {
         check("USE1-ClaudeV2-input-tokens", "Hrs", TokenType::Input, None);
     }
 
+    fn parsed(usage_type: &str, unit: &str) -> (String, String, TokenType, String, bool) {
+        let u = UsageType::parse(usage_type, unit);
+        (u.region.clone(), u.model.clone(), u.unit, u.qualifier_text(), u.marketplace)
+    }
+
+    /// One real shape per usage-type family (research-formats §2.3: AWS's documentation, the
+    /// workshop's real CUR, price-list names): region, model, unit and qualifiers.
+    #[test]
+    fn usage_types_come_apart_into_region_model_unit_and_qualifiers() {
+        let cases: [(&str, &str, (&str, &str, TokenType, &str, bool)); 17] = [
+            ("USE1-NovaLite-input-tokens", "1K tokens", ("USE1", "NovaLite", TokenType::Input, "", false)),
+            (
+                "USE1-Claude4.6Sonnet-output-tokens-cross-region-global",
+                "1K tokens",
+                ("USE1", "Claude4.6Sonnet", TokenType::Output, "cross-region-global", false),
+            ),
+            (
+                "USE1-Claude4.6Sonnet-cache-read-input-token-count",
+                "1K tokens",
+                ("USE1", "Claude4.6Sonnet", TokenType::CacheRead, "", false),
+            ),
+            (
+                "USE1-Claude4Sonnet-cache-write-input-token-count-1h",
+                "1K tokens",
+                ("USE1", "Claude4Sonnet", TokenType::CacheWrite1h, "1h", false),
+            ),
+            (
+                "USE1-Claude4Sonnet-cache-write-input-token-count-1h-cross-region-global",
+                "1K tokens",
+                ("USE1", "Claude4Sonnet", TokenType::CacheWrite1h, "1h,cross-region-global", false),
+            ),
+            ("USE1-NovaMicro-input-tokens-batch", "1K tokens", ("USE1", "NovaMicro", TokenType::Input, "batch", false)),
+            (
+                "USE1-Nova2.0Lite-input-tokens-flex",
+                "1K tokens",
+                ("USE1", "Nova2.0Lite", TokenType::Input, "flex", false),
+            ),
+            (
+                "USE1-gpt-oss-120b-output-tokens-priority",
+                "1K tokens",
+                ("USE1", "gpt-oss-120b", TokenType::Output, "priority", false),
+            ),
+            (
+                "USE1-openai.gpt-oss-120b-mantle-input-tokens-standard",
+                "1K tokens",
+                ("USE1", "openai.gpt-oss-120b", TokenType::Input, "mantle,standard", false),
+            ),
+            (
+                "USE2-Llama3.1-405B-Instruct-latency-optimized-output-tokens",
+                "1K tokens",
+                ("USE2", "Llama3.1-405B-Instruct", TokenType::Output, "latency-optimized", false),
+            ),
+            (
+                "USW2-TitanTextG1-Express-input-tokens",
+                "1K tokens",
+                ("USW2", "TitanTextG1-Express", TokenType::Input, "", false),
+            ),
+            (
+                "USE1-TitanImageGeneratorG1-T2I-1024-Standard",
+                "image",
+                ("USE1", "TitanImageGeneratorG1", TokenType::Image, "t2i,1024,standard", false),
+            ),
+            (
+                "USE1-NovaReel-video-seconds",
+                "Seconds",
+                ("USE1", "NovaReel", TokenType::VideoSecond, "video,seconds", false),
+            ),
+            ("USW2-MP:USW2_InputTokenCount-Units", "Units", ("USW2", "", TokenType::Input, "", true)),
+            (
+                "USW2-MP:USW2_OutputTokenCount_Global-Units",
+                "",
+                ("USW2", "", TokenType::Output, "cross-region-global", true),
+            ),
+            ("USW2-MP:USW2_input_tokens_standard-Units", "Units", ("USW2", "", TokenType::Input, "standard", true)),
+            ("USE1-MP:MillionBatchInputTokens", "", ("USE1", "", TokenType::Input, "batch", true)),
+        ];
+        for (usage_type, unit, want) in cases {
+            let (r, m, u, q, mp) = parsed(usage_type, unit);
+            assert_eq!((r.as_str(), m.as_str(), u, q.as_str(), mp), want, "{usage_type}");
+        }
+        assert_eq!(marketplace_model_name("Claude 3 Haiku (Amazon Bedrock Edition)"), "Claude 3 Haiku");
+    }
+
     #[test]
     fn only_usage_lines_are_allocated() {
         assert!(is_usage("Usage"));

@@ -482,6 +482,14 @@ mod tests {
                 ),
                 ("AmazonEC2", "Amazon Elastic Compute Cloud", Some("acme"), "2025-11-01T00:00:00Z", 5.0),
                 ("AmazonBedrock", "Amazon Bedrock", Some("acme"), "2025-10-01T00:00:00Z", 7.0),
+                (
+                    "AmazonBedrockFoundationModels",
+                    "Amazon Bedrock Foundation Models",
+                    None,
+                    "2025-11-01T00:00:00Z",
+                    0.4,
+                ),
+                ("AmazonBedrockService", "Amazon Bedrock Service", None, "2025-11-01T00:00:00Z", 0.5),
             ]),
         ];
         let opts = LoadOptions { period: "2025-11".into(), tenant_tag: "tenant".into() };
@@ -490,7 +498,7 @@ mod tests {
             let path = dir.path().join(format!("cur-{dictionary}.parquet"));
             write(&path, dictionary, &groups);
             let snap = load(&path, &opts, &crate::progress::NoProgress).unwrap();
-            assert_eq!(snap.lines(), 3, "dictionary {dictionary}");
+            assert_eq!(snap.lines(), 5, "dictionary {dictionary}");
             let by_code = |code: &str, tag: Option<&str>| {
                 snap.groups
                     .iter()
@@ -504,6 +512,15 @@ mod tests {
                 by_code("7g37zhparap7eesm9k78jrzqc", Some("acme")),
                 vec![(1, money::to_units_text("0.3").unwrap())]
             );
+            for (code, cost) in [("AmazonBedrockFoundationModels", "0.4"), ("AmazonBedrockService", "0.5")] {
+                assert_eq!(by_code(code, None), vec![(1, money::to_units_text(cost).unwrap())], "{code}");
+            }
+            // A Marketplace line keeps its product name (it names the model); first-party ones
+            // do not need it.
+            let names: Vec<(&str, &str)> =
+                snap.groups.keys().map(|k| (k.product_code.as_str(), k.product_name.as_str())).collect();
+            assert!(names.contains(&("7g37zhparap7eesm9k78jrzqc", "Claude 3 Haiku (Amazon Bedrock Edition)")));
+            assert!(names.iter().filter(|(c, _)| c.starts_with("AmazonBedrock")).all(|(_, n)| n.is_empty()));
             assert!(snap.groups.keys().all(|k| k.day == "2025-11-03" && k.resource.is_empty()));
             results.push(snap.groups);
         }

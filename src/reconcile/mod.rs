@@ -174,6 +174,8 @@ pub struct Report {
     pub adjustments: Decimal,
     /// Unallocated cost by reason.
     pub unallocated_by_reason: BTreeMap<String, String>,
+    /// Allocated cost by basis (`tag`, `account`, `principal`, `profile`, `usage`, `model`).
+    pub allocated_by_basis: BTreeMap<String, String>,
     pub counters: usize,
     pub drift_rows: usize,
     pub drift_flagged: usize,
@@ -340,6 +342,10 @@ pub fn reconcile(
     for (k, v) in &allocation.shares {
         *per_tenant.entry(&k.0).or_default() += v;
     }
+    let mut by_basis: BTreeMap<&str, i128> = BTreeMap::new();
+    for (k, v) in &allocation.shares {
+        *by_basis.entry(k.4.as_str()).or_default() += v;
+    }
     let mut by_reason: BTreeMap<String, i128> = BTreeMap::new();
     for (k, v) in &allocation.unallocated {
         *by_reason.entry(k.3.as_str().to_string()).or_default() += v;
@@ -357,6 +363,10 @@ pub fn reconcile(
         unallocated: money::from_units(unallocated),
         adjustments: money::from_units(adjustment_cost),
         unallocated_by_reason: by_reason.into_iter().map(|(k, v)| (k, money::from_units(v).to_string())).collect(),
+        allocated_by_basis: by_basis
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), money::from_units(v).to_string()))
+            .collect(),
         counters: hours.len(),
         drift_rows: drift_rows.len(),
         drift_flagged: drift_rows.iter().filter(|r| r.flagged).count(),

@@ -169,6 +169,7 @@ fn without_resource_ids_the_real_cost_is_allocated_by_model_against_matching_cou
         assert_eq!(t.report.usage_cost.normalize(), cost.normalize(), "{period}");
         assert_eq!(t.report.unallocated, Decimal::ZERO, "{period}: {:?}", t.report.unallocated_by_reason);
         assert_eq!(t.report.allocated.normalize(), cost.normalize(), "{period}");
+        assert_eq!(t.report.allocated_by_basis.keys().collect::<Vec<_>>(), ["model"], "{period}");
         // tenant-a used two thirds of every model on every day, so it pays two thirds of the
         // bill, to within the largest-remainder unit (10⁻¹⁰ USD) per group.
         let a = t.report.tenants.iter().find(|c| c.tenant == "tenant-a").map(|c| c.cost).unwrap_or_default();

@@ -223,6 +223,10 @@ pub fn reconcile(r: &reconcile::Report) {
         r.unallocated,
         if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.join(", ")) }
     );
+    let bases: Vec<String> = r.allocated_by_basis.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    if !bases.is_empty() {
+        println!("allocated by basis: {}", bases.join(", "));
+    }
     println!("adjustments (credits, refunds, tax; not allocated): {}", r.adjustments);
     println!("drift: {} rows, {} flagged", r.drift_rows, r.drift_flagged);
     if let Some(ce) = &r.cost_explorer {
