@@ -291,7 +291,9 @@ mod tests {
     /// workshop's real CUR, price-list names): region, model, unit and qualifiers.
     #[test]
     fn usage_types_come_apart_into_region_model_unit_and_qualifiers() {
-        let cases: [(&str, &str, (&str, &str, TokenType, &str, bool)); 17] = [
+        // (usage type, pricing unit, (region, model, unit, qualifiers, Marketplace))
+        type Case<'a> = (&'a str, &'a str, (&'a str, &'a str, TokenType, &'a str, bool));
+        let cases: [Case; 17] = [
             ("USE1-NovaLite-input-tokens", "1K tokens", ("USE1", "NovaLite", TokenType::Input, "", false)),
             (
                 "USE1-Claude4.6Sonnet-output-tokens-cross-region-global",

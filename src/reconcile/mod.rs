@@ -253,11 +253,13 @@ pub fn reconcile(
     let mut metered: BTreeMap<DriftKey, Metered> = BTreeMap::new();
     // Hours summed into days first: everything below is per day, and a month has 24× fewer
     // tenant × day × resource keys than hourly ones.
-    let mut days: rustc_hash::FxHashMap<(&TenantId, i64, &str, Via), Usage> = Default::default();
+    // Tenant × UTC day number × resource × via.
+    type DayKey<'a> = (&'a TenantId, i64, &'a str, Via);
+    let mut days: rustc_hash::FxHashMap<DayKey, Usage> = Default::default();
     for (k, u) in hours {
         *days.entry((&k.tenant, k.hour.div_euclid(86_400), k.resource.as_str(), k.via)).or_default() += u;
     }
-    let mut days: Vec<((&TenantId, i64, &str, Via), Usage)> = days.into_iter().collect();
+    let mut days: Vec<(DayKey, Usage)> = days.into_iter().collect();
     days.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     for ((tenant, day_no, resource, via), u) in &days {
         let (tenant, resource): (&TenantId, &str) = (tenant, resource);

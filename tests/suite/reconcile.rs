@@ -19,6 +19,35 @@ fn ok(out: &std::process::Output) -> String {
     String::from_utf8(out.stdout.clone()).unwrap()
 }
 
+/// Checks one day × token type of the `allocation` rows `shares` selects against the `usage`
+/// rows `used` selects: the same tenants, each share within 10⁻¹⁰ USD of the group's cost in
+/// proportion to its tokens.
+fn assert_split_by_usage(out: &std::path::Path, shares: &str, used: &str) {
+    let split = rows(&sql_csv(
+        out,
+        &format!(
+            "SELECT day, token_type, tenant, cost FROM allocation WHERE {shares} ORDER BY day, token_type, tenant"
+        ),
+    ));
+    assert!(!split.is_empty(), "no shares where {shares}");
+    let (day, tt) = (split[0][0].clone(), split[0][1].clone());
+    let group: Vec<&Vec<String>> = split.iter().filter(|r| r[0] == day && r[1] == tt).collect();
+    let used = rows(&sql_csv(
+        out,
+        &format!("SELECT tenant, sum({tt}) FROM usage WHERE {used} AND day = '{day}' GROUP BY tenant HAVING sum({tt}) > 0 ORDER BY tenant"),
+    ));
+    assert_eq!(
+        group.iter().map(|r| r[2].clone()).collect::<Vec<_>>(),
+        used.iter().map(|r| r[0].clone()).collect::<Vec<_>>()
+    );
+    let total: Decimal = group.iter().map(|r| dec(&r[3])).sum();
+    let tokens: Decimal = used.iter().map(|r| dec(&r[1])).sum();
+    for (share, u) in group.iter().zip(&used) {
+        let exact = total * dec(&u[1]) / tokens;
+        assert!((dec(&share[3]) - exact).abs() < dec("0.0000000001"), "{share:?} vs {exact}");
+    }
+}
+
 #[test]
 fn the_whole_bill_is_allocated_or_unallocated_by_the_rules() {
     let f = Fixture::new();
@@ -59,55 +88,19 @@ fn the_whole_bill_is_allocated_or_unallocated_by_the_rules() {
 
     // Base-model lines (no resource id) are split by model among the tenants whose counters
     // called that model by a bare id or foundation-model ARN that day, in proportion to tokens.
-    let by_model = rows(&sql_csv(
+    assert_split_by_usage(
         &out,
-        "SELECT day, token_type, tenant, cost FROM allocation WHERE basis = 'model' AND resource = 'amazon.nova-micro-v1:0' ORDER BY day, token_type, tenant",
-    ));
-    assert!(!by_model.is_empty());
-    let (day, tt) = (by_model[0][0].clone(), by_model[0][1].clone());
-    let group: Vec<&Vec<String>> = by_model.iter().filter(|r| r[0] == day && r[1] == tt).collect();
-    let used = rows(&sql_csv(
-        &out,
-        &format!("SELECT tenant, sum({tt}) FROM usage WHERE resource = 'amazon.nova-micro-v1:0' AND via = 'pool' AND day = '{day}' GROUP BY tenant HAVING sum({tt}) > 0 ORDER BY tenant"),
-    ));
-    assert_eq!(
-        group.iter().map(|r| r[2].clone()).collect::<Vec<_>>(),
-        used.iter().map(|r| r[0].clone()).collect::<Vec<_>>()
+        "basis = 'model' AND resource = 'amazon.nova-micro-v1:0'",
+        "resource = 'amazon.nova-micro-v1:0' AND via = 'pool'",
     );
-    let total: Decimal = group.iter().map(|r| dec(&r[3])).sum();
-    let tokens: Decimal = used.iter().map(|r| dec(&r[1])).sum();
-    for (share, u) in group.iter().zip(&used) {
-        let exact = total * dec(&u[1]) / tokens;
-        assert!((dec(&share[3]) - exact).abs() < dec("0.0000000001"), "{share:?} vs {exact}");
-    }
 
     // Dedicated profiles: tenant-0007 is tagged in CUR, tenant-0008 only in the registry.
     let dedicated = rows(&sql_csv(&out, "SELECT DISTINCT tenant, basis FROM allocation WHERE resource LIKE '%application-inference-profile/aip%' ORDER BY tenant"));
     assert_eq!(dedicated, [["tenant-0007", "tag"], ["tenant-0008", "profile"]]);
 
     // The shared pool is split among the tenants whose counters used it that day, in
-    // proportion to their tokens: check one day × token type against the counters.
-    let split = rows(&sql_csv(
-        &out,
-        "SELECT a.day, a.token_type, a.tenant, a.cost FROM allocation a WHERE a.resource LIKE '%sharedpool01' ORDER BY a.day, a.token_type, a.tenant",
-    ));
-    assert!(!split.is_empty());
-    let (day, tt) = (split[0][0].clone(), split[0][1].clone());
-    let group: Vec<&Vec<String>> = split.iter().filter(|r| r[0] == day && r[1] == tt).collect();
-    let used = rows(&sql_csv(
-        &out,
-        &format!("SELECT tenant, sum({tt}) FROM usage WHERE resource LIKE '%sharedpool01' AND day = '{day}' GROUP BY tenant HAVING sum({tt}) > 0 ORDER BY tenant"),
-    ));
-    assert_eq!(
-        group.iter().map(|r| r[2].clone()).collect::<Vec<_>>(),
-        used.iter().map(|r| r[0].clone()).collect::<Vec<_>>()
-    );
-    let total: Decimal = group.iter().map(|r| dec(&r[3])).sum();
-    let tokens: Decimal = used.iter().map(|r| dec(&r[1])).sum();
-    for (share, u) in group.iter().zip(&used) {
-        let exact = total * dec(&u[1]) / tokens;
-        assert!((dec(&share[3]) - exact).abs() < dec("0.0000000001"), "{share:?} vs {exact}");
-    }
+    // proportion to their tokens.
+    assert_split_by_usage(&out, "resource LIKE '%sharedpool01'", "resource LIKE '%sharedpool01'");
 
     // Unallocated: only the planted cases, a profile nobody metered and a model no catalog
     // knows (with its usage type).
