@@ -32,6 +32,12 @@ pub enum Pool {
     /// A model (catalog model id), for lines without a resource id or with a foundation-model
     /// ARN, and the counters of calls by a bare model id or foundation-model ARN.
     Model(String),
+    /// A model called through system (cross-region) profiles: a line without a resource id
+    /// whose usage type says `cross-region` (a CUR without resource ids), split among the
+    /// tenants whose counters used a system profile of that model. A CUR with resource ids
+    /// bills those calls on the profile's own lines, so this pool is then never used and
+    /// nobody pays twice.
+    CrossRegion(String),
     /// A line without a resource id whose usage type names no model the catalog knows.
     UnknownModel,
 }
@@ -225,7 +231,7 @@ where
                 }
                 (Basis::Usage, resource)
             }
-            Pool::Model(model) => (Basis::Model, model.as_str()),
+            Pool::Model(model) | Pool::CrossRegion(model) => (Basis::Model, model.as_str()),
         };
         let users: Vec<(TenantId, u64)> = weights
             .get(&(day.to_string(), pool.clone(), token_type))
@@ -392,6 +398,23 @@ mod tests {
         let unallocated: Vec<(Reason, &str, i128)> =
             got.unallocated.iter().map(|(k, v)| (k.3, k.4.as_str(), *v)).collect();
         assert_eq!(unallocated, [(Reason::UnknownModel, "USE1-X-input-tokens", 11), (Reason::NoUsageMetered, "", 13)]);
+    }
+
+    #[test]
+    fn a_cross_region_line_without_a_resource_is_split_among_the_system_profile_users() {
+        let sonnet = "anthropic.claude-sonnet-4-20250514-v1:0".to_string();
+        let lines = [line("", Pool::CrossRegion(sonnet.clone()), 8), line("", Pool::Model(sonnet.clone()), 5)];
+        let day = "2025-11-02".to_string();
+        let mut weights = Weights::new();
+        weights.insert(
+            (day.clone(), Pool::CrossRegion(sonnet.clone()), TokenType::Input),
+            [(t("a"), weight(1, 0)), (t("b"), weight(3, 0))].into(),
+        );
+        weights.insert((day, Pool::Model(sonnet.clone()), TokenType::Input), [(t("c"), weight(2, 0))].into());
+        let got = allocate(&lines, |_| None, &weights);
+        let shares: Vec<(&str, &str, i128)> =
+            got.shares.iter().map(|(k, v)| (k.0.as_str(), k.2.as_str(), *v)).collect();
+        assert_eq!(shares, [("a", sonnet.as_str(), 2), ("b", sonnet.as_str(), 6), ("c", sonnet.as_str(), 5)]);
     }
 
     #[test]

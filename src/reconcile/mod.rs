@@ -267,13 +267,21 @@ pub fn reconcile(
         let day = ids::day_of(day_no * 86_400);
         let key = allocate::resource_key(resource);
         let pool = allocate::pool_of_counter(resource);
+        // A system profile's usage also weighs in its model's cross-region pool (used only by
+        // lines without a resource id that say `cross-region`).
+        let cross_region = match Target::parse(resource) {
+            Target::SystemProfile { model, .. } => Some(Pool::CrossRegion(model)),
+            _ => None,
+        };
         let mut weigh = |tt: TokenType, n: u64| {
             // Usage a silo account decided is paid by that account's own lines, never split.
-            let w = weights.entry((day.clone(), pool.clone(), tt)).or_default().entry(tenant.clone()).or_default();
-            match via {
-                Via::Pool => w.pool += n,
-                Via::Identity => w.identity += n,
-                Via::Account => {}
+            for pool in std::iter::once(&pool).chain(&cross_region) {
+                let w = weights.entry((day.clone(), pool.clone(), tt)).or_default().entry(tenant.clone()).or_default();
+                match via {
+                    Via::Pool => w.pool += n,
+                    Via::Identity => w.identity += n,
+                    Via::Account => {}
+                }
             }
         };
         for tt in TokenType::METERED {
@@ -486,7 +494,9 @@ fn line_pool(g: &load::GroupKey, ut: &UsageType, catalog: &crate::pricing::Catal
         return allocate::pool_of_counter(&g.resource);
     }
     let name = if ut.marketplace { classify::marketplace_model_name(&g.product_name) } else { ut.model.as_str() };
+    let cross_region = ut.qualifiers.iter().any(|q| q.starts_with("cross-region"));
     match catalog.model_of_billing_name(name) {
+        Some(model) if cross_region => Pool::CrossRegion(model.to_string()),
         Some(model) => Pool::Model(model.to_string()),
         None => Pool::UnknownModel,
     }
@@ -612,7 +622,7 @@ fn cur_table(cur: &CurSnapshot, catalog: &crate::pricing::Catalog) -> Result<Rec
         .collect();
     let model = |(k, _): &(&load::GroupKey, &load::GroupSums), ut: &Option<UsageType>| match ut {
         Some(ut) => match line_pool(k, ut, catalog) {
-            Pool::Model(m) => Some(m),
+            Pool::Model(m) | Pool::CrossRegion(m) => Some(m),
             _ => None,
         },
         None => None,

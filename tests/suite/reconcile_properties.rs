@@ -118,7 +118,7 @@ proptest! {
 }
 
 /// Number of pools a generated line or counter can be in.
-const POOLS: u8 = 6;
+const POOLS: u8 = 7;
 
 fn pool(n: u8) -> (&'static str, Pool) {
     match n {
@@ -130,6 +130,7 @@ fn pool(n: u8) -> (&'static str, Pool) {
             Pool::Resource("us.anthropic.claude-x-v1:0".into()),
         ),
         4 => ("", Pool::UnknownModel),
+        6 => ("", Pool::CrossRegion("amazon.nova-lite-v1:0".into())),
         _ => (
             "arn:aws:bedrock:us-east-1::foundation-model/amazon.nova-pro-v1:0",
             Pool::Model("amazon.nova-pro-v1:0".into()),
