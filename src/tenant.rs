@@ -205,6 +205,16 @@ impl Resolver {
         }
     }
 
+    /// The silo tenants' accounts.
+    pub fn silo_accounts(&self) -> impl Iterator<Item = &str> {
+        self.accounts.keys().map(String::as_str)
+    }
+
+    /// The identity rule's pattern, when the rule is in use.
+    pub fn identity_pattern(&self) -> Option<&Regex> {
+        self.order.contains(&Rule::Identity).then_some(self.identity.as_ref()).flatten()
+    }
+
     /// The silo tenant that owns AWS account `account`, if any.
     pub fn account_owner(&self, account: &str) -> Option<&TenantId> {
         if self.accounts.is_empty() {

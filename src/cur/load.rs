@@ -39,7 +39,7 @@ use futures::{FutureExt, StreamExt};
 
 use super::partition::partition_matches;
 use super::scan::{self, FilePlan, Groups, PlanError};
-pub use super::scan::{GroupKey, GroupSums};
+pub use super::scan::{GroupKey, GroupSums, KeyFilter};
 use crate::month::Month;
 use crate::progress::Progress;
 
@@ -80,13 +80,15 @@ impl CurSnapshot {
 }
 
 /// What to read.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
     /// `YYYY-MM`.
     pub period: String,
     /// The tenant tag's name (`tenant` reads `resource_tags['user_tenant']` and
     /// `resource_tags_user_tenant`).
     pub tenant_tag: String,
+    /// Which usage accounts and principals are kept in the group key (see [`scan::KeyFilter`]).
+    pub keep: scan::KeyFilter,
 }
 
 /// Where the CUR is: `--cur` as given.
@@ -253,12 +255,13 @@ async fn open(
         ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new().with_skip_arrow_metadata(true))
             .await
             .map_err(not_parquet)?;
-    let plan = FilePlan::new(metadata.schema(), year, month, &opts.tenant_tag).map_err(|e| match e {
-        PlanError::MissingColumn(column) => CurError::MissingColumn { path: file.name.clone(), column },
-        PlanError::WrongType { column, found, expected } => {
-            CurError::WrongType { path: file.name.clone(), column, found, expected }
-        }
-    })?;
+    let plan =
+        FilePlan::new(metadata.schema(), year, month, &opts.tenant_tag, opts.keep.clone()).map_err(|e| match e {
+            PlanError::MissingColumn(column) => CurError::MissingColumn { path: file.name.clone(), column },
+            PlanError::WrongType { column, found, expected } => {
+                CurError::WrongType { path: file.name.clone(), column, found, expected }
+            }
+        })?;
     let metadata = ArrowReaderMetadata::try_new(
         metadata.metadata().clone(),
         ArrowReaderOptions::new().with_schema(plan.reader_schema()),
@@ -492,7 +495,7 @@ mod tests {
                 ("AmazonBedrockService", "Amazon Bedrock Service", None, "2025-11-01T00:00:00Z", 0.5),
             ]),
         ];
-        let opts = LoadOptions { period: "2025-11".into(), tenant_tag: "tenant".into() };
+        let opts = LoadOptions { period: "2025-11".into(), tenant_tag: "tenant".into(), ..Default::default() };
         let mut results = Vec::new();
         for dictionary in [true, false] {
             let path = dir.path().join(format!("cur-{dictionary}.parquet"));

@@ -75,6 +75,16 @@ pub struct GroupKey {
     pub principal: String,
 }
 
+/// Which usage accounts and IAM principals a group key keeps: only those allocation can use (a
+/// silo tenant's accounts; principals the identity rule can name). Every other one reads as
+/// empty, so a CUR spread over many linked accounts and caller sessions still sums into few
+/// groups.
+#[derive(Debug, Clone, Default)]
+pub struct KeyFilter {
+    pub accounts: Arc<std::collections::HashSet<String>>,
+    pub principal: Option<regex::Regex>,
+}
+
 /// Sums of one group, money and quantity in units of 10⁻¹⁰.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct GroupSums {
@@ -149,12 +159,13 @@ pub struct FilePlan {
     product: MapOrColumn,
     /// `[start, end)` of the period in nanoseconds since the epoch, UTC.
     period: (i64, i64),
+    keep: KeyFilter,
 }
 
 impl FilePlan {
     /// The plan for a file with `file_schema`, for the period starting `start` (`YYYY`, `M`)
     /// and the tenant tag `tag`.
-    pub fn new(file_schema: &Schema, year: i32, month: u32, tag: &str) -> Result<FilePlan, PlanError> {
+    pub fn new(file_schema: &Schema, year: i32, month: u32, tag: &str, keep: KeyFilter) -> Result<FilePlan, PlanError> {
         let has = |c: &str| file_schema.field_with_name(c).ok().map(|f| f.data_type().clone());
         for c in REQUIRED {
             has(c).ok_or_else(|| PlanError::MissingColumn(c.to_string()))?;
@@ -215,6 +226,7 @@ impl FilePlan {
             tag,
             product,
             period,
+            keep,
         })
     }
 
@@ -330,6 +342,9 @@ pub struct Groups {
     /// Whether the string of an id contains "Amazon Bedrock" (0: not yet known).
     bedrock_name: Vec<u8>,
     sums: FxHashMap<Key, GroupSums>,
+    /// Per string id, whether [`KeyFilter`] keeps it as an account, as a principal (0: not yet
+    /// known, 1 kept, 2 not).
+    kept: [Vec<u8>; 2],
     /// The ids of [`BEDROCK_CODES`].
     bedrock: [Id; 3],
     usage: Id,
@@ -369,6 +384,7 @@ impl Groups {
             dictionaries: Default::default(),
             bedrock_name: Vec::new(),
             sums: FxHashMap::default(),
+            kept: Default::default(),
             bedrock,
             usage,
             ids: Default::default(),
@@ -429,6 +445,8 @@ impl Groups {
         self.text(col(DESCRIPTION), None, S_DESCRIPTION, Text::Plain, n)?;
         self.text(col(ACCOUNT), None, S_ACCOUNT, Text::Plain, n)?;
         self.text(col(PRINCIPAL), None, S_PRINCIPAL, Text::Plain, n)?;
+        self.keep_only(S_ACCOUNT, 0, &|s| plan.keep.accounts.contains(s));
+        self.keep_only(S_PRINCIPAL, 1, &|s| plan.keep.principal.as_ref().is_some_and(|re| re.is_match(s)));
         units("line_item_usage_amount", col(AMOUNT), n, &self.keep, &mut self.quantity)?;
         units("line_item_unblended_cost", col(COST), n, &self.keep, &mut self.cost)?;
         let start = timestamps(col(START).expect("a required column"))?;
@@ -490,6 +508,27 @@ impl Groups {
                 (key, *sums)
             })
             .collect()
+    }
+
+    /// Turns the ids of `slot` that `keep` refuses into the empty string's, deciding once per
+    /// distinct string.
+    fn keep_only(&mut self, slot: usize, which: usize, keep: &dyn Fn(&str) -> bool) {
+        let (ids, cache, names) = (&mut self.ids[slot], &mut self.kept[which], &self.strings.names);
+        for id in ids.iter_mut() {
+            let i = *id as usize;
+            if i == 0 {
+                continue;
+            }
+            if cache.len() <= i {
+                cache.resize(names.len().max(i + 1), 0);
+            }
+            if cache[i] == 0 {
+                cache[i] = if keep(&names[i]) { 1 } else { 2 };
+            }
+            if cache[i] == 2 {
+                *id = 0;
+            }
+        }
     }
 
     /// Whether a product name (by id) contains "Amazon Bedrock".

@@ -22,6 +22,7 @@ pub mod sql;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -212,7 +213,12 @@ pub fn run(
         // Refused before the CUR is read, not after.
         return Err(ReconcileError::CostExplorer(NEEDS_AWS.into()));
     }
-    let opts = LoadOptions { period: req.period.clone(), tenant_tag: config.tenant_tag.clone() };
+    let resolver = &pipeline.resolver;
+    let keep = load::KeyFilter {
+        accounts: Arc::new(resolver.silo_accounts().map(str::to_string).collect()),
+        principal: resolver.identity_pattern().cloned(),
+    };
+    let opts = LoadOptions { period: req.period.clone(), tenant_tag: config.tenant_tag.clone(), keep };
     let started = std::time::Instant::now();
     // The counters are read while the CUR loads (the store stays on this thread).
     let (cur, hours) = std::thread::scope(|scope| {

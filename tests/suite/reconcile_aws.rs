@@ -91,8 +91,12 @@ fn cost_explorer_differences_are_reported_per_tenant() {
     let Some(ep) = aws::endpoint() else { return };
     let f = fixture_on(&ep);
     // What the CUR carries per tag value, read through the library.
-    let snap = load::load(&f.cur.cur2, &LoadOptions { period: MONTH.into(), tenant_tag: "tenant".into() }, &NoProgress)
-        .unwrap();
+    let snap = load::load(
+        &f.cur.cur2,
+        &LoadOptions { period: MONTH.into(), tenant_tag: "tenant".into(), ..Default::default() },
+        &NoProgress,
+    )
+    .unwrap();
     let mut by_tag: BTreeMap<Option<String>, i128> = BTreeMap::new();
     for (g, s) in &snap.groups {
         if classify::is_usage(&g.line_item_type) {

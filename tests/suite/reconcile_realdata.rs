@@ -75,9 +75,12 @@ fn all_52_bedrock_rows_load_in_their_periods_with_their_costs() {
     let mut rows = 0;
     for month in 3..=10 {
         let period = format!("2024-{month:02}");
-        let snap =
-            load::load(&dir, &LoadOptions { period: period.clone(), tenant_tag: "tenant_id".into() }, &NoProgress)
-                .unwrap();
+        let snap = load::load(
+            &dir,
+            &LoadOptions { period: period.clone(), tenant_tag: "tenant_id".into(), ..Default::default() },
+            &NoProgress,
+        )
+        .unwrap();
         assert_eq!(snap.files.len(), 8, "every chunk is read; rows are kept by billing period");
         let (n, cost, tokens) = expected.get(&period).copied().unwrap_or_default();
         assert_eq!(snap.lines(), n, "{period}: Bedrock rows");
@@ -104,8 +107,12 @@ fn without_resource_ids_the_real_cost_is_unallocated_and_balances() {
     let config = s.config();
     let pipeline = config.pipeline().unwrap();
     let dir = repo("fixtures/cur/legacy-workshop/year=2024/month=9");
-    let snap = load::load(&dir, &LoadOptions { period: "2024-08".into(), tenant_tag: "tenant_id".into() }, &NoProgress)
-        .unwrap();
+    let snap = load::load(
+        &dir,
+        &LoadOptions { period: "2024-08".into(), tenant_tag: "tenant_id".into(), ..Default::default() },
+        &NoProgress,
+    )
+    .unwrap();
     let t = reconcile::reconcile("2024-08", &snap, &[], &pipeline, Thresholds::default()).unwrap();
     let (_, cost, _) = expected()["2024-08"];
     assert_eq!(t.report.usage_cost.normalize(), cost.normalize());
@@ -162,7 +169,7 @@ fn without_resource_ids_the_real_cost_is_allocated_by_model_against_matching_cou
     let dir = repo("fixtures/cur/legacy-workshop/year=2024/month=9");
     let mut periods = 0;
     for (period, (_, cost, _)) in expected() {
-        let opts = LoadOptions { period: period.clone(), tenant_tag: "tenant_id".into() };
+        let opts = LoadOptions { period: period.clone(), tenant_tag: "tenant_id".into(), ..Default::default() };
         let snap = load::load(&dir, &opts, &NoProgress).unwrap();
         let hours = matching_counters(&period);
         let t = reconcile::reconcile(&period, &snap, &hours, &pipeline, Thresholds::default()).unwrap();
